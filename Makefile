@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create the virtual environment first when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := demo
+# CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test env clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: env
+	$(BIN)/mmr5-batch tiny-model $(DEMO)/tiny-model
+	$(BIN)/mmr5-batch demo-data $(DEMO)/input
+	$(BIN)/mmr5-batch rerank --config examples/demo.yaml --input $(DEMO)/input --output $(DEMO)/output --model $(DEMO)/tiny-model
+
+test: env
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

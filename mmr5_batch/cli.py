@@ -1,0 +1,166 @@
+"""The `mmr5-batch` command line: rerank, show-prompt, tiny-model, demo-data.
+
+Exit codes: 0 done; 2 the job could not start or failed as a whole (bad
+config, missing input, no engine), with one line on stderr saying why; 1 an
+unexpected error (with a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+# CLI flag -> dotted config field; every flag overrides the YAML when given.
+RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--input": ("input", {"help": "input Parquet file or prefix (any fsspec URI)"}),
+    "--output": ("output", {"help": "output prefix"}),
+    "--run-id": ("run_id", {"help": "run identifier (default: generated)"}),
+    "--model": ("model.name", {"help": "model id or checkpoint directory (default i2vec/MM-R5)"}),
+    "--backend": ("model.backend", {"choices": ["hf", "vllm", "scripted-test"]}),
+    "--device": ("model.device", {"choices": ["auto", "cpu", "cuda"]}),
+    "--max-new-tokens": ("model.max_new_tokens", {"type": int}),
+    "--min-new-tokens": ("model.min_new_tokens", {"type": int}),
+    "--temperature": ("model.temperature", {"type": float}),
+    "--window": ("ranking.window", {"type": int, "help": "candidates per prompt (default 5)"}),
+    "--stride": ("ranking.stride", {"type": int, "help": "sliding-window step (default 3)"}),
+    "--top-k": ("ranking.top_k", {"type": int, "help": "rerank only the first K by first-stage score"}),
+    "--image-tokens": ("images.image_tokens", {"type": int, "help": "image-token budget per candidate"}),
+    "--actors": ("execution.actors", {"type": int, "help": "rerank actors (one engine each)"}),
+    "--batch-size": ("execution.batch_size", {"type": int, "help": "queries per actor call"}),
+    "--address": ("execution.address", {"help": "Ray address (default: RAY_ADDRESS or a local Ray)"}),
+}
+
+
+def _add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="job config YAML; flags override it")
+    for flag, (_, options) in RERANK_FLAGS.items():
+        parser.add_argument(flag, **options)
+    parser.add_argument("--keep-reasoning", action="store_const", const=True, help="keep the model output per window")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = {dotted: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (dotted, _) in RERANK_FLAGS.items()}
+    overrides["ranking.keep_reasoning"] = args.keep_reasoning
+    return load_config(args.config, overrides)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mmr5-batch", description="Batch multimodal reranking with MM-R5 on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    rerank = commands.add_parser("rerank", help="rerank an input prefix and write ranked rows")
+    _add_rerank_arguments(rerank)
+
+    show = commands.add_parser("show-prompt", help="print the exact prompt text the model receives")
+    show.add_argument("--query", required=True)
+    show.add_argument("--num-candidates", type=int, required=True)
+    show.add_argument("--model", help="checkpoint directory or model id whose chat template renders the prompt")
+
+    tiny = commands.add_parser("tiny-model", help="build a tiny random-weights Qwen2.5-VL checkpoint offline")
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("demo-data", help="write the synthetic demo dataset (pages with text, queries)")
+    demo.add_argument("directory")
+    demo.add_argument("--queries", type=int, default=50)
+    demo.add_argument("--candidates", type=int, default=8)
+    demo.add_argument("--shards", type=int, default=4)
+    return parser.parse_args(argv)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    total = summary["totals"]
+    lines = [
+        f"run {summary['run_id']}  model {summary['model']}  backend {summary['backend']}",
+        f"output {summary['output']}",
+        "",
+        f"{'queries':<18}{total['queries']:>10}",
+    ]
+    for status in ("ok", "repaired", "fallback", "error"):
+        lines.append(f"{'  ' + status:<18}{total[status]:>10}")
+    for name in ("candidates", "flagged_candidates", "windows", "image_tokens", "prompt_tokens", "generated_tokens"):
+        lines.append(f"{name:<18}{total[name]:>10}")
+    lines.append(f"{'wall seconds':<18}{summary['wall_seconds']:>10.1f}")
+    lines.append(f"{'queries/second':<18}{summary['queries_per_second']:>10.2f}")
+    return "\n".join(lines)
+
+
+def show_prompt(query: str, num_candidates: int, model: str | None) -> str:
+    from transformers import AutoTokenizer
+
+    from .prompt import build_messages, render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model or "i2vec/MM-R5")
+    return render_prompt(tokenizer, build_messages(query, num_candidates))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "rerank":
+        from .config import ConfigError
+        from .engines import EngineUnavailable
+        from .pipeline import JobError, run_job
+
+        try:
+            config = config_from_args(args)
+            if not config.input or not config.output:
+                raise ConfigError("--input and --output are required (or input/output in the config file)")
+            summary = run_job(config)
+        except (ConfigError, JobError, EngineUnavailable) as error:
+            print(f"mmr5-batch: error: {error}", file=sys.stderr)
+            return 2
+        except Exception as error:  # an engine failing at start surfaces wrapped by Ray
+            cause = _engine_unavailable_cause(error)
+            if cause is None:
+                raise
+            print(f"mmr5-batch: error: {cause}", file=sys.stderr)
+            return 2
+        print(format_summary(summary))
+        return 0
+    if args.command == "show-prompt":
+        try:
+            sys.stdout.write(show_prompt(args.query, args.num_candidates, args.model))
+        except (OSError, ValueError) as error:
+            print(f"mmr5-batch: error: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "tiny-model":
+        from .tiny_model import build_tiny_model
+
+        print(build_tiny_model(args.directory, seed=args.seed))
+        return 0
+    if args.command == "demo-data":
+        from .demo_data import write_demo_dataset
+
+        paths = write_demo_dataset(args.directory, queries=args.queries, candidates=args.candidates, shards=args.shards)
+        print(json.dumps([str(path) for path in paths]))
+        return 0
+    return 2
+
+
+def _engine_unavailable_cause(error: BaseException) -> str | None:
+    """The message of an EngineUnavailable raised inside a Ray actor, if that is what failed."""
+    from .engines import EngineUnavailable
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, EngineUnavailable):
+            return str(current)
+        text = str(current)
+        if "EngineUnavailable" in text:
+            return text.split("EngineUnavailable:", 1)[-1].strip().splitlines()[0]
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The engine interface every backend implements.
+
+A request carries the chat messages (text parts and image placeholders), the
+images as bytes already fitted to their token budget, in placeholder order,
+and the sampling settings. A completion carries the text, why generation
+stopped, token counts, and an error when the engine refused the request (that
+query then becomes an error record; the rest of the batch goes on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+# Generation stops at the end of the answer: nothing after it is used.
+ANSWER_STOP = "</answer>"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 2048
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = (ANSWER_STOP,)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    messages: list[dict[str, Any]]
+    images: tuple[bytes, ...]
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (end of answer or end of turn), "length" or "error"
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    generated_tokens: int = 0
+    error: str | None = None
+
+
+class Engine(Protocol):
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        """One completion per request, in order."""
+        ...

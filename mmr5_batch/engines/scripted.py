@@ -1,0 +1,57 @@
+"""A scripted test engine: deterministic answers without a model, for testing the pipeline's plumbing.
+
+It is not a reranker. It ranks each window's images darkest first (mean
+grey level of the decoded picture: more ink, higher rank), which tests can
+control by drawing images of known shades, and it misbehaves on purpose when
+the question carries a marker, so every path of the job can be driven
+through the real Ray pipeline:
+
+- `#repair`: answers with a duplicate and an out-of-range id (status repaired)
+- `#garbage`: answers with no answer block (status fallback)
+- `#reject`: the engine refuses the request (the query becomes an error record)
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+from .base import Completion, EngineRequest
+
+
+def _darkness(data: bytes) -> float:
+    from PIL import Image, ImageStat
+
+    with Image.open(io.BytesIO(data)) as picture:
+        return 255.0 - ImageStat.Stat(picture.convert("L")).mean[0]
+
+
+def _question(request: EngineRequest) -> str:
+    return "".join(part.get("text", "") for message in request.messages for part in message["content"])
+
+
+class ScriptedTestEngine:
+    """Deterministic stand-in for a model; see the module docstring for its script."""
+
+    def __init__(self, think: str = "scripted answer") -> None:
+        self.think = think
+        self.calls: list[int] = []  # prompts per generate call, for tests of batching
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        self.calls.append(len(requests))
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request: EngineRequest) -> Completion:
+        question = _question(request)
+        if "#reject" in question:
+            return Completion("", "error", error="scripted rejection (#reject in the question)")
+        n = len(request.images)
+        ranked = sorted(range(1, n + 1), key=lambda position: -_darkness(request.images[position - 1]))
+        if "#garbage" in question:
+            text = f"<think>{self.think}</think> I cannot decide."
+        elif "#repair" in question:
+            ids = [ranked[0], ranked[0], n + 7, *ranked[1:-1]]
+            text = f"<think>{self.think}</think><answer>[{', '.join(map(str, ids))}]</answer>"
+        else:
+            text = f"<think>{self.think}</think><answer>[{', '.join(map(str, ranked))}]</answer>"
+        return Completion(text, "stop", prompt_tokens=len(question.split()), generated_tokens=len(text.split()))

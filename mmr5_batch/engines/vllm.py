@@ -1,0 +1,115 @@
+"""The vLLM backend: one offline engine per actor, prompts from the model's own chat template.
+
+vllm is an optional extra (a CUDA build): it is imported here, inside the
+actor, and only when this backend is chosen. Engine arguments we derive
+(context length, images per prompt, pixel limits matching our budgets) can be
+overridden or extended by `model.engine_kwargs`, which pass through as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Sequence
+
+from ..images import GRID
+from .base import Completion, EngineRequest, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+# Text around the images: the instruction (~200 tokens), the query, the
+# "Image i:" labels and the chat template's markers, with headroom.
+PROMPT_TEXT_TOKENS = 512
+
+
+def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> int:
+    """Context needed for one window: images (+2 markers each), prompt text and the answer."""
+    return window * (image_tokens + 2) + PROMPT_TEXT_TOKENS + max_new_tokens
+
+
+def engine_args(model: Any, window: int, image_tokens: int) -> dict[str, Any]:
+    """Arguments for vllm.LLM derived from the job config; `engine_kwargs` win over ours."""
+    args: dict[str, Any] = {
+        "model": model.name,
+        "dtype": "bfloat16" if model.dtype == "auto" else model.dtype,
+        "max_model_len": max_model_len_for(window, image_tokens, model.max_new_tokens),
+        "limit_mm_per_prompt": {"image": window, "video": 0},
+        # Our images are already on the 28-px grid within budget: tell the
+        # processor the same bounds so it neither resizes them again nor
+        # reserves memory for 16k-token images.
+        "mm_processor_kwargs": {"min_pixels": 4 * GRID * GRID, "max_pixels": image_tokens * GRID * GRID},
+        "enable_prefix_caching": True,
+        "seed": model.seed,
+    }
+    args.update(model.engine_kwargs)
+    return args
+
+
+def sampling_params_args(sampling: SamplingSettings) -> dict[str, Any]:
+    return {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_new_tokens,
+        "min_tokens": sampling.min_new_tokens,
+        "stop": list(sampling.stop),
+        "include_stop_str_in_output": True,
+        "seed": sampling.seed,
+    }
+
+
+class VLLMEngine:
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+
+    @classmethod
+    def from_config(cls, model: Any, window: int = 5, image_tokens: int = 1024) -> "VLLMEngine":
+        from . import EngineUnavailable
+
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise EngineUnavailable(
+                f"the vllm backend needs vllm on a CUDA machine ({error}); install with: pip install '.[vllm]', "
+                "or choose --backend hf"
+            ) from error
+        try:
+            return cls(LLM(**engine_args(model, window, image_tokens)))
+        except Exception as error:  # bad model id, out of memory at load: fail the job early
+            raise EngineUnavailable(f"vLLM could not start {model.name!r}: {str(error).splitlines()[0]}") from error
+
+    def _prompt(self, request: EngineRequest) -> dict[str, Any]:
+        from PIL import Image
+
+        from ..prompt import render_prompt
+
+        images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
+        return {"prompt": render_prompt(self.tokenizer, request.messages), "multi_modal_data": {"image": images}}
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        params = [SamplingParams(**sampling_params_args(request.sampling)) for request in requests]
+        prompts = [self._prompt(request) for request in requests]
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except ValueError as error:
+            if len(requests) == 1:
+                return [Completion("", "error", error=f"engine rejected the request: {error}")]
+            # One bad prompt (e.g. longer than max_model_len) fails the whole call: isolate it.
+            log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
+            return [completion for request in requests for completion in self.generate([request])]
+        completions = []
+        for output in outputs:
+            choice = output.outputs[0]
+            completions.append(
+                Completion(
+                    text=choice.text,
+                    finish_reason=choice.finish_reason or "stop",
+                    prompt_tokens=len(output.prompt_token_ids or []),
+                    generated_tokens=len(choice.token_ids),
+                )
+            )
+        return completions

@@ -1,0 +1,130 @@
+"""The CPU stage: validate each query row, fit candidate images to their budget, flag what is bad.
+
+Per-query problems (no id, empty query, no candidates, duplicate doc_id, a
+query_id seen more than once in the input, no usable candidate) put a reason
+on the row, which later becomes a dead letter. Per-candidate problems (no
+image, undecodable bytes, a refused URI) put a reason on the candidate, which
+is kept, ranked last and flagged. Nothing here raises on bad data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+from .images import ImageError, prepare_image
+from .schema import CANDIDATE_FIELDS, PREPARED_COLUMNS, SOURCE_PATH, append_passthrough
+from .storage import UriNotAllowed, read_image_uri
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    image_tokens: int
+    jpeg_quality: int
+    allowed_uri_prefixes: tuple[str, ...]
+    # query_id -> occurrences, only for ids seen more than once in the input
+    duplicate_query_ids: Mapping[str, int]
+
+
+def _candidate_image(candidate: Mapping[str, Any], settings: PrepareSettings) -> tuple[bytes | None, int, str | None]:
+    data = candidate.get("image")
+    uri = candidate.get("image_uri")
+    try:
+        if not data:
+            if not uri:
+                return None, 0, "candidate has neither image bytes nor image_uri"
+            data = read_image_uri(uri, settings.allowed_uri_prefixes)
+        prepared = prepare_image(data, settings.image_tokens, settings.jpeg_quality)
+    except (ImageError, UriNotAllowed) as error:
+        return None, 0, str(error)
+    except OSError as error:
+        return None, 0, f"cannot read image_uri {uri}: {error}"
+    return prepared.data, prepared.tokens, None
+
+
+def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSettings) -> str | None:
+    if not isinstance(query_id, str) or not query_id.strip():
+        return "missing query_id"
+    if query_id in settings.duplicate_query_ids:
+        return f"query_id appears {settings.duplicate_query_ids[query_id]} times in the input; none of them is reranked"
+    if not isinstance(query, str) or not query.strip():
+        return "empty query (or conflicting query texts for one query_id in the pairs layout)"
+    if not candidates:
+        return "no candidates"
+    doc_ids = [candidate.get("doc_id") for candidate in candidates]
+    missing = [position for position, doc_id in enumerate(doc_ids, 1) if not doc_id]
+    if missing:
+        return f"candidate(s) {missing} have no doc_id"
+    repeated = sorted(doc_id for doc_id, count in Counter(doc_ids).items() if count > 1)
+    if repeated:
+        return f"duplicate doc_id(s) within the query: {repeated}"
+    return None
+
+
+def prepare_row(row: Mapping[str, Any], settings: PrepareSettings) -> dict[str, Any]:
+    """One prepared row (see schema.PREPARED_COLUMNS) from one grouped input row."""
+    candidates = row.get("candidates") or []
+    error = _query_error(row.get("query_id"), row.get("query"), candidates, settings)
+    prepared = []
+    if error is None:
+        for candidate in candidates:
+            image, tokens, candidate_error = _candidate_image(candidate, settings)
+            prepared.append(
+                {
+                    "doc_id": candidate["doc_id"],
+                    "image": image,
+                    "image_tokens": tokens,
+                    "score": candidate.get("score"),
+                    "error": candidate_error,
+                }
+            )
+        if all(candidate["error"] for candidate in prepared):
+            error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
+    if error is not None:
+        # Keep the first-stage list (without images) so the dead letter says what was asked.
+        prepared = [
+            {"doc_id": c.get("doc_id"), "image": None, "image_tokens": 0, "score": c.get("score"), "error": None}
+            for c in candidates
+        ]
+    return {
+        "query_id": row.get("query_id"),
+        "query": row.get("query"),
+        SOURCE_PATH: row.get("path"),
+        "error": error,
+        "candidates": prepared,
+    }
+
+
+def prepare_batch(batch: pa.Table, settings: PrepareSettings) -> pa.Table:
+    """The Ray Data UDF: grouped input rows in, prepared rows out, extra columns passed through."""
+    own = {"query_id", "query", "candidates", "path"}
+    rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
+    table = pa.Table.from_pylist([prepare_row(row, settings) for row in rows], schema=PREPARED_COLUMNS)
+    return append_passthrough(table, batch, own)
+
+
+def group_pairs(group: pa.Table) -> pa.Table:
+    """One grouped row from the pairs rows of one query_id (used with Ray Data's groupby)."""
+    rows = group.to_pylist()
+    if any("score" in row and row["score"] is None for row in rows) or not all("score" in row for row in rows):
+        ordered = rows
+    else:
+        ordered = sorted(rows, key=lambda row: -row["score"])
+    first = ordered[0]
+    queries = {row.get("query") for row in rows}
+    grouped: dict[str, Any] = {
+        "query_id": first.get("query_id"),
+        # Conflicting query texts for one id make the row unusable; prepare_row reports it.
+        "query": first.get("query") if len(queries) == 1 else None,
+        "candidates": [
+            {field: row.get(field) for field in CANDIDATE_FIELDS} for row in ordered
+        ],
+        "path": first.get("path"),
+    }
+    for name in group.column_names:
+        if name not in grouped and name not in CANDIDATE_FIELDS:
+            grouped[name] = first.get(name)
+    return pa.Table.from_pylist([grouped])

@@ -1,0 +1,174 @@
+"""The model stage: windows x engine x parse for a batch of prepared queries.
+
+`rerank_queries` is plain Python over an engine, tested without Ray: every
+query gets a sliding-window plan, round after round all current windows of
+all queries go to the engine in one call, each answer is parsed and repaired
+and advances its query. `RerankActor` is the thin Ray Data wrapper that owns
+one engine per actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from .engines import Engine, EngineRequest, SamplingSettings
+from .parse import FALLBACK, OK, REPAIRED, parse_ranking
+from .prompt import build_messages
+from .schema import PREPARED_COLUMNS, RESULT_COLUMNS, SOURCE_PATH, append_passthrough
+from .windows import SlidingWindowRanking, first_stage_order
+
+log = logging.getLogger(__name__)
+
+ERROR = "error"
+# A query's status is its worst window's.
+_SEVERITY = {OK: 0, REPAIRED: 1, FALLBACK: 2}
+
+
+@dataclass
+class QueryState:
+    row: dict[str, Any]
+    ranking: SlidingWindowRanking | None = None
+    status: str = OK
+    error: str | None = None
+    windows: int = 0
+    image_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    reasoning: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and self.ranking is not None and not self.ranking.done
+
+
+def _plan(row: dict[str, Any], window: int, stride: int, top_k: int | None) -> QueryState:
+    state = QueryState(row)
+    if row.get("error"):
+        state.error = row["error"]
+        return state
+    candidates = row["candidates"]
+    order = first_stage_order([candidate["score"] for candidate in candidates])
+    usable = [index for index in order if candidate_ok(candidates[index])]
+    state.ranking = SlidingWindowRanking(usable, window, stride, rerank_depth=top_k)
+    return state
+
+
+def candidate_ok(candidate: dict[str, Any]) -> bool:
+    return candidate["error"] is None
+
+
+def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
+    candidates = state.row["candidates"]
+    return EngineRequest(
+        messages=build_messages(state.row["query"], len(window_indices)),
+        images=tuple(candidates[index]["image"] for index in window_indices),
+        sampling=sampling,
+    )
+
+
+def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool) -> dict[str, Any]:
+    row = state.row
+    candidates = row["candidates"]
+    first_stage = first_stage_order([candidate["score"] for candidate in candidates])
+    result: dict[str, Any] = {
+        "query_id": row["query_id"],
+        "first_stage_doc_ids": [candidates[index]["doc_id"] for index in first_stage],
+        "first_stage_scores": [candidates[index]["score"] for index in first_stage],
+        "windows": state.windows,
+        "image_tokens": state.image_tokens,
+        "prompt_tokens": state.prompt_tokens,
+        "generated_tokens": state.generated_tokens,
+        "model": model_id,
+        "run_id": run_id,
+        SOURCE_PATH: row[SOURCE_PATH],
+        "query": row["query"],
+        "reasoning": state.reasoning if keep_reasoning else None,
+    }
+    if state.error is not None:
+        return result | {"status": ERROR, "reason": state.error, "doc_ids": None, "scores": None}
+    assert state.ranking is not None
+    flagged = [index for index in first_stage if not candidate_ok(candidates[index])]
+    final = state.ranking.order + flagged
+    # MM-R5 is listwise and gives no calibrated per-document score: the score
+    # is rank-derived, 1.0 for the top and falling evenly, so higher is better.
+    scores = [(len(final) - position) / len(final) for position in range(len(final))]
+    return result | {
+        "status": state.status,
+        "reason": None,
+        "doc_ids": [candidates[index]["doc_id"] for index in final],
+        "scores": scores,
+        "flagged_doc_ids": [candidates[index]["doc_id"] for index in flagged],
+        "flag_reasons": [candidates[index]["error"] for index in flagged],
+    }
+
+
+def rerank_queries(
+    rows: Sequence[dict[str, Any]],
+    engine: Engine,
+    *,
+    window: int,
+    stride: int,
+    top_k: int | None,
+    sampling: SamplingSettings,
+    model_id: str,
+    run_id: str,
+    keep_reasoning: bool = False,
+) -> list[dict[str, Any]]:
+    """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS)."""
+    states = [_plan(dict(row), window, stride, top_k) for row in rows]
+    while True:
+        active = [state for state in states if state.active]
+        if not active:
+            break
+        windows = [state.ranking.current_window() for state in active]  # type: ignore[union-attr]
+        requests = [_request(state, indices, sampling) for state, indices in zip(active, windows)]
+        completions = engine.generate(requests)
+        if len(completions) != len(requests):
+            raise RuntimeError(f"engine returned {len(completions)} completions for {len(requests)} requests")
+        for state, indices, completion in zip(active, windows, completions):
+            state.windows += 1
+            state.image_tokens += sum(state.row["candidates"][index]["image_tokens"] for index in indices)
+            state.prompt_tokens += completion.prompt_tokens
+            state.generated_tokens += completion.generated_tokens
+            state.reasoning.append(completion.text)
+            if completion.error is not None:
+                state.error = f"window {state.windows}: {completion.error}"
+                continue
+            parsed = parse_ranking(completion.text, len(indices))
+            if _SEVERITY[parsed.status] > _SEVERITY[state.status]:
+                state.status = parsed.status
+            state.ranking.apply(parsed.order)  # type: ignore[union-attr]
+    return [_result(state, model_id, run_id, keep_reasoning) for state in states]
+
+
+class RerankActor:
+    """Ray Data callable class: one engine per actor, prepared rows in, result rows out."""
+
+    def __init__(self, config_json: str) -> None:
+        from .config import JobConfig
+        from .engines import create_engine, sampling_from_config
+
+        self.config = JobConfig.model_validate_json(config_json)
+        self.engine = create_engine(self.config)
+        self.sampling = sampling_from_config(self.config.model)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        own = set(PREPARED_COLUMNS.names)
+        rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
+        ranking = self.config.ranking
+        results = rerank_queries(
+            rows,
+            self.engine,
+            window=ranking.window,
+            stride=ranking.stride,
+            top_k=ranking.top_k,
+            sampling=self.sampling,
+            model_id=self.config.model.name,
+            run_id=self.config.run_id or "",
+            keep_reasoning=ranking.keep_reasoning,
+        )
+        return append_passthrough(pa.Table.from_pylist(results, schema=RESULT_COLUMNS), batch, own)
