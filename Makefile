@@ -21,10 +21,12 @@ $(VENV)/.installed: pyproject.toml
 demo: env
 	$(BIN)/mmr5-batch tiny-model $(DEMO)/tiny-model
 	$(BIN)/mmr5-batch demo-data $(DEMO)/input
-	$(BIN)/mmr5-batch rerank --config examples/demo.yaml --input $(DEMO)/input --output $(DEMO)/output --model $(DEMO)/tiny-model
+	$(BIN)/mmr5-batch rerank --config examples/demo.yaml --input $(DEMO)/input --output $(DEMO)/output --model $(DEMO)/tiny-model --overwrite
 
+# pytest exits 5 when it collects no test: say so and fail, rather than pass silently.
 test: env
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$code
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

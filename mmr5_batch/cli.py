@@ -38,6 +38,7 @@ def _add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (_, options) in RERANK_FLAGS.items():
         parser.add_argument(flag, **options)
     parser.add_argument("--keep-reasoning", action="store_const", const=True, help="keep the model output per window")
+    parser.add_argument("--overwrite", action="store_const", const=True, help="replace an earlier run's results in --output")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -45,6 +46,7 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = {dotted: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (dotted, _) in RERANK_FLAGS.items()}
     overrides["ranking.keep_reasoning"] = args.keep_reasoning
+    overrides["overwrite"] = args.overwrite
     return load_config(args.config, overrides)
 
 

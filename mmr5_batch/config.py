@@ -87,6 +87,7 @@ class JobConfig(_Section):
     input: str = Field(description="Input Parquet: a file, a directory or prefix of shards, any fsspec URI.")
     output: str = Field(description="Output prefix for ranked rows, dead letters, stats, config and summary.")
     run_id: str | None = Field(None, description="Run identifier recorded on every row; generated when unset.")
+    overwrite: bool = Field(False, description="Replace the results of an earlier run in the output prefix.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="Windows and depth of reranking.")
     images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")

@@ -25,7 +25,7 @@ from .outputs import RerankOutputDatasink, totals
 from .prepare import PrepareSettings, group_pairs, prepare_batch
 from .rerank import RerankActor
 from .schema import GROUPED, InputSchemaError, detect_layout
-from .storage import InputNotFound, join, list_shards, write_json, write_text
+from .storage import InputNotFound, filesystem_for, join, list_shards, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,22 @@ def plan_input(uri: str) -> InputPlan:
     return InputPlan(shards, kinds.pop(), duplicates, fs)
 
 
+RESULT_FOLDERS = ("ranked", "dead_letter")
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse an output prefix that holds an earlier run's results, or clear it when overwriting.
+
+    Two runs' files side by side would list some queries twice.
+    """
+    fs, path = filesystem_for(output)
+    earlier = [folder for folder in RESULT_FOLDERS if fs.exists(join(path, folder))]
+    if earlier and not overwrite:
+        raise JobError(f"{output} already holds results ({', '.join(earlier)}); choose another output or pass --overwrite")
+    for folder in earlier:
+        fs.rm(join(path, folder), recursive=True)
+
+
 def ensure_ray(address: str | None) -> None:
     import ray
 
@@ -108,6 +124,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
 
     config = config.with_run_id()
     plan = plan_input(config.input)
+    prepare_output(config.output, config.overwrite)
     started = time.monotonic()
     ensure_ray(config.execution.address)
     cpus, gpus = actor_resources(config, ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,67 @@
+"""The hf backend on the tiny offline Qwen2.5-VL: batched, left-padded generation on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmr5_batch.config import ModelConfig
+from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
+from mmr5_batch.engines.hf import HFEngine, expand_image_pads
+from mmr5_batch.images import prepare_image
+from mmr5_batch.prompt import build_messages
+from tests.conftest import grey_jpeg
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return HFEngine.from_config(ModelConfig(name=tiny_model_dir, device="cpu", max_batch_size=4))
+
+
+def request(question, sizes, sampling):
+    images = tuple(prepare_image(grey_jpeg(90, size), 64).data for size in sizes)
+    return EngineRequest(build_messages(question, len(images)), images, sampling)
+
+
+def test_batched_generation_with_mixed_image_sizes(engine):
+    sampling = SamplingSettings(max_new_tokens=6, min_new_tokens=6)
+    requests = [
+        request("short?", [(120, 160), (300, 200)], sampling),
+        request("a much longer question about the third quarter revenue?", [(56, 56), (200, 500), (400, 400)], sampling),
+        request("q", [(280, 280)], sampling),
+    ]
+    completions = engine.generate(requests)
+    assert len(completions) == 3
+    for req, completion in zip(requests, completions):
+        assert completion.error is None
+        assert completion.generated_tokens == 6 and completion.finish_reason == "length"
+        assert completion.image_tokens > 0
+        assert completion.prompt_tokens > completion.image_tokens
+    # the engine's image-token count is the CPU stage's count
+    sizes = [(56, 56), (200, 500), (400, 400)]
+    assert completions[1].image_tokens == sum(prepare_image(grey_jpeg(90, size), 64).tokens for size in sizes)
+
+
+def test_batching_beyond_max_batch_size(engine):
+    sampling = SamplingSettings(max_new_tokens=2, min_new_tokens=2)
+    completions = engine.generate([request(f"q{i}", [(100, 100)], sampling) for i in range(6)])
+    assert [c.generated_tokens for c in completions] == [2] * 6
+
+
+def test_a_broken_request_fails_alone(engine):
+    sampling = SamplingSettings(max_new_tokens=2, min_new_tokens=2)
+    good = request("q", [(100, 100)], sampling)
+    broken = EngineRequest(build_messages("q", 2), (grey_jpeg(10),), sampling)  # 2 placeholders, 1 image
+    completions = engine.generate([good, broken, good])
+    assert [c.error is None for c in completions] == [True, False, True]
+    assert "engine rejected the request" in completions[1].error
+
+
+def test_expand_image_pads():
+    assert expand_image_pads("a<|image_pad|>b<|image_pad|>", [2, 1]) == "a<|image_pad|><|image_pad|>b<|image_pad|>"
+    with pytest.raises(ValueError):
+        expand_image_pads("a<|image_pad|>", [1, 2])
+
+
+def test_missing_model_is_an_actionable_error(tmp_path):
+    with pytest.raises(EngineUnavailable, match="cannot load model"):
+        HFEngine.from_config(ModelConfig(name=str(tmp_path / "missing"), device="cpu"))

@@ -1,0 +1,89 @@
+"""The model stage over the scripted test engine: batching of rounds, statuses, flags, top-k."""
+
+from __future__ import annotations
+
+from mmr5_batch.engines import SamplingSettings
+from mmr5_batch.engines.scripted import ScriptedTestEngine
+from mmr5_batch.rerank import rerank_queries
+
+
+def prepared(query_id, levels, query="which page?", scores=None, errors=None):
+    from tests.conftest import grey_jpeg
+
+    scores = scores or [1.0 - i / 100 for i in range(len(levels))]
+    errors = errors or [None] * len(levels)
+    return {
+        "query_id": query_id,
+        "query": query,
+        "source_path": "shard.parquet",
+        "error": None,
+        "candidates": [
+            {"doc_id": f"d{i}", "image": None if err else grey_jpeg(level), "image_tokens": 0 if err else 20, "score": score, "error": err}
+            for i, (level, score, err) in enumerate(zip(levels, scores, errors))
+        ],
+    }
+
+
+def run(rows, engine=None, window=5, stride=3, top_k=None, keep_reasoning=False):
+    engine = engine or ScriptedTestEngine()
+    results = rerank_queries(
+        rows, engine, window=window, stride=stride, top_k=top_k, sampling=SamplingSettings(),
+        model_id="m", run_id="r", keep_reasoning=keep_reasoning,
+    )
+    return results, engine
+
+
+def test_all_windows_of_a_round_go_to_the_engine_together():
+    rows = [prepared("a", [200, 150, 100, 50, 180, 30, 90, 120]), prepared("b", [10, 20, 30]), prepared("c", [90] * 12)]
+    results, engine = run(rows)
+    # round 1: a, b, c; round 2: a, c; rounds 3-4: c only (12 items -> 4 windows)
+    assert engine.calls == [3, 2, 1, 1]
+    assert [r["windows"] for r in results] == [2, 1, 4]
+
+
+def test_darkest_page_reaches_the_top_and_order_is_a_permutation():
+    levels = [200, 150, 100, 180, 120, 160, 30, 90]  # darkest (30) is d6, 7th by first stage
+    [result], _ = run([prepared("a", levels)])
+    assert result["status"] == "ok"
+    assert result["doc_ids"][0] == "d6"
+    assert sorted(result["doc_ids"]) == sorted(f"d{i}" for i in range(8))
+    assert result["first_stage_doc_ids"] == [f"d{i}" for i in range(8)]
+    assert result["scores"] == sorted(result["scores"], reverse=True) and result["scores"][0] == 1.0
+    assert result["image_tokens"] == 10 * 20
+
+
+def test_statuses_repaired_fallback_and_error():
+    rows = [
+        prepared("rep", [100, 50, 10], query="q #repair"),
+        prepared("gar", [100, 50, 10], query="q #garbage"),
+        prepared("rej", [100, 50, 10], query="q #reject"),
+    ]
+    results, _ = run(rows, keep_reasoning=True)
+    by_id = {r["query_id"]: r for r in results}
+    assert by_id["rep"]["status"] == "repaired" and by_id["rep"]["doc_ids"][0] == "d2"
+    assert by_id["gar"]["status"] == "fallback" and by_id["gar"]["doc_ids"] == ["d0", "d1", "d2"]
+    assert by_id["rej"]["status"] == "error" and "scripted rejection" in by_id["rej"]["reason"]
+    assert by_id["rej"]["doc_ids"] is None
+    assert by_id["rep"]["reasoning"][0].startswith("<think>")
+
+
+def test_flagged_candidates_are_ranked_last_with_reasons():
+    row = prepared("a", [100, 10, 50, 20], errors=[None, "undecodable image: x", None, None])
+    [result], _ = run([row])
+    assert result["doc_ids"][-1] == "d1"
+    assert result["flagged_doc_ids"] == ["d1"] and result["flag_reasons"] == ["undecodable image: x"]
+    assert result["doc_ids"][0] == "d3"
+
+
+def test_top_k_reranks_the_head_only():
+    row = prepared("a", [200, 190, 180, 170, 160, 10, 20, 30])
+    [result], _ = run([row], window=3, stride=2, top_k=4)
+    assert result["doc_ids"][4:] == ["d4", "d5", "d6", "d7"]
+    assert result["doc_ids"][0] == "d3"
+
+
+def test_query_level_errors_skip_the_engine():
+    row = prepared("a", [10, 20]) | {"error": "empty query"}
+    results, engine = run([row])
+    assert engine.calls == []
+    assert results[0]["status"] == "error" and results[0]["reason"] == "empty query"
