@@ -43,6 +43,10 @@ class ModelConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0.")
     seed: int = Field(0, description="Sampling seed, for repeatable runs.")
     max_batch_size: int = Field(8, ge=1, description="Prompts per generate call in the hf backend.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per vLLM engine (tensor parallelism); each actor then asks Ray for that many GPUs."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra engine arguments passed through to the backend as they are."
     )

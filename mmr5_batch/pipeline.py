@@ -100,14 +100,16 @@ def actor_resources(config: JobConfig, cluster_gpus: float) -> tuple[float, floa
     """(cpus, gpus) per rerank actor; raises JobError when the backend needs a GPU the cluster lacks."""
     execution, model = config.execution, config.model
     wants_gpu = model.backend == "vllm" or (model.backend == "hf" and model.device == "cuda")
-    if wants_gpu and cluster_gpus < 1:
+    needed = model.tensor_parallel_size if model.backend == "vllm" else 1
+    if wants_gpu and cluster_gpus < needed:
         raise JobError(
-            f"the {model.backend} backend needs a GPU but the Ray cluster has none; "
+            f"the {model.backend} backend needs {needed} GPU(s) per actor but the Ray cluster has {cluster_gpus:g}; "
             "use --backend hf (CPU) or add GPU workers"
         )
     gpus = execution.gpus_per_actor
     if gpus is None:
-        gpus = 1.0 if cluster_gpus >= 1 and model.backend != "scripted-test" and model.device != "cpu" else 0.0
+        on_gpu = cluster_gpus >= 1 and model.backend != "scripted-test" and model.device != "cpu"
+        gpus = float(model.tensor_parallel_size if model.backend == "vllm" else 1) if on_gpu else 0.0
     cpus = execution.cpus_per_actor
     if cpus is None:
         # Whole CPUs for CPU-only actors starve the read and prepare tasks on

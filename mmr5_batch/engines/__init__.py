@@ -40,7 +40,7 @@ def create_engine(config: "JobConfig") -> Engine:
     if model.backend == "vllm":
         from .vllm import VLLMEngine
 
-        return VLLMEngine.from_config(model, config.ranking.window, config.images.image_tokens)
+        return VLLMEngine.from_config(config)
     if model.backend == "scripted-test":
         from .scripted import ScriptedTestEngine
 

@@ -27,20 +27,29 @@ def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> in
     return window * (image_tokens + 2) + PROMPT_TEXT_TOKENS + max_new_tokens
 
 
-def engine_args(model: Any, window: int, image_tokens: int) -> dict[str, Any]:
-    """Arguments for vllm.LLM derived from the job config; `engine_kwargs` win over ours."""
+def engine_args(config: Any) -> dict[str, Any]:
+    """Arguments for vllm.LLM derived from the job config; `model.engine_kwargs` win over ours."""
+    model, window, image_tokens = config.model, config.ranking.window, config.images.image_tokens
     args: dict[str, Any] = {
         "model": model.name,
         "dtype": "bfloat16" if model.dtype == "auto" else model.dtype,
+        # Not the model's 128k default: a window's prompt plus its answer is
+        # all one sequence ever needs, and a short context leaves KV memory
+        # for many concurrent sequences.
         "max_model_len": max_model_len_for(window, image_tokens, model.max_new_tokens),
         "limit_mm_per_prompt": {"image": window, "video": 0},
         # Our images are already on the 28-px grid within budget: tell the
         # processor the same bounds so it neither resizes them again nor
         # reserves memory for 16k-token images.
         "mm_processor_kwargs": {"min_pixels": 4 * GRID * GRID, "max_pixels": image_tokens * GRID * GRID},
+        "gpu_memory_utilization": model.gpu_memory_utilization,
+        "tensor_parallel_size": model.tensor_parallel_size,
         "enable_prefix_caching": True,
         "seed": model.seed,
     }
+    if model.tensor_parallel_size > 1:
+        # The actor already holds its GPUs from Ray; vLLM's workers are its own processes.
+        args["distributed_executor_backend"] = "mp"
     args.update(model.engine_kwargs)
     return args
 
@@ -57,26 +66,38 @@ def sampling_params_args(sampling: SamplingSettings) -> dict[str, Any]:
     }
 
 
+def load_vllm() -> Any:
+    from . import EngineUnavailable
+
+    try:
+        import vllm
+    except ImportError as error:
+        raise EngineUnavailable(
+            f"the vllm backend needs vllm on a CUDA machine ({error}); install with: pip install '.[vllm]', "
+            "or choose --backend hf"
+        ) from error
+    return vllm
+
+
 class VLLMEngine:
-    def __init__(self, llm: Any) -> None:
+    """vLLM's offline engine behind the Engine interface; `llm` and `sampling_params` are vLLM's (or a test's stand-ins)."""
+
+    def __init__(self, llm: Any, sampling_params: Any) -> None:
         self.llm = llm
+        self.sampling_params = sampling_params
         self.tokenizer = llm.get_tokenizer()
 
     @classmethod
-    def from_config(cls, model: Any, window: int = 5, image_tokens: int = 1024) -> "VLLMEngine":
+    def from_config(cls, config: Any, vllm_module: Any = None) -> "VLLMEngine":
+        """Start the engine; a bad model id or out-of-memory at load fails here, before any work."""
         from . import EngineUnavailable
 
+        vllm = vllm_module or load_vllm()
         try:
-            from vllm import LLM
-        except ImportError as error:
-            raise EngineUnavailable(
-                f"the vllm backend needs vllm on a CUDA machine ({error}); install with: pip install '.[vllm]', "
-                "or choose --backend hf"
-            ) from error
-        try:
-            return cls(LLM(**engine_args(model, window, image_tokens)))
-        except Exception as error:  # bad model id, out of memory at load: fail the job early
-            raise EngineUnavailable(f"vLLM could not start {model.name!r}: {str(error).splitlines()[0]}") from error
+            llm = vllm.LLM(**engine_args(config))
+        except Exception as error:
+            raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
+        return cls(llm, vllm.SamplingParams)
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
         from PIL import Image
@@ -87,11 +108,9 @@ class VLLMEngine:
         return {"prompt": render_prompt(self.tokenizer, request.messages), "multi_modal_data": {"image": images}}
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
-        from vllm import SamplingParams
-
         if not requests:
             return []
-        params = [SamplingParams(**sampling_params_args(request.sampling)) for request in requests]
+        params = [self.sampling_params(**sampling_params_args(request.sampling)) for request in requests]
         prompts = [self._prompt(request) for request in requests]
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)

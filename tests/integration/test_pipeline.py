@@ -194,7 +194,7 @@ def test_job_level_problems_stop_before_any_work(ray_session, tmp_path, capsys):
         run_job(load_config(None, {"input": str(tmp_path / "bad"), "output": str(tmp_path / "out"), "model.backend": "scripted-test"}))
     write_demo_dataset(tmp_path / "ok", queries=1, candidates=2, shards=1)
     assert main(["rerank", "--input", str(tmp_path / "ok"), "--output", str(tmp_path / "out"), "--backend", "vllm"]) == 2
-    assert "needs a GPU but the Ray cluster has none" in capsys.readouterr().err
+    assert "needs 1 GPU(s) per actor but the Ray cluster has 0" in capsys.readouterr().err
     assert main(["rerank", "--input", str(tmp_path / "ok"), "--output", str(tmp_path / "out"), "--window", "3", "--stride", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stride (3) must be smaller than window (3)" in err

@@ -1,0 +1,150 @@
+"""The vLLM backend's requests, checked at the engine boundary without a GPU.
+
+vLLM itself is replaced by a recording stand-in module (`LLM`, `SamplingParams`)
+that uses the tiny model's real tokenizer, so what is checked is exactly what
+our code would hand to vLLM: engine arguments, the prompt text (against the
+MM-R5 reference), the images and the sampling settings. The real engine runs
+in tests/integration/test_vllm_gpu.py where vLLM and a GPU exist.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+
+import pytest
+from PIL import Image
+
+from mmr5_batch.config import load_config
+from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings, sampling_from_config
+from mmr5_batch.engines.vllm import VLLMEngine, engine_args, max_model_len_for
+from mmr5_batch.images import prepare_image
+from mmr5_batch.prompt import build_messages
+from tests.conftest import grey_jpeg
+from tests.unit.test_prompt import reference_prompt
+
+
+class RecordingLLM:
+    """Stands in for vllm.LLM: records what it is given, refuses prompts longer than max_model_len."""
+
+    instances: list["RecordingLLM"] = []
+
+    def __init__(self, **kwargs):
+        if kwargs["model"] == "no/such-model":
+            raise OSError("no/such-model is not a local folder and is not a valid model identifier\nmore")
+        from transformers import AutoTokenizer
+
+        self.kwargs = kwargs
+        self.tokenizer = AutoTokenizer.from_pretrained(kwargs["model"])
+        self.calls: list[tuple[list, list]] = []
+        RecordingLLM.instances.append(self)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append((prompts, params))
+        for prompt in prompts:
+            if len(prompt["prompt"]) > self.kwargs["max_model_len"]:
+                raise ValueError("The decoder prompt is longer than the maximum model length")
+        return [
+            types.SimpleNamespace(
+                prompt_token_ids=[0] * 10,
+                outputs=[types.SimpleNamespace(text="<think>t</think><answer>[1]</answer>", finish_reason="stop", token_ids=[1, 2, 3])],
+            )
+            for _ in prompts
+        ]
+
+
+FAKE_VLLM = types.SimpleNamespace(LLM=RecordingLLM, SamplingParams=dict)
+
+
+def job(tiny_model_dir, **overrides):
+    values = {"input": "i", "output": "o", "model.name": tiny_model_dir, "model.backend": "vllm", **overrides}
+    return load_config(None, values)
+
+
+def test_engine_arguments_follow_the_job_config(tiny_model_dir):
+    config = job(tiny_model_dir, **{"ranking.window": 5, "images.image_tokens": 1024, "model.max_new_tokens": 2048})
+    args = engine_args(config)
+    assert args["model"] == tiny_model_dir and args["dtype"] == "bfloat16"
+    assert args["max_model_len"] == 5 * (1024 + 2) + 512 + 2048 == max_model_len_for(5, 1024, 2048)
+    assert args["limit_mm_per_prompt"] == {"image": 5, "video": 0}
+    assert args["mm_processor_kwargs"] == {"min_pixels": 3136, "max_pixels": 1024 * 28 * 28}
+    assert args["enable_prefix_caching"] is True and args["seed"] == 0
+    assert args["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in args
+    assert args["gpu_memory_utilization"] == 0.9
+
+
+def test_engine_kwargs_pass_through_and_win(tiny_model_dir):
+    config = job(
+        tiny_model_dir,
+        **{"model.engine_kwargs": {"max_model_len": 4096, "enforce_eager": True}, "model.tensor_parallel_size": 2},
+    )
+    args = engine_args(config)
+    assert args["max_model_len"] == 4096 and args["enforce_eager"] is True
+    assert args["tensor_parallel_size"] == 2 and args["distributed_executor_backend"] == "mp"
+
+
+def test_requests_are_the_mm_r5_prompt_with_images_in_order(tiny_model_dir):
+    config = job(tiny_model_dir, **{"model.temperature": 0.3, "model.max_new_tokens": 8192})
+    engine = VLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    sizes = [(300, 400), (120, 90), (500, 500)]
+    images = tuple(prepare_image(grey_jpeg(60, size), 256).data for size in sizes)
+    sampling = sampling_from_config(config.model)
+    completions = engine.generate([EngineRequest(build_messages("Where is the lease signed?", 3), images, sampling)])
+    [(prompts, params)] = engine.llm.calls
+    [prompt] = prompts
+    assert prompt["prompt"] == reference_prompt("Where is the lease signed?", 3)
+    sent = prompt["multi_modal_data"]["image"]
+    assert [picture.size for picture in sent] == [Image.open(io.BytesIO(data)).size for data in images]
+    assert all(picture.mode == "RGB" for picture in sent)
+    assert params == [
+        {
+            "temperature": 0.3,
+            "top_p": 1.0,
+            "max_tokens": 8192,
+            "min_tokens": 0,
+            "stop": ["</answer>"],
+            "include_stop_str_in_output": True,
+            "seed": 0,
+        }
+    ]
+    assert completions[0].text.endswith("</answer>") and completions[0].generated_tokens == 3
+    assert completions[0].prompt_tokens == 10 and completions[0].finish_reason == "stop"
+
+
+def test_greedy_is_the_default(tiny_model_dir):
+    assert sampling_from_config(job(tiny_model_dir).model) == SamplingSettings(max_new_tokens=2048)
+
+
+def test_a_rejected_prompt_becomes_that_requests_error(tiny_model_dir):
+    config = job(tiny_model_dir, **{"model.engine_kwargs": {"max_model_len": 2000}})
+    engine = VLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    image = (prepare_image(grey_jpeg(60), 64).data,)
+    short = EngineRequest(build_messages("q", 1), image, SamplingSettings())
+    long = EngineRequest(build_messages("q " * 1000, 1), image, SamplingSettings())
+    completions = engine.generate([short, long, short])
+    assert [c.error is None for c in completions] == [True, False, True]
+    assert "longer than the maximum model length" in completions[1].error
+    assert [len(prompts) for prompts, _ in engine.llm.calls] == [3, 1, 1, 1]
+
+
+def test_engine_that_cannot_start_fails_early_with_one_line(tiny_model_dir):
+    with pytest.raises(EngineUnavailable, match=r"vLLM could not start 'no/such-model': no/such-model is not a local folder[^\n]*$"):
+        VLLMEngine.from_config(job(tiny_model_dir, **{"model.name": "no/such-model"}), vllm_module=FAKE_VLLM)
+
+
+def test_missing_vllm_says_what_to_do(tiny_model_dir, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm":
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    with pytest.raises(EngineUnavailable, match=r"pip install '\.\[vllm\]', or choose --backend hf"):
+        VLLMEngine.from_config(job(tiny_model_dir))
