@@ -31,7 +31,7 @@ def test_batched_generation_with_mixed_image_sizes(engine):
     ]
     completions = engine.generate(requests)
     assert len(completions) == 3
-    for req, completion in zip(requests, completions):
+    for completion in completions:
         assert completion.error is None
         assert completion.generated_tokens == 6 and completion.finish_reason == "length"
         assert completion.image_tokens > 0
