@@ -53,15 +53,14 @@ def plan_input(uri: str) -> InputPlan:
     for shard in shards:
         try:
             with fs.open(shard, "rb") as handle:
-                schema = pq.read_schema(handle)
-            layouts[shard] = detect_layout(schema, shard).layout
+                parquet = pq.ParquetFile(handle)
+                layouts[shard] = detect_layout(parquet.schema_arrow, shard).layout
+                if layouts[shard] == GROUPED:
+                    ids.update(value for value in parquet.read(columns=["query_id"])["query_id"].to_pylist() if value)
         except InputSchemaError as error:
             raise JobError(str(error)) from None
         except Exception as error:  # not Parquet, truncated
             raise JobError(f"{shard}: cannot read as Parquet: {error}") from None
-        if layouts[shard] == GROUPED:
-            with fs.open(shard, "rb") as handle:
-                ids.update(value for value in pq.read_table(handle, columns=["query_id"])["query_id"].to_pylist() if value)
     kinds = set(layouts.values())
     if len(kinds) > 1:
         raise JobError(f"shards mix the grouped and pairs layouts: {layouts}")
@@ -126,10 +125,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
 
     config = config.with_run_id()
     plan = plan_input(config.input)
-    prepare_output(config.output, config.overwrite)
     started = time.monotonic()
     ensure_ray(config.execution.address)
     cpus, gpus = actor_resources(config, ray.cluster_resources().get("GPU", 0.0))
+    prepare_output(config.output, config.overwrite)
     write_text(join(config.output, "config.yaml"), config_to_yaml(config))
 
     settings = PrepareSettings(
