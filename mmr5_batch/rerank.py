@@ -9,7 +9,6 @@ one engine per actor.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -20,8 +19,6 @@ from .parse import FALLBACK, OK, REPAIRED, parse_ranking
 from .prompt import build_messages
 from .schema import PREPARED_COLUMNS, RESULT_COLUMNS, SOURCE_PATH, append_passthrough
 from .windows import SlidingWindowRanking, first_stage_order
-
-log = logging.getLogger(__name__)
 
 ERROR = "error"
 # A query's status is its worst window's.

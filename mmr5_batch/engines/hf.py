@@ -98,21 +98,25 @@ class HFEngine:
         return completions
 
     def _encode(self, requests: Sequence[EngineRequest]) -> tuple[dict[str, Any], list[int]]:
+        import torch
         from PIL import Image
 
-        prompts, images, image_tokens = [], [], []
+        prompts, pixel_values, grids, image_tokens = [], [], [], []
         for request in requests:
             pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
-            grids = self.image_processor(images=pictures, return_tensors="pt")["image_grid_thw"] if pictures else []
-            counts = [int(grid.prod()) // self.merge_area for grid in grids]
+            counts: list[int] = []
+            if pictures:
+                vision = self.image_processor(images=pictures, return_tensors="pt")
+                pixel_values.append(vision["pixel_values"])
+                grids.append(vision["image_grid_thw"])
+                counts = [int(grid.prod()) // self.merge_area for grid in vision["image_grid_thw"]]
             prompts.append(expand_image_pads(self.render(request), counts))
-            images.extend(pictures)
             image_tokens.append(sum(counts))
         inputs = dict(self.tokenizer(prompts, padding=True, return_tensors="pt"))
-        if images:
-            vision = self.image_processor(images=images, return_tensors="pt")
-            inputs["pixel_values"] = vision["pixel_values"]
-            inputs["image_grid_thw"] = vision["image_grid_thw"]
+        if pixel_values:
+            # Patches of all images, in prompt order: what one processor call over them all returns.
+            inputs["pixel_values"] = torch.cat(pixel_values)
+            inputs["image_grid_thw"] = torch.cat(grids)
         return inputs, image_tokens
 
     def _generate_batch(self, requests: list[EngineRequest]) -> list[Completion]:
