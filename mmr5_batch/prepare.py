@@ -18,6 +18,7 @@ import pyarrow as pa
 from .images import ImageError, prepare_image
 from .schema import CANDIDATE_FIELDS, PREPARED_COLUMNS, SOURCE_PATH, append_passthrough
 from .storage import UriNotAllowed, read_image_uri
+from .windows import first_stage_order
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,7 @@ def prepare_batch(batch: pa.Table, settings: PrepareSettings) -> pa.Table:
 def group_pairs(group: pa.Table) -> pa.Table:
     """One grouped row from the pairs rows of one query_id (used with Ray Data's groupby)."""
     rows = group.to_pylist()
-    if any("score" in row and row["score"] is None for row in rows) or not all("score" in row for row in rows):
-        ordered = rows
-    else:
-        ordered = sorted(rows, key=lambda row: -row["score"])
+    ordered = [rows[index] for index in first_stage_order([row.get("score") for row in rows])]
     first = ordered[0]
     queries = {row.get("query") for row in rows}
     grouped: dict[str, Any] = {
