@@ -14,12 +14,11 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from .schema import DEAD_LETTER_KEEP, RANKED_DROP, RESULT_COLUMNS, SOURCE_PATH
-from .storage import filesystem_for, join
+from .storage import join, write_parquet
 
 # Fixed counter names: the same keys in every shard's stats and the summary.
 COUNTERS = (
@@ -62,18 +61,7 @@ def merge_counters(parts: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict
 
 
 def totals(per_shard: dict[str, dict[str, int]]) -> dict[str, int]:
-    total = dict.fromkeys(COUNTERS, 0)
-    for counters in per_shard.values():
-        for name, value in counters.items():
-            total[name] += value
-    return total
-
-
-def _write_parquet(table: pa.Table, uri: str) -> None:
-    fs, path = filesystem_for(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        pq.write_table(table, handle)
+    return merge_counters({"all": counters} for counters in per_shard.values()).get("all", dict.fromkeys(COUNTERS, 0))
 
 
 class RerankOutputDatasink(Datasink[dict]):
@@ -100,7 +88,7 @@ class RerankOutputDatasink(Datasink[dict]):
         for folder, part in (("ranked", ranked), ("dead_letter", dead)):
             if part.num_rows:
                 uri = join(self.output, folder, name)
-                _write_parquet(part, uri)
+                write_parquet(part, uri)
                 files.append(uri)
         return {"stats": shard_counters(table), "files": files}
 

@@ -59,11 +59,23 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[part.strip("/") for part in parts]])
 
 
-def write_text(uri: str, text: str) -> None:
+def open_for_write(uri: str, mode: str = "w"):
+    """A writable handle on `uri`, its parent folder created first."""
     fs, path = filesystem_for(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w") as handle:
+    return fs.open(path, mode)
+
+
+def write_text(uri: str, text: str) -> None:
+    with open_for_write(uri) as handle:
         handle.write(text)
+
+
+def write_parquet(table: Any, uri: str) -> None:
+    import pyarrow.parquet as pq
+
+    with open_for_write(uri, "wb") as handle:
+        pq.write_table(table, handle)
 
 
 def write_json(uri: str, payload: Any) -> None:
