@@ -9,7 +9,9 @@ the serving, not how long a model happens to think.
   MM-R5's examples/reranker.py does.
 - hf native: our hf backend batched, pages near native resolution.
 - hf budget: our hf backend batched, pages fitted to --image-tokens.
-- vllm budget: our vLLM backend (where vllm is importable), pages fitted.
+- vllm budget: our vLLM backend (where vllm is importable), pages fitted:
+  the offline engine (all prompts in one call) and the async engine (all
+  prompts submitted concurrently, as the rerank actor does).
 
     python bench/gpu_throughput.py --arch tiny            # CPU or GPU, seconds
     python bench/gpu_throughput.py --arch 7b-random       # GPU: the real 7B architecture, random weights
@@ -134,11 +136,13 @@ def hf_engine(directory: Path, arch: str, device: str, batch_size: int):
     return HFEngine(model, AutoTokenizer.from_pretrained(directory), Qwen2VLImageProcessorPil.from_pretrained(directory), max_batch_size=batch_size)
 
 
-def vllm_engine(directory: Path, arch: str, args: argparse.Namespace):
+def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str):
     from mmr5_batch.config import load_config
-    from mmr5_batch.engines.vllm import VLLMEngine
+    from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine
 
+    # Both engines are built in one process: each takes under half the GPU.
     engine_kwargs = {"load_format": "dummy"} if arch == "7b-random" else {}
+    engine_kwargs["gpu_memory_utilization"] = 0.4
     config = load_config(
         None,
         {
@@ -152,7 +156,22 @@ def vllm_engine(directory: Path, arch: str, args: argparse.Namespace):
             "images.image_tokens": args.image_tokens,
         },
     )
-    return VLLMEngine.from_config(config)
+    return (AsyncVLLMEngine if kind == "async" else VLLMEngine).from_config(config)
+
+
+class GatherAll:
+    """The batch interface over an async engine: every request submitted at once, as the rerank actor does."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def generate(self, requests):
+        import asyncio
+
+        async def submit():
+            return await asyncio.gather(*(self.engine.generate_async(request) for request in requests))
+
+        return list(asyncio.run(submit()))
 
 
 def measure(name: str, engine, requests: list[EngineRequest], calls: int, image_tokens: float) -> dict:
@@ -230,14 +249,17 @@ def main(argv=None) -> int:
             del engine
             if device == "cuda":
                 torch.cuda.empty_cache()
-        if "vllm" in wanted:
+        for kind in ("offline", "async"):
+            if "vllm" not in wanted:
+                break
             try:
-                engine = vllm_engine(directory, args.arch, args)
+                engine = vllm_engine(directory, args.arch, args, kind)
             except Exception as error:  # vllm missing or no GPU: say so in the table
-                rows.append({"setting": f"vllm: not run ({str(error).splitlines()[0][:80]})"})
-            else:
-                requests, image_tokens = build_requests(pages, args, args.image_tokens, our_sampling)
-                rows.append(measure(f"vllm, {args.image_tokens}-token pages", engine, requests, len(requests), image_tokens))
+                rows.append({"setting": f"vllm {kind}: not run ({str(error).splitlines()[0][:80]})"})
+                break
+            requests, image_tokens = build_requests(pages, args, args.image_tokens, our_sampling)
+            runner = engine if kind == "offline" else GatherAll(engine)
+            rows.append(measure(f"vllm {kind}, {args.image_tokens}-token pages", runner, requests, len(requests), image_tokens))
 
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"# Reranking throughput, {dt.date.today().isoformat()}")

@@ -29,6 +29,8 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--image-tokens": ("images.image_tokens", {"type": int, "help": "image-token budget per candidate"}),
     "--actors": ("execution.actors", {"type": int, "help": "rerank actors (one engine each)"}),
     "--batch-size": ("execution.batch_size", {"type": int, "help": "queries per actor call"}),
+    "--concurrent-batches": ("execution.concurrent_batches", {"type": int, "help": "batches one actor works on at once (default 4)"}),
+    "--vllm-engine": ("model.vllm_engine", {"choices": ["async", "offline"], "help": "vLLM engine kind (default async)"}),
     "--address": ("execution.address", {"help": "Ray address (default: RAY_ADDRESS or a local Ray)"}),
 }
 

@@ -46,6 +46,13 @@ class ModelConfig(_Section):
     tensor_parallel_size: int = Field(
         1, ge=1, description="GPUs per vLLM engine (tensor parallelism); each actor then asks Ray for that many GPUs."
     )
+    vllm_engine: Literal["async", "offline"] = Field(
+        "async",
+        description=(
+            "vLLM engine: 'async' sends each query's next window as soon as its previous answer is back and keeps "
+            "several batches in flight per actor; 'offline' sends one round of windows per call and waits for the longest."
+        ),
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra engine arguments passed through to the backend as they are."
@@ -81,7 +88,15 @@ class ImageConfig(_Section):
 class ExecutionConfig(_Section):
     address: str | None = Field(None, description="Ray address; unset means RAY_ADDRESS or a new local Ray.")
     actors: int = Field(1, ge=1, description="Rerank actors, each owning one engine (one GPU each on GPU clusters).")
-    batch_size: int = Field(16, ge=1, description="Queries per actor call; all windows of one round go to the engine together.")
+    batch_size: int = Field(16, ge=1, description="Queries per actor call (one Ray Data batch).")
+    concurrent_batches: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Batches one actor works on at once: the next batch's windows reach the engine while the previous "
+            "batch's last answers are still decoding."
+        ),
+    )
     prepare_batch_size: int = Field(16, ge=1, description="Queries per CPU preparation task.")
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; auto is 1 with GPUs, 0.5 without.")
     gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor; auto is 1 when the cluster has GPUs, else 0.")

@@ -150,7 +150,13 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     dataset = dataset.map_batches(
         RerankActor,
         fn_constructor_kwargs={"config_json": config.model_dump_json()},
-        compute=ActorPoolStrategy(size=execution.actors),
+        # The actor's __call__ is async: several batches run through one
+        # engine at once, so a batch's last answers overlap the next batch.
+        compute=ActorPoolStrategy(
+            size=execution.actors,
+            max_concurrent_calls_per_actor=execution.concurrent_batches,
+            max_tasks_in_flight_per_actor=execution.concurrent_batches,
+        ),
         batch_size=execution.batch_size,
         batch_format="pyarrow",
         num_cpus=cpus,

@@ -1,20 +1,25 @@
 """The model stage: windows x engine x parse for a batch of prepared queries.
 
-`rerank_queries` is plain Python over an engine, tested without Ray: every
-query gets a sliding-window plan, round after round all current windows of
-all queries go to the engine in one call, each answer is parsed and repaired
-and advances its query. `RerankActor` is the thin Ray Data wrapper that owns
-one engine per actor.
+`rerank_queries_async` is plain Python over an engine, tested without Ray:
+every query gets a sliding-window plan and walks it on its own, each answer
+parsed, repaired and applied before its next window is sent. Many windows are
+in flight at once; a batch engine gets all windows that are ready together
+(`BatchingEngine`), vLLM's async engine takes each as it comes and keeps
+decoding. `RerankActor` is the thin Ray Data wrapper that owns one engine per
+actor; its `__call__` is async, so Ray Data runs several batches through one
+actor at once and the engine is never idle while a batch is handed back.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from .engines import Engine, EngineRequest, SamplingSettings
+from .engines import AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
+from .engines.batching import BatchingEngine
 from .parse import FALLBACK, OK, REPAIRED, parse_ranking
 from .prompt import build_messages
 from .schema import PREPARED_COLUMNS, RESULT_COLUMNS, SOURCE_PATH, append_passthrough
@@ -103,9 +108,35 @@ def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool)
     }
 
 
-def rerank_queries(
+def _record(state: QueryState, indices: list[int], completion: Completion) -> None:
+    """Fold one window's completion into its query: counts, reasoning, status, new order."""
+    state.windows += 1
+    state.image_tokens += sum(state.row["candidates"][index]["image_tokens"] for index in indices)
+    state.prompt_tokens += completion.prompt_tokens
+    state.generated_tokens += completion.generated_tokens
+    state.reasoning.append(completion.text)
+    if completion.error is not None:
+        state.error = f"window {state.windows}: {completion.error}"
+        return
+    parsed = parse_ranking(completion.text, len(indices))
+    if _SEVERITY[parsed.status] > _SEVERITY[state.status]:
+        state.status = parsed.status
+    state.ranking.apply(parsed.order)  # type: ignore[union-attr]
+
+
+async def _rank_one(state: QueryState, engine: AsyncEngine, sampling: SamplingSettings) -> None:
+    # Each query walks its own windows: its next window goes to the engine as
+    # soon as its previous answer is back, not when the slowest query of the
+    # batch finishes its window.
+    while state.active:
+        indices = state.ranking.current_window()  # type: ignore[union-attr]
+        completion = await engine.generate_async(_request(state, indices, sampling))
+        _record(state, indices, completion)
+
+
+async def rerank_queries_async(
     rows: Sequence[dict[str, Any]],
-    engine: Engine,
+    engine: AsyncEngine,
     *,
     window: int,
     stride: int,
@@ -117,29 +148,13 @@ def rerank_queries(
 ) -> list[dict[str, Any]]:
     """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS)."""
     states = [_plan(dict(row), window, stride, top_k) for row in rows]
-    while True:
-        active = [state for state in states if state.active]
-        if not active:
-            break
-        windows = [state.ranking.current_window() for state in active]  # type: ignore[union-attr]
-        requests = [_request(state, indices, sampling) for state, indices in zip(active, windows)]
-        completions = engine.generate(requests)
-        if len(completions) != len(requests):
-            raise RuntimeError(f"engine returned {len(completions)} completions for {len(requests)} requests")
-        for state, indices, completion in zip(active, windows, completions):
-            state.windows += 1
-            state.image_tokens += sum(state.row["candidates"][index]["image_tokens"] for index in indices)
-            state.prompt_tokens += completion.prompt_tokens
-            state.generated_tokens += completion.generated_tokens
-            state.reasoning.append(completion.text)
-            if completion.error is not None:
-                state.error = f"window {state.windows}: {completion.error}"
-                continue
-            parsed = parse_ranking(completion.text, len(indices))
-            if _SEVERITY[parsed.status] > _SEVERITY[state.status]:
-                state.status = parsed.status
-            state.ranking.apply(parsed.order)  # type: ignore[union-attr]
+    await asyncio.gather(*(_rank_one(state, engine, sampling) for state in states))
     return [_result(state, model_id, run_id, keep_reasoning) for state in states]
+
+
+def rerank_queries(rows: Sequence[dict[str, Any]], engine: Engine, **settings: Any) -> list[dict[str, Any]]:
+    """`rerank_queries_async` over a batch engine, outside any event loop: each round's windows share one call."""
+    return asyncio.run(rerank_queries_async(rows, BatchingEngine(engine), **settings))
 
 
 class RerankActor:
@@ -147,17 +162,17 @@ class RerankActor:
 
     def __init__(self, config_json: str) -> None:
         from .config import JobConfig
-        from .engines import create_engine, sampling_from_config
+        from .engines import create_async_engine, sampling_from_config
 
         self.config = JobConfig.model_validate_json(config_json)
-        self.engine = create_engine(self.config)
+        self.engine = create_async_engine(self.config)
         self.sampling = sampling_from_config(self.config.model)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
         own = set(PREPARED_COLUMNS.names)
         rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
         ranking = self.config.ranking
-        results = rerank_queries(
+        results = await rerank_queries_async(
             rows,
             self.engine,
             window=ranking.window,

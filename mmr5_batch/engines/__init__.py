@@ -1,4 +1,4 @@
-"""Inference backends behind one interface (`Engine.generate`).
+"""Inference backends behind two interfaces (`Engine.generate`, `AsyncEngine.generate_async`).
 
 Backends are imported only when chosen, so the job never imports vllm or
 torch unless the configured backend needs them.
@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ANSWER_STOP, Completion, Engine, EngineRequest, SamplingSettings
+from .base import ANSWER_STOP, AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
 
 if TYPE_CHECKING:
     from ..config import JobConfig, ModelConfig
 
-__all__ = ["ANSWER_STOP", "Completion", "Engine", "EngineRequest", "SamplingSettings", "create_engine", "sampling_from_config"]
+__all__ = [
+    "ANSWER_STOP",
+    "AsyncEngine",
+    "Completion",
+    "Engine",
+    "EngineRequest",
+    "SamplingSettings",
+    "create_async_engine",
+    "create_engine",
+    "sampling_from_config",
+]
 
 
 class EngineUnavailable(RuntimeError):
@@ -46,3 +56,14 @@ def create_engine(config: "JobConfig") -> Engine:
 
         return ScriptedTestEngine(**model.engine_kwargs)
     raise EngineUnavailable(f"unknown backend {model.backend!r}")
+
+
+def create_async_engine(config: "JobConfig") -> AsyncEngine:
+    """The engine the rerank actor drives: vLLM's async engine, or a batch engine behind `BatchingEngine`."""
+    if config.model.backend == "vllm" and config.model.vllm_engine == "async":
+        from .vllm import AsyncVLLMEngine
+
+        return AsyncVLLMEngine.from_config(config)
+    from .batching import BatchingEngine
+
+    return BatchingEngine(create_engine(config))

@@ -1,10 +1,16 @@
-"""The engine interface every backend implements.
+"""The engine interfaces the backends implement.
 
 A request carries the chat messages (text parts and image placeholders), the
 images as bytes already fitted to their token budget, in placeholder order,
 and the sampling settings. A completion carries the text, why generation
 stopped, token counts, and an error when the engine refused the request (that
 query then becomes an error record; the rest of the batch goes on).
+
+Two shapes: `Engine` takes a list and returns when all are done (hf, the
+offline vLLM engine, the scripted test engine); `AsyncEngine` takes one
+request and returns when that one is done, while the engine keeps decoding
+the others (vLLM's async engine). The reranker drives `AsyncEngine`s only;
+`engines.batching.BatchingEngine` turns an `Engine` into one.
 """
 
 from __future__ import annotations
@@ -50,4 +56,10 @@ class Completion:
 class Engine(Protocol):
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         """One completion per request, in order."""
+        ...
+
+
+class AsyncEngine(Protocol):
+    async def generate_async(self, request: EngineRequest) -> Completion:
+        """The completion of one request; many may be in flight at once."""
         ...

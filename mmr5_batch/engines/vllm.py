@@ -1,4 +1,11 @@
-"""The vLLM backend: one offline engine per actor, prompts from the model's own chat template.
+"""The vLLM backend: one engine per actor, prompts from the model's own chat template.
+
+Two engines behind the same requests: `AsyncVLLMEngine` (vLLM's async engine,
+the default) takes each window as its query gets to it and keeps decoding the
+others, so the GPU never waits for a round's or a batch's slowest answer;
+`VLLMEngine` (vLLM's offline `LLM`) takes a whole round of windows per call
+and returns when the longest is done. `model.vllm_engine` picks one, so the
+two can be measured against each other (bench/gpu_throughput.py).
 
 vllm is an optional extra (a CUDA build): it is imported here, inside the
 actor, and only when this backend is chosen. Engine arguments we derive
@@ -9,6 +16,7 @@ overridden or extended by `model.engine_kwargs`, which pass through as they are.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from typing import Any, Sequence
 
@@ -79,6 +87,27 @@ def load_vllm() -> Any:
     return vllm
 
 
+def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
+    """The prompt vLLM gets: the chat template's text with one placeholder per image, and the images."""
+    from PIL import Image
+
+    from ..prompt import render_prompt
+
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
+    return {"prompt": render_prompt(tokenizer, request.messages), "multi_modal_data": {"image": images}}
+
+
+def completion_from(output: Any) -> Completion:
+    """Our Completion from a finished vLLM RequestOutput."""
+    choice = output.outputs[0]
+    return Completion(
+        text=choice.text,
+        finish_reason=choice.finish_reason or "stop",
+        prompt_tokens=len(output.prompt_token_ids or []),
+        generated_tokens=len(choice.token_ids),
+    )
+
+
 class VLLMEngine:
     """vLLM's offline engine behind the Engine interface; `llm` and `sampling_params` are vLLM's (or a test's stand-ins)."""
 
@@ -100,12 +129,7 @@ class VLLMEngine:
         return cls(llm, vllm.SamplingParams)
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
-        from PIL import Image
-
-        from ..prompt import render_prompt
-
-        images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
-        return {"prompt": render_prompt(self.tokenizer, request.messages), "multi_modal_data": {"image": images}}
+        return vllm_prompt(self.tokenizer, request)
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         if not requests:
@@ -120,15 +144,45 @@ class VLLMEngine:
             # One bad prompt (e.g. longer than max_model_len) fails the whole call: isolate it.
             log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
             return [completion for request in requests for completion in self.generate([request])]
-        completions = []
-        for output in outputs:
-            choice = output.outputs[0]
-            completions.append(
-                Completion(
-                    text=choice.text,
-                    finish_reason=choice.finish_reason or "stop",
-                    prompt_tokens=len(output.prompt_token_ids or []),
-                    generated_tokens=len(choice.token_ids),
-                )
-            )
-        return completions
+        return [completion_from(output) for output in outputs]
+
+
+class AsyncVLLMEngine:
+    """vLLM's async engine behind the AsyncEngine interface: one request in, its completion out, many in flight."""
+
+    def __init__(self, engine: Any, sampling_params: Any, tokenizer: Any) -> None:
+        self.engine = engine
+        self.sampling_params = sampling_params
+        self.tokenizer = tokenizer
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_config(cls, config: Any, vllm_module: Any = None) -> "AsyncVLLMEngine":
+        """Start the engine; a bad model id or out-of-memory at load fails here, before any work."""
+        from transformers import AutoTokenizer
+
+        from . import EngineUnavailable
+
+        vllm = vllm_module or load_vllm()
+        args = engine_args(config)
+        try:
+            engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args))
+            # The same tokenizer (and chat template) vLLM loads for the model.
+            tokenizer = AutoTokenizer.from_pretrained(args.get("tokenizer") or args["model"])
+        except Exception as error:
+            raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
+        return cls(engine, vllm.SamplingParams, tokenizer)
+
+    async def generate_async(self, request: EngineRequest) -> Completion:
+        params = self.sampling_params(**sampling_params_args(request.sampling))
+        prompt = vllm_prompt(self.tokenizer, request)
+        final = None
+        try:
+            async for output in self.engine.generate(prompt, params, request_id=f"mmr5-{next(self._ids)}"):
+                final = output
+        except ValueError as error:
+            # vLLM refuses this prompt alone (e.g. longer than max_model_len); the others go on.
+            return Completion("", "error", error=f"engine rejected the request: {error}")
+        if final is None or not final.finished:
+            raise RuntimeError("vLLM ended a request without a finished output")
+        return completion_from(final)

@@ -19,7 +19,7 @@ pytestmark = [
 from mmr5_batch.config import load_config  # noqa: E402
 from mmr5_batch.demo_data import write_demo_dataset  # noqa: E402
 from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
-from mmr5_batch.engines.vllm import VLLMEngine  # noqa: E402
+from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine  # noqa: E402
 from mmr5_batch.images import prepare_image  # noqa: E402
 from mmr5_batch.pipeline import run_job  # noqa: E402
 from mmr5_batch.prompt import build_messages  # noqa: E402
@@ -54,8 +54,25 @@ def test_tiny_model_generates_through_real_vllm(tiny_model_dir, tmp_path):
         assert completion.prompt_tokens > sum(prepare_image(grey_jpeg(1, (200, 300)), 64).tokens for _ in range(3))
 
 
-def test_whole_pipeline_on_vllm(ray_session, tiny_model_dir, tmp_path):
+def test_tiny_model_generates_through_real_async_vllm(tiny_model_dir, tmp_path):
+    import asyncio
+
+    engine = AsyncVLLMEngine.from_config(gpu_config(tiny_model_dir, tmp_path))
+    images = tuple(prepare_image(grey_jpeg(level, (200, 300)), 64).data for level in (30, 90, 150))
+    sampling = SamplingSettings(max_new_tokens=16, min_new_tokens=4)
+    requests = [EngineRequest(build_messages(f"question {i}?", 3), images, sampling) for i in range(8)]
+
+    async def submit_all():
+        return await asyncio.gather(*(engine.generate_async(request) for request in requests))
+
+    completions = asyncio.run(submit_all())
+    assert [completion.error for completion in completions] == [None] * 8
+    assert all(4 <= completion.generated_tokens <= 16 for completion in completions)
+
+
+@pytest.mark.parametrize("vllm_engine", ["async", "offline"])
+def test_whole_pipeline_on_vllm(ray_session, tiny_model_dir, tmp_path, vllm_engine):
     write_demo_dataset(tmp_path / "in", queries=8, candidates=6, shards=2)
-    summary = run_job(gpu_config(tiny_model_dir, tmp_path))
+    summary = run_job(gpu_config(tiny_model_dir, tmp_path, **{"model.vllm_engine": vllm_engine}))
     assert summary["totals"]["queries"] == 8 and summary["totals"]["error"] == 0
     assert summary["totals"]["windows"] == 16

@@ -1,10 +1,15 @@
-"""The model stage over the scripted test engine: batching of rounds, statuses, flags, top-k."""
+"""The model stage over test engines: batching of rounds, overlap of queries and batches, statuses, flags, top-k."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from mmr5_batch.engines import SamplingSettings
+from mmr5_batch.engines.batching import BatchingEngine
 from mmr5_batch.engines.scripted import ScriptedTestEngine
-from mmr5_batch.rerank import rerank_queries
+from mmr5_batch.rerank import rerank_queries, rerank_queries_async
 
 
 def prepared(query_id, levels, query="which page?", scores=None, errors=None):
@@ -87,3 +92,69 @@ def test_query_level_errors_skip_the_engine():
     results, engine = run([row])
     assert engine.calls == []
     assert results[0]["status"] == "error" and results[0]["reason"] == "empty query"
+
+
+class GatedTestEngine:
+    """Async test engine: answers like the scripted engine, but holds '#slow' queries until released."""
+
+    def __init__(self):
+        self.scripted = ScriptedTestEngine()
+        self.release = asyncio.Event()
+        self.log: list[str] = []
+
+    async def generate_async(self, request):
+        question = "".join(part.get("text", "") for message in request.messages for part in message["content"])
+        name = "slow" if "#slow" in question else "fast"
+        self.log.append(f"{name} sent")
+        if name == "slow":
+            await self.release.wait()
+        [completion] = self.scripted.generate([request])
+        self.log.append(f"{name} done")
+        return completion
+
+
+def test_a_query_moves_to_its_next_window_without_waiting_for_the_others():
+    engine = GatedTestEngine()
+    rows = [prepared("slow", [90] * 5, query="q #slow"), prepared("fast", [200, 150, 100, 50, 180, 30, 90, 120, 60, 40, 20])]
+
+    async def scenario():
+        job = asyncio.create_task(
+            rerank_queries_async(rows, engine, window=5, stride=3, top_k=None, sampling=SamplingSettings(), model_id="m", run_id="r")
+        )
+        # The fast query walks all 3 of its windows while the slow one's first is still decoding.
+        while engine.log.count("fast done") < 3:
+            await asyncio.sleep(0)
+            assert not job.done()
+        engine.release.set()
+        return await job
+
+    results = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert engine.log[:2] == ["slow sent", "fast sent"] and engine.log[-1] == "slow done"
+    assert [r["windows"] for r in results] == [1, 3]
+    assert results[1]["doc_ids"][0] == "d10" and results[1]["status"] == "ok"
+
+
+def test_batches_in_flight_together_share_engine_calls():
+    scripted = ScriptedTestEngine()
+    engine = BatchingEngine(scripted)
+    settings = dict(window=5, stride=3, top_k=None, sampling=SamplingSettings(), model_id="m", run_id="r")
+
+    async def two_batches():
+        return await asyncio.gather(
+            rerank_queries_async([prepared("a", [10] * 8), prepared("b", [10] * 3)], engine, **settings),
+            rerank_queries_async([prepared("c", [10] * 8)], engine, **settings),
+        )
+
+    first, second = asyncio.run(two_batches())
+    # round 1: a, b and c in one call; round 2: a and c.
+    assert scripted.calls == [3, 2]
+    assert [r["query_id"] for r in first + second] == ["a", "b", "c"]
+
+
+def test_an_engine_failure_reaches_every_waiting_query():
+    class BrokenEngine:
+        def generate(self, requests):
+            raise RuntimeError("CUDA error: device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        run([prepared("a", [10] * 3), prepared("b", [10] * 3)], engine=BrokenEngine())

@@ -9,6 +9,7 @@ in tests/integration/test_vllm_gpu.py where vLLM and a GPU exist.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import types
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from mmr5_batch.config import load_config
 from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings, sampling_from_config
-from mmr5_batch.engines.vllm import VLLMEngine, engine_args, max_model_len_for
+from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine, engine_args, max_model_len_for
 from mmr5_batch.images import prepare_image
 from mmr5_batch.prompt import build_messages
 from tests.conftest import grey_jpeg
@@ -56,7 +57,36 @@ class RecordingLLM:
         ]
 
 
-FAKE_VLLM = types.SimpleNamespace(LLM=RecordingLLM, SamplingParams=dict)
+class RecordingAsyncLLM:
+    """Stands in for vllm.AsyncLLMEngine: streams a partial then a finished output per request, records requests."""
+
+    instances: list["RecordingAsyncLLM"] = []
+
+    def __init__(self, args):
+        self.kwargs = args
+        self.requests: list[tuple[dict, dict, str]] = []
+        RecordingAsyncLLM.instances.append(self)
+
+    @classmethod
+    def from_engine_args(cls, args):
+        if args["model"] == "no/such-model":
+            raise OSError("no/such-model is not a local folder and is not a valid model identifier\nmore")
+        return cls(args)
+
+    async def generate(self, prompt, params, request_id):
+        import asyncio
+
+        self.requests.append((prompt, params, request_id))
+        if len(prompt["prompt"]) > self.kwargs["max_model_len"]:
+            raise ValueError("The decoder prompt is longer than the maximum model length")
+        text = "<think>t</think><answer>[1]</answer>"
+        for finished, cut in ((False, 9), (True, len(text))):
+            await asyncio.sleep(0)
+            choice = types.SimpleNamespace(text=text[:cut], finish_reason="stop" if finished else None, token_ids=[1] * (3 if finished else 1))
+            yield types.SimpleNamespace(prompt_token_ids=[0] * 10, outputs=[choice], finished=finished)
+
+
+FAKE_VLLM = types.SimpleNamespace(LLM=RecordingLLM, SamplingParams=dict, AsyncLLMEngine=RecordingAsyncLLM, AsyncEngineArgs=dict)
 
 
 def job(tiny_model_dir, **overrides):
@@ -148,3 +178,62 @@ def test_missing_vllm_says_what_to_do(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_vllm)
     with pytest.raises(EngineUnavailable, match=r"pip install '\.\[vllm\]', or choose --backend hf"):
         VLLMEngine.from_config(job(tiny_model_dir))
+
+
+def test_async_engine_sends_the_same_requests_as_the_offline_engine(tiny_model_dir):
+    config = job(tiny_model_dir, **{"model.temperature": 0.3})
+    offline = VLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    streaming = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    assert streaming.engine.kwargs == engine_args(config) == offline.llm.kwargs
+    images = tuple(prepare_image(grey_jpeg(level), 256).data for level in (30, 90))
+    requests = [EngineRequest(build_messages(f"query {i}", 2), images, sampling_from_config(config.model)) for i in range(3)]
+
+    async def submit_all():
+        return await asyncio.gather(*(streaming.generate_async(request) for request in requests))
+
+    completions = asyncio.run(submit_all())
+    offline_completions = offline.generate(requests)
+    [(offline_prompts, offline_params)] = offline.llm.calls
+    sent = streaming.engine.requests
+    assert [prompt["prompt"] for prompt, _, _ in sent] == [prompt["prompt"] for prompt in offline_prompts]
+    assert sent[0][0]["prompt"] == reference_prompt("query 0", 2)
+    assert [params for _, params, _ in sent] == offline_params
+    assert [[p.size for p in prompt["multi_modal_data"]["image"]] for prompt, _, _ in sent] == [
+        [p.size for p in prompt["multi_modal_data"]["image"]] for prompt in offline_prompts
+    ]
+    assert len({request_id for _, _, request_id in sent}) == 3
+    # Only the finished output counts, not the partial ones streamed before it.
+    assert completions == offline_completions
+    assert completions[0].text.endswith("</answer>") and completions[0].generated_tokens == 3
+
+
+def test_async_engine_rejection_is_that_requests_error(tiny_model_dir):
+    config = job(tiny_model_dir, **{"model.engine_kwargs": {"max_model_len": 2000}})
+    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    image = (prepare_image(grey_jpeg(60), 64).data,)
+    short = EngineRequest(build_messages("q", 1), image, SamplingSettings())
+    long = EngineRequest(build_messages("q " * 1000, 1), image, SamplingSettings())
+
+    async def submit_all():
+        return await asyncio.gather(*(engine.generate_async(request) for request in (short, long, short)))
+
+    completions = asyncio.run(submit_all())
+    assert [c.error is None for c in completions] == [True, False, True]
+    assert "longer than the maximum model length" in completions[1].error
+
+
+def test_async_engine_that_cannot_start_fails_early_with_one_line(tiny_model_dir):
+    with pytest.raises(EngineUnavailable, match=r"vLLM could not start 'no/such-model': no/such-model is not a local folder[^\n]*$"):
+        AsyncVLLMEngine.from_config(job(tiny_model_dir, **{"model.name": "no/such-model"}), vllm_module=FAKE_VLLM)
+
+
+def test_actor_engine_follows_the_config(tiny_model_dir, monkeypatch):
+    import sys
+
+    from mmr5_batch.engines import create_async_engine
+    from mmr5_batch.engines.batching import BatchingEngine
+
+    monkeypatch.setitem(sys.modules, "vllm", FAKE_VLLM)
+    assert isinstance(create_async_engine(job(tiny_model_dir)), AsyncVLLMEngine)
+    offline = create_async_engine(job(tiny_model_dir, **{"model.vllm_engine": "offline"}))
+    assert isinstance(offline, BatchingEngine) and isinstance(offline.engine, VLLMEngine)
