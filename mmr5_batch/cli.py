@@ -1,8 +1,10 @@
 """The `mmr5-batch` command line: rerank, show-prompt, tiny-model, demo-data.
 
 Exit codes: 0 done; 2 the job could not start or failed as a whole (bad
-config, missing input, no engine), with one line on stderr saying why; 1 an
-unexpected error (with a traceback).
+config, missing input, no engine), with one line on stderr saying why; 3 the
+job ran and wrote its outputs but too many queries or shards failed
+(`--max-error-rate`), or a shard is not fully accounted for; 1 an unexpected
+error (with a traceback).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--concurrent-batches": ("execution.concurrent_batches", {"type": int, "help": "batches one actor works on at once (default 4)"}),
     "--vllm-engine": ("model.vllm_engine", {"choices": ["async", "offline"], "help": "vLLM engine kind (default async)"}),
     "--address": ("execution.address", {"help": "Ray address (default: RAY_ADDRESS or a local Ray)"}),
+    "--max-error-rate": ("execution.max_error_rate", {"type": float, "help": "share of dead-lettered queries or bad shards that fails the job (default 0.01)"}),
+    "--s3-endpoint-url": ("storage.endpoint_url", {"help": "S3 endpoint (default: AWS_ENDPOINT_URL or AWS)"}),
+    "--s3-region": ("storage.region", {"help": "S3 region (default: the AWS chain's)"}),
 }
 
 
@@ -90,6 +95,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<18}{total[name]:>10}")
     lines.append(f"{'wall seconds':<18}{summary['wall_seconds']:>10.1f}")
     lines.append(f"{'queries/second':<18}{summary['queries_per_second']:>10.2f}")
+    shards = summary["shards"]
+    lines.append(
+        f"shards: {shards['total']} total, {shards['processed']} processed ({shards['reprocessed_changed']} changed), "
+        f"{shards['skipped_done_earlier']} done earlier, {shards['bad']} bad"
+    )
+    for reason in summary["bad_shards"].values():
+        lines.append(f"  bad shard: {reason}")
+    if summary["planner_dead_letters"]:
+        lines.append(f"dead letters from planning (missing or repeated query_id): {summary['planner_dead_letters']}")
     return "\n".join(lines)
 
 
@@ -124,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mmr5-batch: error: {cause}", file=sys.stderr)
             return 2
         print(format_summary(summary))
+        if summary["failed"]:
+            print(f"mmr5-batch: error: {summary['failed']}", file=sys.stderr)
+            return 3
         return 0
     if args.command == "show-prompt":
         try:

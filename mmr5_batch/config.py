@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -83,9 +83,48 @@ class ImageConfig(_Section):
         default_factory=list,
         description="URI prefixes candidates' image_uri may point into (e.g. 's3://bucket/pages/'); none are allowed by default.",
     )
+    fetch_concurrency: int = Field(8, ge=1, description="image_uri fetches in flight at once per CPU task.")
+    fetch_retries: int = Field(
+        3, ge=0, description="Retries of an image_uri fetch after a transient error (connection, timeout, throttling); none for missing or forbidden."
+    )
+
+
+class StorageConfig(_Section):
+    """S3 settings; unset fields fall back to the standard AWS chain (environment, profile, instance role)."""
+
+    endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, on-prem); unset means AWS_ENDPOINT_URL or AWS.")
+    region: str | None = Field(None, description="S3 region; unset means AWS_REGION / AWS_DEFAULT_REGION or the profile's.")
+    profile: str | None = Field(None, description="AWS profile name from the shared config files.")
+    access_key_id: SecretStr | None = Field(None, description="Access key id; prefer the AWS chain. Never written out.")
+    secret_access_key: SecretStr | None = Field(None, description="Secret access key; prefer the AWS chain. Never written out.")
+    session_token: SecretStr | None = Field(None, description="Session token for temporary credentials. Never written out.")
+
+    def s3_options(self) -> dict[str, Any]:
+        """s3fs keyword arguments for the settings that are set."""
+        options: dict[str, Any] = {}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.profile:
+            options["profile"] = self.profile
+        for field, name in (("access_key_id", "key"), ("secret_access_key", "secret"), ("session_token", "token")):
+            value = getattr(self, field)
+            if value is not None:
+                options[name] = value.get_secret_value()
+        return options
 
 
 class ExecutionConfig(_Section):
+    max_error_rate: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of queries that may end as dead letters (or of shards that may be unreadable) before the job "
+            "exits non-zero; the outputs are written either way."
+        ),
+    )
     address: str | None = Field(None, description="Ray address; unset means RAY_ADDRESS or a new local Ray.")
     actors: int = Field(1, ge=1, description="Rerank actors, each owning one engine (one GPU each on GPU clusters).")
     batch_size: int = Field(16, ge=1, description="Queries per actor call (one Ray Data batch).")
@@ -100,17 +139,28 @@ class ExecutionConfig(_Section):
     prepare_batch_size: int = Field(16, ge=1, description="Queries per CPU preparation task.")
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; auto is 1 with GPUs, 0.5 without.")
     gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor; auto is 1 when the cluster has GPUs, else 0.")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each rerank actor needs, so actors land only on nodes that offer them (e.g. {'reranker': 1}).",
+    )
 
 
 class JobConfig(_Section):
     input: str = Field(description="Input Parquet: a file, a directory or prefix of shards, any fsspec URI.")
     output: str = Field(description="Output prefix for ranked rows, dead letters, stats, config and summary.")
     run_id: str | None = Field(None, description="Run identifier recorded on every row; generated when unset.")
-    overwrite: bool = Field(False, description="Replace the results of an earlier run in the output prefix.")
+    overwrite: bool = Field(
+        False,
+        description=(
+            "Reprocess everything: delete the earlier results in the output prefix first. Without it a run resumes: "
+            "only shards and queries not already written are processed."
+        ),
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="Windows and depth of reranking.")
     images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Ray resources and batching.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage (S3) endpoint and credentials.")
 
     def with_run_id(self) -> "JobConfig":
         if self.run_id:
@@ -157,5 +207,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(_one_line(error)) from None
 
 
+SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token")
+
+
+def public_dump(config: JobConfig) -> dict[str, Any]:
+    """The config as plain data without credentials: what may be written, logged or shown."""
+    return config.model_dump(mode="json", exclude={"storage": set(SECRET_FIELDS)})
+
+
 def config_to_yaml(config: JobConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(public_dump(config), sort_keys=False)

@@ -1,10 +1,12 @@
-"""The write stage: ranked rows and dead letters per write task, and the counters that become the run summary.
+"""The write stage: ranked rows and dead letters per write task and source shard, and their counters.
 
 Every result row goes to exactly one of two tables: `ranked/` (status ok,
-repaired or fallback) or `dead_letter/` (status error, with the reason).
-File names derive from the run id and the write task's index, so a retried
-task replaces its own file instead of adding one. Each task returns its
-counters per source shard; the driver merges them into `summary.json`.
+repaired or fallback) or `dead_letter/` (status error, with the reason),
+each partitioned by source shard (`ranked/<shard key>/`), which is what
+resume and incremental runs read back (see progress.py). A file name is the
+run attempt plus the write task's index, so a retried task replaces its own
+file instead of adding one; each file is written whole or not at all. Each
+task returns its counters per source shard; the driver merges them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from .schema import DEAD_LETTER_KEEP, RANKED_DROP, RESULT_COLUMNS, SOURCE_PATH
-from .storage import join, write_parquet
+from .storage import Storage, join
 
 # Fixed counter names: the same keys in every shard's stats and the summary.
 COUNTERS = (
@@ -65,11 +67,14 @@ def totals(per_shard: dict[str, dict[str, int]]) -> dict[str, int]:
 
 
 class RerankOutputDatasink(Datasink[dict]):
-    """Writes result rows as ranked rows and dead letters; collects per-shard counters."""
+    """Writes result rows as ranked rows and dead letters per source shard; collects per-shard counters."""
 
-    def __init__(self, output: str, run_id: str) -> None:
+    def __init__(self, output: str, attempt: str, shards: dict[str, tuple[str, str]], storage: Storage) -> None:
+        """`shards`: filesystem path -> (URI recorded as source_path, shard key naming its folder)."""
         self.output = output
-        self.run_id = run_id
+        self.attempt = attempt
+        self.shards = shards
+        self.storage = storage
         self.per_shard: dict[str, dict[str, int]] = {}
         self.files: list[str] = []
 
@@ -79,17 +84,23 @@ class RerankOutputDatasink(Datasink[dict]):
         if not tables:
             return {"stats": {}, "files": []}
         table = pa.concat_tables(tables, promote_options="permissive")
-        is_error = pc.equal(table["status"], "error")
-        ranked = table.filter(pc.invert(is_error)).drop_columns(list(RANKED_DROP))
+        paths = table[SOURCE_PATH].to_pylist()
+        uris = [self.shards[path][0] for path in paths]
+        table = table.set_column(table.schema.get_field_index(SOURCE_PATH), SOURCE_PATH, pa.array(uris, pa.string()))
         passthrough = [name for name in table.column_names if name not in RESULT_COLUMNS.names]
-        dead = table.filter(is_error).select(list(DEAD_LETTER_KEEP) + passthrough)
-        name = f"part-{self.run_id}-{ctx.task_idx:05d}.parquet"
+        name = f"part-{self.attempt}-{ctx.task_idx:05d}.parquet"
         files = []
-        for folder, part in (("ranked", ranked), ("dead_letter", dead)):
-            if part.num_rows:
-                uri = join(self.output, folder, name)
-                write_parquet(part, uri)
-                files.append(uri)
+        for path in sorted(set(paths)):
+            key = self.shards[path][1]
+            part = table.filter(pc.equal(table[SOURCE_PATH], self.shards[path][0]))
+            is_error = pc.equal(part["status"], "error")
+            ranked = part.filter(pc.invert(is_error)).drop_columns(list(RANKED_DROP))
+            dead = part.filter(is_error).select(list(DEAD_LETTER_KEEP) + passthrough)
+            for folder, rows in (("ranked", ranked), ("dead_letter", dead)):
+                if rows.num_rows:
+                    uri = join(self.output, folder, key, name)
+                    self.storage.write_parquet(rows, uri)
+                    files.append(uri)
         return {"stats": shard_counters(table), "files": files}
 
     def on_write_complete(self, write_result: Any) -> None:

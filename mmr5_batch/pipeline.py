@@ -1,87 +1,67 @@
-"""The one place that wires the Ray Data stages together: plan, read, prepare, rerank, write.
+"""The one place that wires the Ray Data stages together: plan, read, prepare, rerank, write, account.
 
-Planning happens on the driver before any Ray work: list the shards, check
-each one's schema, find query_ids that occur more than once. A problem there
-stops the job with one line (`JobError`). Then:
+Planning happens on the driver before any Ray work (planner.py): shards
+done in an earlier run are skipped, changed ones reprocessed, bad ones
+recorded, and queries already written by an interrupted run dropped. A
+problem that stops everything (no input, no readable shard, an output
+prefix holding another job's results) stops the job with one line
+(`JobError`). Then:
 
-    read_parquet (with source paths) -> [groupby query_id for the pairs layout]
+    read_parquet (with source paths) -> drop rows already done
+    -> [groupby query_id for the pairs layout]
     -> repartition into small blocks (every actor gets work)
     -> prepare (CPU tasks) -> rerank (actor pool, one engine each) -> write (datasink)
+
+and finally every processed shard's written rows are read back and counted:
+a shard whose every query is there exactly once goes into the ledger.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass
+import uuid
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from .config import JobConfig, config_to_yaml
-from .outputs import RerankOutputDatasink, totals
+from .config import JobConfig, config_to_yaml, public_dump
+from .outputs import COUNTERS, RerankOutputDatasink, merge_counters, totals
+from .planner import (
+    InputPlan,
+    JobError,
+    drop_rows,
+    plan_input,
+    rows_to_drop,
+    shard_summary,
+    write_unaddressable,
+)
 from .prepare import PrepareSettings, group_pairs, prepare_batch
+from .progress import OutputState, describe_difference, job_fingerprint
 from .rerank import RerankActor
-from .schema import GROUPED, InputSchemaError, detect_layout
-from .storage import InputNotFound, filesystem_for, join, list_shards, write_json, write_text
+from .schema import GROUPED
+from .storage import Storage, join
 
 log = logging.getLogger(__name__)
 
+__all__ = ["JobError", "run_job"]
 
-class JobError(RuntimeError):
-    """A job-level failure, reported as one line and a non-zero exit."""
-
-
-@dataclass(frozen=True)
-class InputPlan:
-    shards: list[str]
-    layout: str
-    duplicate_query_ids: dict[str, int]
-    filesystem: Any
+# Read back per shard to count what the output holds.
+WRITTEN_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
 
 
-def plan_input(uri: str) -> InputPlan:
-    """Shards, their common layout and the query_ids occurring more than once; raises JobError."""
+def check_same_job(state: OutputState, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to add rows to a prefix that holds results made with other settings (they would mix)."""
     try:
-        fs, shards = list_shards(uri)
-    except InputNotFound as error:
-        raise JobError(str(error)) from None
-    layouts = {}
-    ids: Counter[str] = Counter()
-    for shard in shards:
-        try:
-            with fs.open(shard, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                layouts[shard] = detect_layout(parquet.schema_arrow, shard).layout
-                if layouts[shard] == GROUPED:
-                    ids.update(value for value in parquet.read(columns=["query_id"])["query_id"].to_pylist() if value)
-        except InputSchemaError as error:
-            raise JobError(str(error)) from None
-        except Exception as error:  # not Parquet, truncated
-            raise JobError(f"{shard}: cannot read as Parquet: {error}") from None
-    kinds = set(layouts.values())
-    if len(kinds) > 1:
-        raise JobError(f"shards mix the grouped and pairs layouts: {layouts}")
-    duplicates = {query_id: count for query_id, count in ids.items() if count > 1}
-    return InputPlan(shards, kinds.pop(), duplicates, fs)
-
-
-RESULT_FOLDERS = ("ranked", "dead_letter")
-
-
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse an output prefix that holds an earlier run's results, or clear it when overwriting.
-
-    Two runs' files side by side would list some queries twice.
-    """
-    fs, path = filesystem_for(output)
-    earlier = [folder for folder in RESULT_FOLDERS if fs.exists(join(path, folder))]
-    if earlier and not overwrite:
-        raise JobError(f"{output} already holds results ({', '.join(earlier)}); choose another output or pass --overwrite")
-    for folder in earlier:
-        fs.rm(join(path, folder), recursive=True)
+        earlier = state.job()
+    except Exception as error:  # missing bucket, rejected credentials, unreachable endpoint
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise JobError(f"cannot read output {state.output}: {type(error).__name__}: {text}") from None
+    if earlier is not None and earlier.get("digest") != fingerprint["digest"] and not overwrite:
+        raise JobError(
+            f"{state.output} holds results of a run with other settings ({describe_difference(earlier, fingerprint)}); "
+            "choose another output or pass --overwrite"
+        )
 
 
 def ensure_ray(address: str | None) -> None:
@@ -117,39 +97,49 @@ def actor_resources(config: JobConfig, cluster_gpus: float) -> tuple[float, floa
     return cpus, gpus
 
 
-def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run the whole job and return the run summary (also written to OUTPUT/summary.json)."""
+def _prepare_settings(config: JobConfig, storage: Storage) -> PrepareSettings:
+    images = config.images
+    return PrepareSettings(
+        image_tokens=images.image_tokens,
+        jpeg_quality=images.jpeg_quality,
+        allowed_uri_prefixes=tuple(images.allowed_uri_prefixes),
+        # The planner dead-letters these rows itself; the pipeline never sees them.
+        duplicate_query_ids={},
+        storage=storage,
+        fetch_concurrency=images.fetch_concurrency,
+        fetch_retries=images.fetch_retries,
+    )
+
+
+def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, cpus: float, gpus: float) -> RerankOutputDatasink:
     import ray
-    from ray.data import ActorPoolStrategy
     from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from ray.data import ActorPoolStrategy
 
-    config = config.with_run_id()
-    plan = plan_input(config.input)
-    started = time.monotonic()
-    ensure_ray(config.execution.address)
-    cpus, gpus = actor_resources(config, ray.cluster_resources().get("GPU", 0.0))
-    prepare_output(config.output, config.overwrite)
-    write_text(join(config.output, "config.yaml"), config_to_yaml(config))
-
-    settings = PrepareSettings(
-        image_tokens=config.images.image_tokens,
-        jpeg_quality=config.images.jpeg_quality,
-        allowed_uri_prefixes=tuple(config.images.allowed_uri_prefixes),
-        duplicate_query_ids=plan.duplicate_query_ids,
-    )
-    dataset = ray.data.read_parquet(
-        plan.shards, filesystem=PyFileSystem(FSSpecHandler(plan.filesystem)), include_paths=True
-    )
+    execution = config.execution
+    shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
+    sink = RerankOutputDatasink(config.output, attempt, shards, storage)
+    # A shard whose every query is written (or dead-lettered by the planner) is not read at all.
+    paths = [shard.path for shard in plan.to_run if _has_work(shard)]
+    if not paths:
+        return sink
+    dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(plan.filesystem)), include_paths=True)
+    drop = rows_to_drop(plan)
+    if drop:
+        dataset = dataset.map_batches(drop_rows, fn_kwargs={"drop": drop}, batch_format="pyarrow")
     if plan.layout != GROUPED:
         dataset = dataset.groupby("query_id").map_groups(group_pairs, batch_format="pyarrow")
-    execution = config.execution
     dataset = dataset.repartition(target_num_rows_per_block=execution.prepare_batch_size)
     dataset = dataset.map_batches(
-        prepare_batch, fn_kwargs={"settings": settings}, batch_format="pyarrow", batch_size=execution.prepare_batch_size
+        prepare_batch,
+        fn_kwargs={"settings": _prepare_settings(config, storage)},
+        batch_format="pyarrow",
+        batch_size=execution.prepare_batch_size,
     )
     dataset = dataset.map_batches(
         RerankActor,
-        fn_constructor_kwargs={"config_json": config.model_dump_json()},
+        # Credentials stay with the driver and the storage tasks; the engine needs none.
+        fn_constructor_kwargs={"config_json": config.model_dump_json(exclude={"storage"})},
         # The actor's __call__ is async: several batches run through one
         # engine at once, so a batch's last answers overlap the next batch.
         compute=ActorPoolStrategy(
@@ -161,24 +151,110 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         batch_format="pyarrow",
         num_cpus=cpus,
         num_gpus=gpus,
+        **({"resources": dict(execution.actor_resources)} if execution.actor_resources else {}),
     )
-    sink = RerankOutputDatasink(config.output, config.run_id or "")
     dataset.write_datasink(sink)
+    return sink
 
+
+def _has_work(shard: Any) -> bool:
+    """Rows of the shard neither written already nor dead-lettered by the planner."""
+    skip = set(shard.done) | set(shard.unaddressable)
+    return any((query_id not in skip) for query_id in shard.query_ids)
+
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run the whole job and return the run summary (also written to OUTPUT/summary.json)."""
+    import ray
+
+    config = config.with_run_id()
+    attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
+    storage = Storage(config.storage.s3_options())
+    state = OutputState(storage, config.output)
+    fingerprint = job_fingerprint(public_dump(config))
+    plan = plan_input(config, storage, state)
+    check_same_job(state, fingerprint, config.overwrite)
+    for uri, reason in plan.bad.items():
+        log.warning("skipping shard: %s", reason)
+    started = time.monotonic()
+    ensure_ray(config.execution.address)
+    cpus, gpus = actor_resources(config, ray.cluster_resources().get("GPU", 0.0))
+
+    # Everything is checked: now the output prefix may change.
+    if config.overwrite:
+        state.clear()
+    for shard in plan.changed:
+        state.forget_shard(shard.key)
+    state.record_job(fingerprint)
+    storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
+    planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name)
+
+    sink = _run_pipeline(config, plan, storage, attempt, cpus, gpus)
     wall = time.monotonic() - started
-    total = totals(sink.per_shard)
+    return _account(config, plan, state, sink, attempt, wall, planner_letters)
+
+
+def _account(
+    config: JobConfig, plan: InputPlan, state: OutputState, sink: RerankOutputDatasink, attempt: str, wall: float, planner_letters: int
+) -> dict[str, Any]:
+    """Read back what each processed shard holds, record complete shards in the ledger, write the summary."""
+    storage = state.storage
+    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    shard_stats = {}
+    for shard in plan.to_run:
+        stats = shard_summary(shard, state.written(shard.key, WRITTEN_COLUMNS))
+        stats.update(run_id=config.run_id, finished_at=finished, key=shard.key)
+        shard_stats[shard.uri] = stats
+        storage.write_json(join(config.output, "stats", f"{shard.key}.json"), stats)
+        if stats["complete"]:
+            state.record_shard(shard.key, stats)
+    incomplete = sorted(uri for uri, stats in shard_stats.items() if not stats["complete"])
+
+    this_run = totals(sink.per_shard)
+    processed = this_run["queries"] + planner_letters
+    errors = this_run["error"] + planner_letters
+    error_rate = errors / processed if processed else 0.0
+    bad_rate = len(plan.bad) / plan.shards if plan.shards else 0.0
+    limit = config.execution.max_error_rate
+    failures = []
+    if error_rate > limit:
+        failures.append(
+            f"{errors} of {processed} queries ({error_rate:.1%}) ended as dead letters, above --max-error-rate {limit:.1%}; "
+            f"see {join(config.output, 'dead_letter')}"
+        )
+    if bad_rate > limit:
+        failures.append(f"{len(plan.bad)} of {plan.shards} shards could not be read ({bad_rate:.1%}), above --max-error-rate {limit:.1%}")
+    if incomplete:
+        failures.append(f"{len(incomplete)} shard(s) not fully accounted for: {incomplete[:3]}")
+    output_counters = merge_counters([{uri: stats["counters"]} for uri, stats in shard_stats.items()])
     summary = {
         "run_id": config.run_id,
+        "attempt": attempt,
         "model": config.model.name,
         "backend": config.model.backend,
         "input": config.input,
         "output": config.output,
-        "shards": len(plan.shards),
+        "finished_at": finished,
+        "shards": {
+            "total": plan.shards,
+            "processed": len(plan.to_run),
+            "skipped_done_earlier": len(plan.skipped),
+            "reprocessed_changed": len(plan.changed),
+            "bad": len(plan.bad),
+        },
+        "bad_shards": plan.bad,
         "wall_seconds": round(wall, 3),
-        "queries_per_second": round(total["queries"] / wall, 3) if wall > 0 else 0.0,
-        "totals": total,
+        "queries_per_second": round(processed / wall, 3) if wall > 0 else 0.0,
+        "totals": this_run,
+        "planner_dead_letters": planner_letters,
         "per_shard": sink.per_shard,
+        "processed_shards_now_hold": totals(output_counters) if output_counters else dict.fromkeys(COUNTERS, 0),
+        "incomplete_shards": incomplete,
+        "error_rate": round(error_rate, 6),
+        "max_error_rate": limit,
+        "failed": "; ".join(failures) or None,
         "files": sink.files,
     }
-    write_json(join(config.output, "summary.json"), summary)
+    storage.write_json(join(config.output, "summary.json"), summary)
+    storage.write_json(join(config.output, "_ledger", "runs", f"{attempt}.json"), summary)
     return summary

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from .images import ImageError, prepare_image
 from .schema import CANDIDATE_FIELDS, PREPARED_COLUMNS, SOURCE_PATH, append_passthrough
-from .storage import UriNotAllowed, read_image_uri
+from .storage import Storage, UriNotAllowed, fetch_images
 from .windows import first_stage_order
 
 
@@ -26,23 +26,36 @@ class PrepareSettings:
     image_tokens: int
     jpeg_quality: int
     allowed_uri_prefixes: tuple[str, ...]
-    # query_id -> occurrences, only for ids seen more than once in the input
-    duplicate_query_ids: Mapping[str, int]
+    # query_id -> why every row with it is a dead letter (seen more than once, spans shards)
+    duplicate_query_ids: Mapping[str, str]
+    storage: Storage = Storage()
+    fetch_concurrency: int = 8
+    fetch_retries: int = 3
 
 
-def _candidate_image(candidate: Mapping[str, Any], settings: PrepareSettings) -> tuple[bytes | None, int, str | None]:
+def _fetch_reason(uri: str, error: Exception) -> str:
+    if isinstance(error, UriNotAllowed):
+        return str(error)
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"cannot read image_uri {uri}: {type(error).__name__}{': ' + detail if detail else ''}"
+
+
+def _candidate_image(
+    candidate: Mapping[str, Any], settings: PrepareSettings, fetched: Mapping[str, bytes | Exception]
+) -> tuple[bytes | None, int, str | None]:
     data = candidate.get("image")
     uri = candidate.get("image_uri")
+    if not data:
+        if not uri:
+            return None, 0, "candidate has neither image bytes nor image_uri"
+        result = fetched.get(uri)
+        if isinstance(result, Exception) or result is None:
+            return None, 0, _fetch_reason(uri, result or RuntimeError("not fetched"))
+        data = result
     try:
-        if not data:
-            if not uri:
-                return None, 0, "candidate has neither image bytes nor image_uri"
-            data = read_image_uri(uri, settings.allowed_uri_prefixes)
         prepared = prepare_image(data, settings.image_tokens, settings.jpeg_quality)
-    except (ImageError, UriNotAllowed) as error:
+    except ImageError as error:
         return None, 0, str(error)
-    except OSError as error:
-        return None, 0, f"cannot read image_uri {uri}: {error}"
     return prepared.data, prepared.tokens, None
 
 
@@ -50,7 +63,7 @@ def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSe
     if not isinstance(query_id, str) or not query_id.strip():
         return "missing query_id"
     if query_id in settings.duplicate_query_ids:
-        return f"query_id appears {settings.duplicate_query_ids[query_id]} times in the input; none of them is reranked"
+        return settings.duplicate_query_ids[query_id]
     if not isinstance(query, str) or not query.strip():
         return "empty query (or conflicting query texts for one query_id in the pairs layout)"
     if not candidates:
@@ -65,14 +78,16 @@ def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSe
     return None
 
 
-def prepare_row(row: Mapping[str, Any], settings: PrepareSettings) -> dict[str, Any]:
-    """One prepared row (see schema.PREPARED_COLUMNS) from one grouped input row."""
+def prepare_row(
+    row: Mapping[str, Any], settings: PrepareSettings, fetched: Mapping[str, bytes | Exception] | None = None
+) -> dict[str, Any]:
+    """One prepared row (see schema.PREPARED_COLUMNS) from one grouped input row; `fetched`: image_uri -> bytes or error."""
     candidates = row.get("candidates") or []
     error = _query_error(row.get("query_id"), row.get("query"), candidates, settings)
     prepared = []
     if error is None:
         for candidate in candidates:
-            image, tokens, candidate_error = _candidate_image(candidate, settings)
+            image, tokens, candidate_error = _candidate_image(candidate, settings, fetched or {})
             prepared.append(
                 {
                     "doc_id": candidate["doc_id"],
@@ -103,7 +118,12 @@ def prepare_batch(batch: pa.Table, settings: PrepareSettings) -> pa.Table:
     """The Ray Data UDF: grouped input rows in, prepared rows out, extra columns passed through."""
     own = {"query_id", "query", "candidates", "path"}
     rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
-    table = pa.Table.from_pylist([prepare_row(row, settings) for row in rows], schema=PREPARED_COLUMNS)
+    # Fetch every image_uri of the batch at once, a bounded number in flight.
+    uris = [c["image_uri"] for row in rows for c in row.get("candidates") or [] if not c.get("image") and c.get("image_uri")]
+    fetched = fetch_images(
+        settings.storage, uris, settings.allowed_uri_prefixes, settings.fetch_concurrency, settings.fetch_retries
+    )
+    table = pa.Table.from_pylist([prepare_row(row, settings, fetched) for row in rows], schema=PREPARED_COLUMNS)
     return append_passthrough(table, batch, own)
 
 

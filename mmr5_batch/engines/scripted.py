@@ -9,11 +9,18 @@ through the real Ray pipeline:
 - `#repair`: answers with a duplicate and an out-of-range id (status repaired)
 - `#garbage`: answers with no answer block (status fallback)
 - `#reject`: the engine refuses the request (the query becomes an error record)
+
+For fault tests it can take time per call (`seconds_per_call`, standing in
+for the model's work, so a run is still going when a test kills something)
+and leave its process id in a folder (`pid_dir`), so a test can kill the
+actor that owns it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import time
 from typing import Sequence
 
 from .base import Completion, EngineRequest
@@ -33,12 +40,19 @@ def _question(request: EngineRequest) -> str:
 class ScriptedTestEngine:
     """Deterministic stand-in for a model; see the module docstring for its script."""
 
-    def __init__(self, think: str = "scripted answer") -> None:
+    def __init__(self, think: str = "scripted answer", seconds_per_call: float = 0.0, pid_dir: str | None = None) -> None:
         self.think = think
+        self.seconds_per_call = seconds_per_call
         self.calls: list[int] = []  # prompts per generate call, for tests of batching
+        if pid_dir:
+            os.makedirs(pid_dir, exist_ok=True)
+            with open(os.path.join(pid_dir, f"{os.getpid()}.pid"), "w") as handle:
+                handle.write(str(os.getpid()))
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         self.calls.append(len(requests))
+        if self.seconds_per_call:
+            time.sleep(self.seconds_per_call)
         return [self._answer(request) for request in requests]
 
     def _answer(self, request: EngineRequest) -> Completion:

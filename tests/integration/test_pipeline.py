@@ -24,9 +24,11 @@ from tests.conftest import grey_jpeg
 
 
 def read_folder(folder: Path) -> list[dict]:
+    """Every row under a result folder (all shard partitions), hidden temporaries excluded."""
     if not folder.exists():
         return []
-    return [row for path in sorted(folder.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    files = sorted(path for path in folder.rglob("*.parquet") if not path.name.startswith("."))
+    return [row for path in files for row in pq.read_table(path).to_pylist()]
 
 
 def outputs(output: Path) -> tuple[list[dict], list[dict], dict]:
@@ -145,9 +147,13 @@ def test_scripted_engine_drives_every_status_exactly_once(ray_session, tmp_path)
     assert reasons[(None, "b.parquet")] == "missing query_id"
     assert all(r["status"] == "error" and r["run_id"] == summary["run_id"] for r in dead)
     assert next(r for r in dead if r["query_id"] == "rej")["first_stage_doc_ids"][0] == "d0"
+    # The two "dup" rows and the id-less row are dead-lettered by the planner, the rest by the pipeline.
     totals = summary["totals"]
-    assert (totals["ok"], totals["repaired"], totals["fallback"], totals["error"]) == (6, 1, 1, 7)
-    assert totals["queries"] == 15 and totals["flagged_candidates"] == 2
+    assert (totals["ok"], totals["repaired"], totals["fallback"], totals["error"]) == (6, 1, 1, 4)
+    assert totals["queries"] == 12 and totals["flagged_candidates"] == 2 and summary["planner_dead_letters"] == 3
+    held = summary["processed_shards_now_hold"]
+    assert held["queries"] == 15 and held["error"] == 7 and summary["incomplete_shards"] == []
+    assert summary["error_rate"] == round(7 / 15, 6) and "7 of 15 queries" in summary["failed"]
 
 
 def test_pairs_layout_is_grouped_by_query(ray_session, tmp_path):
@@ -173,13 +179,14 @@ def test_cli_rerank_prints_the_summary(ray_session, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "queries/second" in out and "  ok" in out
     assert (tmp_path / "out" / "summary.json").exists()
-    # a second run into the same output is refused unless it overwrites
+    # a second run with other settings into the same output is refused unless it overwrites
     args = ["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--backend", "scripted-test"]
     assert main(args) == 2
-    assert "already holds results" in capsys.readouterr().err
+    assert "holds results of a run with other settings (ranking.stride: 2 -> 3, ranking.window: 3 -> 5)" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
     ranked = read_folder(tmp_path / "out" / "ranked")
     assert sorted(r["query_id"] for r in ranked) == [f"q{i:04d}" for i in range(4)]
+    assert all(r["windows"] == 1 for r in ranked)  # the window-5 run's rows replaced the window-3 run's
 
 
 def test_job_level_problems_stop_before_any_work(ray_session, tmp_path, capsys):
@@ -187,7 +194,7 @@ def test_job_level_problems_stop_before_any_work(ray_session, tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     pq.write_table(pa.table({"query": ["q"]}), tmp_path / "bad" / "s.parquet")
-    with pytest.raises(JobError, match="s.parquet: missing column"):
+    with pytest.raises(JobError, match="no readable shard: .*s.parquet: missing column"):
         run_job(load_config(None, {"input": str(tmp_path / "bad"), "output": str(tmp_path / "out"), "model.backend": "scripted-test"}))
     (tmp_path / "bad" / "s.parquet").write_bytes(b"not parquet")
     with pytest.raises(JobError, match="cannot read as Parquet"):

@@ -40,7 +40,7 @@ def test_good_row_is_prepared(make_grey_jpeg):
     ],
 )
 def test_bad_rows_get_a_query_level_reason(row, reason):
-    prepared = prepare_row(row, settings(duplicate_query_ids={"dup": 2}))
+    prepared = prepare_row(row, settings(duplicate_query_ids={"dup": "query_id appears 2 times in the input"}))
     assert reason in prepared["error"]
     assert all(c["image"] is None for c in prepared["candidates"])
 
@@ -56,7 +56,7 @@ def test_bad_candidates_are_flagged_not_fatal(make_grey_jpeg):
             candidate("refused", image_uri="file:///etc/passwd"),
         ],
     }
-    prepared = prepare_row(row, settings())
+    [prepared] = prepare_batch(pa.Table.from_pylist([row]), settings()).to_pylist()
     assert prepared["error"] is None
     reasons = {c["doc_id"]: c["error"] for c in prepared["candidates"]}
     assert reasons["good"] is None
@@ -68,9 +68,10 @@ def test_bad_candidates_are_flagged_not_fatal(make_grey_jpeg):
 def test_allowed_image_uri_is_read(tmp_path, make_grey_jpeg):
     picture = tmp_path / "page.jpg"
     picture.write_bytes(make_grey_jpeg(80))
-    row = {"query_id": "q1", "query": "q", "candidates": [candidate("a", image_uri=str(picture))]}
-    prepared = prepare_row(row, settings(allowed_uri_prefixes=(str(tmp_path),)))
+    row = {"query_id": "q1", "query": "q", "candidates": [candidate("a", image_uri=str(picture)), candidate("b", image_uri=str(tmp_path / "gone.jpg"))]}
+    [prepared] = prepare_batch(pa.Table.from_pylist([row]), settings(allowed_uri_prefixes=(str(tmp_path),))).to_pylist()
     assert prepared["candidates"][0]["error"] is None
+    assert prepared["candidates"][1]["error"].startswith(f"cannot read image_uri {tmp_path / 'gone.jpg'}: FileNotFoundError")
 
 
 def test_prepare_batch_passes_extra_columns_through(make_grey_jpeg):
