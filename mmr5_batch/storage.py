@@ -74,8 +74,11 @@ class Storage:
 
     def filesystem(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         """The fsspec filesystem of a URI and the path within it."""
-        options = self.s3_options if protocol_of(uri) in S3_PROTOCOLS else {}
-        return url_to_fs(uri, **options)
+        if protocol_of(uri) in S3_PROTOCOLS:
+            # The output prefix changes while the job runs: a cached listing
+            # would hide the files written since (and make them unopenable).
+            return url_to_fs(uri, use_listings_cache=False, **self.s3_options)
+        return url_to_fs(uri)
 
     def list_shards(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
         """The Parquet shards under `uri` (a file or a prefix), sorted; raises InputNotFound naming the problem."""

@@ -11,12 +11,24 @@ import pyarrow.parquet as pq
 QUERIES = 24
 
 
-def written_rows(output: Path) -> list[dict]:
-    files = [path for folder in ("ranked", "dead_letter") for path in sorted((output / folder).rglob("*.parquet")) if not path.name.startswith(".")]
-    return [row for path in files for row in pq.read_table(path, columns=["query_id", "source_path"]).to_pylist()]
+def written_rows(output: Path | str) -> list[dict]:
+    """(query_id, source_path) of every result row under an output prefix, local or s3://."""
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(str(output))
+    fs.invalidate_cache()
+    rows = []
+    for folder in ("ranked", "dead_letter"):
+        if not fs.exists(f"{root}/{folder}"):
+            continue
+        for name in sorted(fs.find(f"{root}/{folder}")):
+            if name.endswith(".parquet") and not name.rsplit("/", 1)[-1].startswith("."):
+                with fs.open(name, "rb") as handle:
+                    rows += pq.read_table(handle, columns=["query_id", "source_path"]).to_pylist()
+    return rows
 
 
-def assert_exactly_once(output: Path) -> None:
+def assert_exactly_once(output: Path | str) -> None:
     counts = Counter((row["source_path"], row["query_id"]) for row in written_rows(output))
     assert len(counts) == QUERIES and set(counts.values()) == {1}
 

@@ -9,8 +9,6 @@ workers see the same chain.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections import Counter
 
 import pyarrow as pa
@@ -21,38 +19,6 @@ from mmr5_batch.config import load_config
 from mmr5_batch.pipeline import JobError, run_job
 from mmr5_batch.schema import GROUPED_INPUT_SCHEMA
 from tests.conftest import grey_jpeg
-
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {name: os.environ.get(name) for name in [*AWS_ENV, "AWS_ENDPOINT_URL"]}
-    os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=endpoint)
-    yield endpoint
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
-
 
 @pytest.fixture(scope="module")
 def ray_session(s3_endpoint, ray_session):
