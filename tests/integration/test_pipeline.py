@@ -206,3 +206,17 @@ def test_job_level_problems_stop_before_any_work(ray_session, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stride (3) must be smaller than window (3)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_error_rate_above_the_threshold_exits_3_after_writing(ray_session, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    rows = [grouped_row(f"g{i}", "which?", [candidate("a", 10, 0.9), candidate("b", 200, 0.1)]) for i in range(3)]
+    rows.append(grouped_row("bad", "which? #reject", [candidate("a", 10, 0.9), candidate("b", 200, 0.1)]))
+    write_shard(tmp_path / "in" / "s.parquet", rows)
+    args = ["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--backend", "scripted-test"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 of 4 queries (25.0%) ended as dead letters, above --max-error-rate 1.0%" in err
+    ranked, dead, _ = outputs(tmp_path / "out")
+    assert len(ranked) == 3 and [r["query_id"] for r in dead] == ["bad"]
+    assert main([*args, "--overwrite", "--max-error-rate", "0.3"]) == 0
