@@ -29,6 +29,8 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--stride": ("ranking.stride", {"type": int, "help": "sliding-window step (default 3)"}),
     "--top-k": ("ranking.top_k", {"type": int, "help": "rerank only the first K by first-stage score"}),
     "--image-tokens": ("images.image_tokens", {"type": int, "help": "image-token budget per candidate"}),
+    "--prompt-image-tokens": ("images.prompt_image_tokens", {"type": int, "help": "image-token budget per prompt (one window)"}),
+    "--budget-policy": ("images.policy", {"choices": ["uniform", "rank"], "help": "how budgets are shared among candidates"}),
     "--actors": ("execution.actors", {"type": int, "help": "rerank actors (one engine each)"}),
     "--batch-size": ("execution.batch_size", {"type": int, "help": "queries per actor call"}),
     "--concurrent-batches": ("execution.concurrent_batches", {"type": int, "help": "batches one actor works on at once (default 4)"}),

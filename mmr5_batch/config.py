@@ -78,6 +78,13 @@ class ImageConfig(_Section):
     image_tokens: int = Field(
         1024, ge=4, description="Most image tokens per candidate (28x28 px each); MM-R5's script sends pages near native size."
     )
+    prompt_image_tokens: int | None = Field(
+        None, ge=4, description="Most image tokens in one prompt (all candidates of a window together); unset means window x image_tokens."
+    )
+    policy: Literal["uniform", "rank"] = Field(
+        "uniform",
+        description="How budgets are shared: 'uniform' (every candidate the same) or 'rank' (more to the first stage's top candidates).",
+    )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the shrunk images sent to the model.")
     allowed_uri_prefixes: list[str] = Field(
         default_factory=list,
@@ -161,6 +168,13 @@ class JobConfig(_Section):
     images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Ray resources and batching.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage (S3) endpoint and credentials.")
+
+    @model_validator(mode="after")
+    def _prompt_total_fits_a_window(self) -> "JobConfig":
+        total, window = self.images.prompt_image_tokens, self.ranking.window
+        if total is not None and total < 4 * window:
+            raise ValueError(f"images.prompt_image_tokens ({total}) must allow the minimum of 4 tokens for each of the {window} candidates of a window")
+        return self
 
     def with_run_id(self) -> "JobConfig":
         if self.run_id:

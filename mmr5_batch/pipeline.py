@@ -108,6 +108,9 @@ def _prepare_settings(config: JobConfig, storage: Storage) -> PrepareSettings:
         storage=storage,
         fetch_concurrency=images.fetch_concurrency,
         fetch_retries=images.fetch_retries,
+        window=config.ranking.window,
+        prompt_image_tokens=images.prompt_image_tokens,
+        policy=images.policy,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
+from .budgets import candidate_budgets
 from .images import ImageError, prepare_image
 from .schema import CANDIDATE_FIELDS, PREPARED_COLUMNS, SOURCE_PATH, append_passthrough
 from .storage import Storage, UriNotAllowed, fetch_images
@@ -23,7 +24,7 @@ from .windows import first_stage_order
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    image_tokens: int
+    image_tokens: int  # the per-candidate cap
     jpeg_quality: int
     allowed_uri_prefixes: tuple[str, ...]
     # query_id -> why every row with it is a dead letter (seen more than once, spans shards)
@@ -31,6 +32,12 @@ class PrepareSettings:
     storage: Storage = Storage()
     fetch_concurrency: int = 8
     fetch_retries: int = 3
+    window: int = 5
+    prompt_image_tokens: int | None = None
+    policy: str = "uniform"
+
+    def budgets(self, count: int) -> list[int]:
+        return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
 
 
 def _fetch_reason(uri: str, error: Exception) -> str:
@@ -41,7 +48,7 @@ def _fetch_reason(uri: str, error: Exception) -> str:
 
 
 def _candidate_image(
-    candidate: Mapping[str, Any], settings: PrepareSettings, fetched: Mapping[str, bytes | Exception]
+    candidate: Mapping[str, Any], budget: int, settings: PrepareSettings, fetched: Mapping[str, bytes | Exception]
 ) -> tuple[bytes | None, int, str | None]:
     data = candidate.get("image")
     uri = candidate.get("image_uri")
@@ -53,7 +60,7 @@ def _candidate_image(
             return None, 0, _fetch_reason(uri, result or RuntimeError("not fetched"))
         data = result
     try:
-        prepared = prepare_image(data, settings.image_tokens, settings.jpeg_quality)
+        prepared = prepare_image(data, budget, settings.jpeg_quality)
     except ImageError as error:
         return None, 0, str(error)
     return prepared.data, prepared.tokens, None
@@ -86,8 +93,13 @@ def prepare_row(
     error = _query_error(row.get("query_id"), row.get("query"), candidates, settings)
     prepared = []
     if error is None:
-        for candidate in candidates:
-            image, tokens, candidate_error = _candidate_image(candidate, settings, fetched or {})
+        # Budgets go by first-stage position (the `rank` policy favours the top).
+        order = first_stage_order([candidate.get("score") for candidate in candidates])
+        budgets = [0] * len(candidates)
+        for budget, index in zip(settings.budgets(len(candidates)), order):
+            budgets[index] = budget
+        for candidate, budget in zip(candidates, budgets):
+            image, tokens, candidate_error = _candidate_image(candidate, budget, settings, fetched or {})
             prepared.append(
                 {
                     "doc_id": candidate["doc_id"],

@@ -42,7 +42,7 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
         "input": public_config["input"],
         "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "temperature", "top_p", "seed")},
         "ranking": public_config["ranking"],
-        "images": {key: public_config["images"][key] for key in ("image_tokens", "jpeg_quality")},
+        "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
     }
     digest = hashlib.sha256(repr(sorted(_flatten(shaping).items())).encode()).hexdigest()[:16]
     return {"digest": digest, "settings": shaping}

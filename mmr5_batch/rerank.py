@@ -80,6 +80,7 @@ def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool)
         "query_id": row["query_id"],
         "first_stage_doc_ids": [candidates[index]["doc_id"] for index in first_stage],
         "first_stage_scores": [candidates[index]["score"] for index in first_stage],
+        "candidate_image_tokens": [candidates[index]["image_tokens"] for index in first_stage],
         "windows": state.windows,
         "image_tokens": state.image_tokens,
         "prompt_tokens": state.prompt_tokens,

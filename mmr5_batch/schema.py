@@ -74,6 +74,8 @@ RESULT_COLUMNS = pa.schema(
         pa.field("scores", pa.list_(pa.float64())),
         pa.field("first_stage_doc_ids", pa.list_(pa.string())),
         pa.field("first_stage_scores", pa.list_(pa.float64())),
+        # Image tokens each candidate was given, aligned with first_stage_doc_ids (0: not shown).
+        pa.field("candidate_image_tokens", pa.list_(pa.int32())),
         pa.field("status", pa.string()),
         pa.field("flagged_doc_ids", pa.list_(pa.string())),
         pa.field("flag_reasons", pa.list_(pa.string())),

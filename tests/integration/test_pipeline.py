@@ -77,6 +77,7 @@ def test_hf_backend_on_the_tiny_model_end_to_end(ray_session, tiny_model_dir, tm
         assert row["status"] in ("ok", "repaired", "fallback")
         assert row["windows"] == 2 and row["generated_tokens"] == 8
         assert 0 < row["image_tokens"] <= 2 * 5 * 64 and row["prompt_tokens"] > row["image_tokens"]
+        assert len(row["candidate_image_tokens"]) == 6 and all(0 < tokens <= 64 for tokens in row["candidate_image_tokens"])
         assert row["model"] == tiny_model_dir and row["run_id"] == summary["run_id"]
         assert row["gold_doc_ids"]  # passthrough column survives
     totals = summary["totals"]

@@ -54,6 +54,28 @@ def test_undecodable_bytes_raise_image_error(data):
         prepare_image(data, 256)
 
 
-def test_extreme_aspect_ratio_is_an_image_error():
+def test_extreme_aspect_ratio_is_padded_not_failed(tiny_model_dir):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    prepared = prepare_image(jpeg((8000, 20)), 256)
+    assert prepared.width / prepared.height <= 200 and prepared.tokens <= 256
+    processor = Qwen2VLImageProcessorPil.from_pretrained(tiny_model_dir)
+    grid = processor(images=[Image.open(io.BytesIO(prepared.data))], return_tensors="pt")["image_grid_thw"][0]
+    assert int(grid.prod()) // 4 == prepared.tokens
     with pytest.raises(ImageError, match="aspect ratio"):
-        prepare_image(jpeg((4020, 20)), 256)
+        fit_to_token_budget(8000, 20, 256)
+
+
+def test_never_larger_than_the_source_except_to_the_minimum():
+    assert fit_to_token_budget(300, 200, 4096) == fit_to_token_budget(300, 200, 100000)
+    fitted = fit_to_token_budget(300, 200, 4096)
+    assert (fitted.width, fitted.height) == (280, 196)  # floored to the grid, not rounded up to 308 x 196
+    tiny = fit_to_token_budget(20, 20, 1024)
+    assert tiny.tokens == 4  # the model's minimum
+
+
+def test_a_decompression_bomb_is_refused_from_its_header():
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 10000)).save(buffer, format="PNG")  # 120 Mpx, a few KB compressed
+    with pytest.raises(ImageError, match="image too large to decode safely: 12000x10000"):
+        prepare_image(buffer.getvalue(), 256)
