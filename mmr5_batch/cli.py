@@ -66,6 +66,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     rerank = commands.add_parser("rerank", help="rerank an input prefix and write ranked rows")
     _add_rerank_arguments(rerank)
 
+    plan = commands.add_parser("plan", help="check the input and estimate the cost without running the model")
+    _add_rerank_arguments(plan)
+    plan.add_argument("--sample", type=int, default=200, help="queries read to measure candidates and page sizes")
+    plan.add_argument("--gen-tokens", type=int, default=400, help="generated tokens per window assumed by the cost model")
+    plan.add_argument("--json", action="store_true", help="print the report as JSON")
+
     show = commands.add_parser("show-prompt", help="print the exact prompt text the model receives")
     show.add_argument("--query", required=True)
     show.add_argument("--num-candidates", type=int, required=True)
@@ -143,6 +149,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary["failed"]:
             print(f"mmr5-batch: error: {summary['failed']}", file=sys.stderr)
             return 3
+        return 0
+    if args.command == "plan":
+        from .config import ConfigError
+        from .estimate import estimate, format_estimate
+        from .pipeline import JobError
+
+        try:
+            if not args.output:
+                args.output = ""
+            config = config_from_args(args)
+            if not config.input:
+                raise ConfigError("--input is required (or input in the config file)")
+            report = estimate(config, sample=args.sample, generated_tokens=args.gen_tokens)
+        except (ConfigError, JobError) as error:
+            print(f"mmr5-batch: error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2) if args.json else format_estimate(report))
         return 0
     if args.command == "show-prompt":
         try:

@@ -82,8 +82,11 @@ class ImageConfig(_Section):
         None, ge=4, description="Most image tokens in one prompt (all candidates of a window together); unset means window x image_tokens."
     )
     policy: Literal["uniform", "rank"] = Field(
-        "uniform",
-        description="How budgets are shared: 'uniform' (every candidate the same) or 'rank' (more to the first stage's top candidates).",
+        "rank",
+        description=(
+            "How budgets are shared: 'rank' (the cap for the first stage's top candidate, falling to a quarter of it "
+            "for the last) or 'uniform' (the cap for every candidate)."
+        ),
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the shrunk images sent to the model.")
     allowed_uri_prefixes: list[str] = Field(
@@ -144,6 +147,9 @@ class ExecutionConfig(_Section):
         ),
     )
     prepare_batch_size: int = Field(16, ge=1, description="Queries per CPU preparation task.")
+    cpus_per_prepare_task: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per preparation task; below 1 packs more tasks per core (image decoding releases the GIL)."
+    )
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; auto is 1 with GPUs, 0.5 without.")
     gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor; auto is 1 when the cluster has GPUs, else 0.")
     actor_resources: dict[str, float] = Field(

@@ -138,6 +138,7 @@ def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt:
         fn_kwargs={"settings": _prepare_settings(config, storage)},
         batch_format="pyarrow",
         batch_size=execution.prepare_batch_size,
+        num_cpus=execution.cpus_per_prepare_task,
     )
     dataset = dataset.map_batches(
         RerankActor,

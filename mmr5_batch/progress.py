@@ -75,6 +75,8 @@ class OutputState:
         return join(self.output, name, key)
 
     def ledger_entry(self, key: str) -> dict[str, Any] | None:
+        if not self.output:  # `plan` without an output prefix: nothing done anywhere
+            return None
         uri = join(self.output, LEDGER, "shards", f"{key}.json")
         return self.storage.read_json(uri) if self.storage.exists(uri) else None
 
@@ -89,6 +91,8 @@ class OutputState:
 
     def written(self, key: str, columns: tuple[str, ...] = ("query_id",)) -> Any:
         """The given columns of every result row written for a shard (ranked and dead letters), or None."""
+        if not self.output:
+            return None
         files = [uri for name in RESULT_FOLDERS for uri in self.storage.list_files(self.folder(name, key), ".parquet")]
         return self.storage.read_parquet_columns(files, columns)
 

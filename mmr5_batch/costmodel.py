@@ -1,0 +1,60 @@
+"""A documented cost model: GPU-seconds per query for MM-R5 (Qwen2.5-VL-7B) on one GPU under vLLM.
+
+An estimate to compare settings, not a measurement. Two terms:
+
+- Prefill is compute-bound: 2 x 7.6 B FLOPs per prompt token for the
+  language model, plus the vision encoder, 2 x 0.67 B FLOPs per patch and 4
+  patches per image token, at 40% of the GPU's dense bf16 peak.
+- Decode is memory-bound: every step reads the weights (15.2 GB, shared by
+  the `decode_batch` sequences decoding together) and each sequence's KV
+  cache (56 KiB per token of context), at the GPU's memory bandwidth.
+
+Per window: prompt = text (~250 tokens) + image tokens + 2 markers per
+image; generated tokens as given (the model's reasoning length is not known
+before running it; the same figure is used for every setting compared).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LM_PARAMS = 7.6e9
+VISION_PARAMS = 0.675e9
+PATCHES_PER_IMAGE_TOKEN = 4
+WEIGHT_BYTES = 15.2e9
+KV_BYTES_PER_TOKEN = 28 * 2 * 4 * 128 * 2
+PROMPT_TEXT_TOKENS = 250
+IMAGE_MARKERS = 2
+PREFILL_EFFICIENCY = 0.4
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    bf16_flops: float
+    memory_bandwidth: float  # bytes/s
+
+
+H200 = Gpu("H200", 989e12, 4.8e12)
+H100 = Gpu("H100 SXM", 989e12, 3.35e12)
+A100 = Gpu("A100 80 GB", 312e12, 2.0e12)
+
+
+@dataclass(frozen=True)
+class WindowCost:
+    prompt_tokens: int
+    image_tokens: int
+    generated_tokens: int
+
+
+def prompt_tokens(image_tokens_per_candidate: list[int]) -> int:
+    return PROMPT_TEXT_TOKENS + sum(tokens + IMAGE_MARKERS for tokens in image_tokens_per_candidate)
+
+
+def gpu_seconds(window: WindowCost, gpu: Gpu = H200, decode_batch: int = 64) -> float:
+    """Estimated GPU-seconds of one window (prompt plus answer) on `gpu`."""
+    prefill_flops = 2 * LM_PARAMS * window.prompt_tokens + 2 * VISION_PARAMS * PATCHES_PER_IMAGE_TOKEN * window.image_tokens
+    prefill = prefill_flops / (gpu.bf16_flops * PREFILL_EFFICIENCY)
+    mean_context = window.prompt_tokens + window.generated_tokens / 2
+    per_token = WEIGHT_BYTES / decode_batch / gpu.memory_bandwidth + mean_context * KV_BYTES_PER_TOKEN / gpu.memory_bandwidth
+    return prefill + window.generated_tokens * per_token
