@@ -25,6 +25,7 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--max-new-tokens": ("model.max_new_tokens", {"type": int}),
     "--min-new-tokens": ("model.min_new_tokens", {"type": int}),
     "--temperature": ("model.temperature", {"type": float}),
+    "--think-tokens": ("model.think_tokens", {"type": int, "help": "thinking budget per window; then the answer is forced"}),
     "--window": ("ranking.window", {"type": int, "help": "candidates per prompt (default 5)"}),
     "--stride": ("ranking.stride", {"type": int, "help": "sliding-window step (default 3)"}),
     "--top-k": ("ranking.top_k", {"type": int, "help": "rerank only the first K by first-stage score"}),

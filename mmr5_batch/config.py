@@ -39,6 +39,14 @@ class ModelConfig(_Section):
     )
     max_new_tokens: int = Field(2048, ge=1, description="Most tokens generated per prompt (MM-R5's script allows 8192).")
     min_new_tokens: int = Field(0, ge=0, description="Fewest tokens generated per prompt (tests force a few with random weights).")
+    think_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Thinking budget per window: at this many tokens without an answer, the reasoning is closed and the answer "
+            "forced ('</think><answer>[' appended, the model finishes the list). Unset: only max_new_tokens caps it."
+        ),
+    )
     temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding; MM-R5's script samples at 0.3.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0.")
     seed: int = Field(0, description="Sampling seed, for repeatable runs.")

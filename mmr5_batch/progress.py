@@ -40,7 +40,7 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide what a result row says; runs into one prefix must agree on them."""
     shaping = {
         "input": public_config["input"],
-        "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "temperature", "top_p", "seed")},
+        "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")},
         "ranking": public_config["ranking"],
         "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
     }

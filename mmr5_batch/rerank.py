@@ -13,12 +13,12 @@ actor at once and the engine is never idle while a batch is handed back.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from .engines import AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
+from .engines import ANSWER_STOP, AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
 from .engines.batching import BatchingEngine
 from .parse import FALLBACK, OK, REPAIRED, parse_ranking
 from .prompt import build_messages
@@ -40,6 +40,7 @@ class QueryState:
     image_tokens: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    forced_answers: int = 0
     reasoning: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +86,7 @@ def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool)
         "image_tokens": state.image_tokens,
         "prompt_tokens": state.prompt_tokens,
         "generated_tokens": state.generated_tokens,
+        "forced_answers": state.forced_answers,
         "model": model_id,
         "run_id": run_id,
         SOURCE_PATH: row[SOURCE_PATH],
@@ -125,13 +127,58 @@ def _record(state: QueryState, indices: list[int], completion: Completion) -> No
     state.ranking.apply(parsed.order)  # type: ignore[union-attr]
 
 
-async def _rank_one(state: QueryState, engine: AsyncEngine, sampling: SamplingSettings) -> None:
+def forced_prefix(text: str) -> str | None:
+    """What to append to a cut-off output so the model must answer next; None when it already answered."""
+    if ANSWER_STOP in text:
+        return None
+    if "<answer>" in text:
+        return text  # the answer began: let it finish
+    closing = "" if "</think>" in text else "</think>"
+    return f"{text}{closing}<answer>["
+
+
+def answer_tokens(window: int) -> int:
+    """Tokens a forced answer may take: a bracketed list of `window` ids and the closing tag, with room."""
+    return max(32, 4 * window + 16)
+
+
+async def _window(
+    state: QueryState, indices: list[int], engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None
+) -> Completion:
+    """One window's completion; with a thinking budget, a cut-off reasoning gets a forced answer."""
+    if think_tokens is None:
+        return await engine.generate_async(_request(state, indices, sampling))
+    cap = min(think_tokens, sampling.max_new_tokens)
+    first = await engine.generate_async(
+        _request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens)))
+    )
+    prefix = forced_prefix(first.text) if first.error is None and first.finish_reason == "length" else None
+    if prefix is None:
+        return first
+    # The prompt grows by the reasoning so far; vLLM's prefix cache keeps the prefill of the part it has seen.
+    request = replace(
+        _request(state, indices, replace(sampling, max_new_tokens=answer_tokens(len(indices)), min_new_tokens=0)),
+        assistant_prefix=prefix,
+    )
+    second = await engine.generate_async(request)
+    state.forced_answers += 1
+    return Completion(
+        text=prefix + second.text,
+        finish_reason=second.finish_reason,
+        prompt_tokens=first.prompt_tokens + second.prompt_tokens,
+        image_tokens=first.image_tokens,
+        generated_tokens=first.generated_tokens + second.generated_tokens,
+        error=second.error,
+    )
+
+
+async def _rank_one(state: QueryState, engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None) -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window.
     while state.active:
         indices = state.ranking.current_window()  # type: ignore[union-attr]
-        completion = await engine.generate_async(_request(state, indices, sampling))
+        completion = await _window(state, indices, engine, sampling, think_tokens)
         _record(state, indices, completion)
 
 
@@ -146,10 +193,11 @@ async def rerank_queries_async(
     model_id: str,
     run_id: str,
     keep_reasoning: bool = False,
+    think_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS)."""
     states = [_plan(dict(row), window, stride, top_k) for row in rows]
-    await asyncio.gather(*(_rank_one(state, engine, sampling) for state in states))
+    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens) for state in states))
     return [_result(state, model_id, run_id, keep_reasoning) for state in states]
 
 
@@ -183,5 +231,6 @@ class RerankActor:
             model_id=self.config.model.name,
             run_id=self.config.run_id or "",
             keep_reasoning=ranking.keep_reasoning,
+            think_tokens=self.config.model.think_tokens,
         )
         return append_passthrough(pa.Table.from_pylist(results, schema=RESULT_COLUMNS), batch, own)

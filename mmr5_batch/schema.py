@@ -84,6 +84,8 @@ RESULT_COLUMNS = pa.schema(
         pa.field("image_tokens", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("generated_tokens", pa.int64()),
+        # Windows whose reasoning hit the thinking budget and were made to answer.
+        pa.field("forced_answers", pa.int32()),
         pa.field("model", pa.string()),
         pa.field("run_id", pa.string()),
         pa.field(SOURCE_PATH, pa.string()),

@@ -41,6 +41,10 @@ class EngineRequest:
     messages: list[dict[str, Any]]
     images: tuple[bytes, ...]
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # Text placed after the chat template's assistant header, which the
+    # model then continues (a forced answer: its reasoning so far, then
+    # "</think><answer>["). Empty for an ordinary request.
+    assistant_prefix: str = ""
 
 
 @dataclass(frozen=True)

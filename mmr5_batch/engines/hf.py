@@ -80,7 +80,7 @@ class HFEngine:
     def render(self, request: EngineRequest) -> str:
         from ..prompt import render_prompt
 
-        return render_prompt(self.tokenizer, request.messages)
+        return render_prompt(self.tokenizer, request.messages) + request.assistant_prefix
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         completions: list[Completion] = []

@@ -9,6 +9,10 @@ through the real Ray pipeline:
 - `#repair`: answers with a duplicate and an out-of-range id (status repaired)
 - `#garbage`: answers with no answer block (status fallback)
 - `#reject`: the engine refuses the request (the query becomes an error record)
+- `#ramble`: thinks without end, so `max_new_tokens` cuts it off; given a
+  forced answer (`assistant_prefix` ending in `<answer>[`) it finishes the list
+
+Words stand in for tokens: an answer longer than `max_new_tokens` words is cut.
 
 For fault tests it can take time per call (`seconds_per_call`, standing in
 for the model's work, so a run is still going when a test kills something)
@@ -61,6 +65,13 @@ class ScriptedTestEngine:
             return Completion("", "error", error="scripted rejection (#reject in the question)")
         n = len(request.images)
         ranked = sorted(range(1, n + 1), key=lambda position: -_darkness(request.images[position - 1]))
+        if request.assistant_prefix.endswith("<answer>["):
+            text = f"{', '.join(map(str, ranked))}]</answer>"
+            return Completion(text, "stop", prompt_tokens=len(question.split()), generated_tokens=len(text.split()))
+        if "#ramble" in question:
+            words = ["<think>", *["hmm,"] * request.sampling.max_new_tokens]
+            text = " ".join(words[: request.sampling.max_new_tokens])
+            return Completion(text, "length", prompt_tokens=len(question.split()), generated_tokens=request.sampling.max_new_tokens)
         if "#garbage" in question:
             text = f"<think>{self.think}</think> I cannot decide."
         elif "#repair" in question:

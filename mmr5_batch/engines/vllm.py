@@ -94,7 +94,8 @@ def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
     from ..prompt import render_prompt
 
     images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
-    return {"prompt": render_prompt(tokenizer, request.messages), "multi_modal_data": {"image": images}}
+    prompt = render_prompt(tokenizer, request.messages) + request.assistant_prefix
+    return {"prompt": prompt, "multi_modal_data": {"image": images}}
 
 
 def completion_from(output: Any) -> Completion:

@@ -65,3 +65,34 @@ def test_expand_image_pads():
 def test_missing_model_is_an_actionable_error(tmp_path):
     with pytest.raises(EngineUnavailable, match="cannot load model"):
         HFEngine.from_config(ModelConfig(name=str(tmp_path / "missing"), device="cpu"))
+
+
+def test_thinking_budget_forces_an_answer_on_the_tiny_model(engine):
+    """Random weights never close their reasoning: every window hits the budget and gets a forced answer."""
+    from mmr5_batch.engines.batching import BatchingEngine
+    from mmr5_batch.rerank import rerank_queries_async
+
+    row = {
+        "query_id": "q",
+        "query": "which page?",
+        "source_path": "s",
+        "error": None,
+        "candidates": [
+            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(40 * i + 10), 16).data, "image_tokens": 16, "score": 1 - i / 10, "error": None}
+            for i in range(3)
+        ],
+    }
+    import asyncio
+
+    [result] = asyncio.run(
+        rerank_queries_async(
+            [row], BatchingEngine(engine), window=3, stride=2, top_k=None, sampling=SamplingSettings(max_new_tokens=64, min_new_tokens=2),
+            model_id="m", run_id="r", keep_reasoning=True, think_tokens=3,
+        )
+    )
+    assert result["forced_answers"] == 1 and result["windows"] == 1
+    [text] = result["reasoning"]
+    assert "</think><answer>[" in text or "<answer>[" in text
+    # 3 thinking tokens, then at most the forced answer's allowance
+    assert 3 < result["generated_tokens"] <= 3 + 32
+    assert sorted(result["doc_ids"]) == ["d0", "d1", "d2"]

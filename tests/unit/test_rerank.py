@@ -158,3 +158,27 @@ def test_an_engine_failure_reaches_every_waiting_query():
 
     with pytest.raises(RuntimeError, match="device lost"):
         run([prepared("a", [10] * 3), prepared("b", [10] * 3)], engine=BrokenEngine())
+
+
+def test_thinking_budget_forces_an_answer():
+    rows = [prepared("r", [200, 150, 100, 50, 180, 30, 90], query="which? #ramble"), prepared("n", [90, 10])]
+    settings = dict(window=5, stride=3, top_k=None, sampling=SamplingSettings(max_new_tokens=100), model_id="m", run_id="r", keep_reasoning=True)
+    scripted = ScriptedTestEngine()
+    capped, normal = asyncio.run(rerank_queries_async(rows, BatchingEngine(scripted), think_tokens=8, **settings))
+    assert capped["status"] == "ok" and capped["forced_answers"] == capped["windows"] == 2
+    assert capped["doc_ids"][0] == "d5"  # the darkest page, ranked by the forced answers
+    assert all("</think><answer>[" in text and text.endswith("]</answer>") for text in capped["reasoning"])
+    assert all(text.count("hmm,") == 7 for text in capped["reasoning"])  # reasoning cut at 8 words
+    assert normal["forced_answers"] == 0 and normal["status"] == "ok"
+    # Without a budget the same query rambles to max_new_tokens and falls back to the first-stage order.
+    [unbounded] = rerank_queries(rows[:1], ScriptedTestEngine(), **settings)
+    assert unbounded["status"] == "fallback" and unbounded["forced_answers"] == 0
+
+
+def test_forced_prefix_closes_what_is_open():
+    from mmr5_batch.rerank import forced_prefix
+
+    assert forced_prefix("<think>so far") == "<think>so far</think><answer>["
+    assert forced_prefix("<think>done</think> and") == "<think>done</think> and<answer>["
+    assert forced_prefix("<think>x</think><answer>[2, ") == "<think>x</think><answer>[2, "
+    assert forced_prefix("<think>x</think><answer>[1]</answer>") is None

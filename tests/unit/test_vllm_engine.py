@@ -80,9 +80,12 @@ class RecordingAsyncLLM:
         if len(prompt["prompt"]) > self.kwargs["max_model_len"]:
             raise ValueError("The decoder prompt is longer than the maximum model length")
         text = "<think>t</think><answer>[1]</answer>"
+        reason = "stop"
+        if params["max_tokens"] < 8 and not prompt["prompt"].endswith("<answer>["):
+            text, reason = "<think>a long thought", "length"  # cut off by a thinking budget
         for finished, cut in ((False, 9), (True, len(text))):
             await asyncio.sleep(0)
-            choice = types.SimpleNamespace(text=text[:cut], finish_reason="stop" if finished else None, token_ids=[1] * (3 if finished else 1))
+            choice = types.SimpleNamespace(text=text[:cut], finish_reason=reason if finished else None, token_ids=[1] * (3 if finished else 1))
             yield types.SimpleNamespace(prompt_token_ids=[0] * 10, outputs=[choice], finished=finished)
 
 
@@ -237,3 +240,31 @@ def test_actor_engine_follows_the_config(tiny_model_dir, monkeypatch):
     assert isinstance(create_async_engine(job(tiny_model_dir)), AsyncVLLMEngine)
     offline = create_async_engine(job(tiny_model_dir, **{"model.vllm_engine": "offline"}))
     assert isinstance(offline, BatchingEngine) and isinstance(offline.engine, VLLMEngine)
+
+
+def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_model_dir):
+    from mmr5_batch.rerank import answer_tokens, rerank_queries_async
+
+    config = job(tiny_model_dir, **{"model.think_tokens": 5})
+    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    row = {
+        "query_id": "q",
+        "query": "Where is the lease signed?",
+        "source_path": "s",
+        "error": None,
+        "candidates": [
+            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(60 + i), 64).data, "image_tokens": 4, "score": 1 - i / 10, "error": None}
+            for i in range(2)
+        ],
+    }
+    [result] = asyncio.run(
+        rerank_queries_async(
+            [row], engine, window=5, stride=3, top_k=None, sampling=sampling_from_config(config.model), model_id="m", run_id="r",
+            keep_reasoning=True, think_tokens=config.model.think_tokens,
+        )
+    )
+    (first, first_params, _), (second, second_params, _) = engine.engine.requests
+    assert first["prompt"] == reference_prompt("Where is the lease signed?", 2) and first_params["max_tokens"] == 5
+    assert second["prompt"] == first["prompt"] + "<think>a long thought</think><answer>["
+    assert second_params["max_tokens"] == answer_tokens(2) and second_params["stop"] == ["</answer>"]
+    assert result["forced_answers"] == 1 and result["reasoning"] == ["<think>a long thought</think><answer>[<think>t</think><answer>[1]</answer>"]
