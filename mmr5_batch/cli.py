@@ -26,6 +26,7 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--min-new-tokens": ("model.min_new_tokens", {"type": int}),
     "--temperature": ("model.temperature", {"type": float}),
     "--think-tokens": ("model.think_tokens", {"type": int, "help": "thinking budget per window; then the answer is forced"}),
+    "--mode": ("ranking.mode", {"choices": ["reasoning", "fast"], "help": "fast: rank from first-token scores, no reasoning"}),
     "--window": ("ranking.window", {"type": int, "help": "candidates per prompt (default 5)"}),
     "--stride": ("ranking.stride", {"type": int, "help": "sliding-window step (default 3)"}),
     "--top-k": ("ranking.top_k", {"type": int, "help": "rerank only the first K by first-stage score"}),
@@ -98,7 +99,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         f"{'queries':<18}{total['queries']:>10}",
     ]
-    for status in ("ok", "repaired", "fallback", "error"):
+    for status in ("ok", "repaired", "fallback", "fast", "error"):
         lines.append(f"{'  ' + status:<18}{total[status]:>10}")
     for name in ("candidates", "flagged_candidates", "windows", "image_tokens", "prompt_tokens", "generated_tokens"):
         lines.append(f"{name:<18}{total[name]:>10}")

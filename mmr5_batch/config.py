@@ -74,11 +74,20 @@ class RankingConfig(_Section):
         None, ge=1, description="Rerank only the first K candidates by first-stage score; the rest follow in first-stage order."
     )
     keep_reasoning: bool = Field(False, description="Keep the model's full output per window in the 'reasoning' column.")
+    mode: Literal["reasoning", "fast"] = Field(
+        "reasoning",
+        description=(
+            "'reasoning': the model thinks, then answers (MM-R5's way). 'fast': no reasoning; each window is ranked from "
+            "the scores of the ids as the answer's first token, one forward pass (FIRST); rows get status 'fast'."
+        ),
+    )
 
     @model_validator(mode="after")
     def _stride_below_window(self) -> "RankingConfig":
         if self.stride >= self.window:
             raise ValueError(f"stride ({self.stride}) must be smaller than window ({self.window}) so windows overlap")
+        if self.mode == "fast" and self.window > 9:
+            raise ValueError(f"fast mode scores single-digit ids: window must be at most 9, got {self.window}")
         return self
 
 

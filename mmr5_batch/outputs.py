@@ -28,6 +28,7 @@ COUNTERS = (
     "ok",
     "repaired",
     "fallback",
+    "fast",
     "error",
     "candidates",
     "flagged_candidates",

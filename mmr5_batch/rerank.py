@@ -26,8 +26,12 @@ from .schema import PREPARED_COLUMNS, RESULT_COLUMNS, SOURCE_PATH, append_passth
 from .windows import SlidingWindowRanking, first_stage_order
 
 ERROR = "error"
+# Fast mode's status: ranked from first-token scores, not by the reasoning mode.
+FAST = "fast"
 # A query's status is its worst window's.
-_SEVERITY = {OK: 0, REPAIRED: 1, FALLBACK: 2}
+_SEVERITY = {OK: 0, FAST: 0, REPAIRED: 1, FALLBACK: 2}
+# Fast mode skips the reasoning: an empty think block, then the answer list begins.
+FAST_PREFIX = "<think></think><answer>["
 
 
 @dataclass
@@ -121,6 +125,11 @@ def _record(state: QueryState, indices: list[int], completion: Completion) -> No
     if completion.error is not None:
         state.error = f"window {state.windows}: {completion.error}"
         return
+    if completion.id_scores is not None:
+        # Highest first-token score first; ties keep the current order.
+        state.status = FAST
+        state.ranking.apply(sorted(range(len(indices)), key=lambda position: -completion.id_scores[position]))  # type: ignore[union-attr, index]
+        return
     parsed = parse_ranking(completion.text, len(indices))
     if _SEVERITY[parsed.status] > _SEVERITY[state.status]:
         state.status = parsed.status
@@ -143,9 +152,12 @@ def answer_tokens(window: int) -> int:
 
 
 async def _window(
-    state: QueryState, indices: list[int], engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None
+    state: QueryState, indices: list[int], engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None, mode: str
 ) -> Completion:
     """One window's completion; with a thinking budget, a cut-off reasoning gets a forced answer."""
+    if mode == FAST:
+        request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_ids=len(indices))
+        return await engine.generate_async(request)
     if think_tokens is None:
         return await engine.generate_async(_request(state, indices, sampling))
     cap = min(think_tokens, sampling.max_new_tokens)
@@ -172,13 +184,13 @@ async def _window(
     )
 
 
-async def _rank_one(state: QueryState, engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None) -> None:
+async def _rank_one(state: QueryState, engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None, mode: str) -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window.
     while state.active:
         indices = state.ranking.current_window()  # type: ignore[union-attr]
-        completion = await _window(state, indices, engine, sampling, think_tokens)
+        completion = await _window(state, indices, engine, sampling, think_tokens, mode)
         _record(state, indices, completion)
 
 
@@ -194,10 +206,14 @@ async def rerank_queries_async(
     run_id: str,
     keep_reasoning: bool = False,
     think_tokens: int | None = None,
+    mode: str = "reasoning",
 ) -> list[dict[str, Any]]:
-    """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS)."""
+    """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS).
+
+    `mode` "fast" ranks each window from one forward pass (first-token scores of the ids) instead of reasoning.
+    """
     states = [_plan(dict(row), window, stride, top_k) for row in rows]
-    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens) for state in states))
+    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens, mode) for state in states))
     return [_result(state, model_id, run_id, keep_reasoning) for state in states]
 
 
@@ -232,5 +248,6 @@ class RerankActor:
             run_id=self.config.run_id or "",
             keep_reasoning=ranking.keep_reasoning,
             think_tokens=self.config.model.think_tokens,
+            mode=ranking.mode,
         )
         return append_passthrough(pa.Table.from_pylist(results, schema=RESULT_COLUMNS), batch, own)

@@ -45,6 +45,9 @@ class EngineRequest:
     # model then continues (a forced answer: its reasoning so far, then
     # "</think><answer>["). Empty for an ordinary request.
     assistant_prefix: str = ""
+    # Fast mode: instead of generating, score the ids 1..score_ids as the
+    # next token (one forward pass); the completion carries the scores.
+    score_ids: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Completion:
     image_tokens: int = 0
     generated_tokens: int = 0
     error: str | None = None
+    # Fast mode: log-probability of each id 1..n as the next token (-inf when unavailable).
+    id_scores: tuple[float, ...] | None = None
 
 
 class Engine(Protocol):

@@ -119,9 +119,36 @@ class HFEngine:
             inputs["image_grid_thw"] = torch.cat(grids)
         return inputs, image_tokens
 
+    def id_token_ids(self, count: int) -> list[int]:
+        """Token ids of "1".."count" (single digits: Qwen's tokenizer splits numbers into digits)."""
+        ids = [self.tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
+        if count > 9 or any(token is None or token == self.tokenizer.unk_token_id for token in ids):
+            raise ValueError(f"fast mode scores single-token ids 1..9; a window of {count} does not fit")
+        return ids
+
+    def _score_batch(self, requests: list[EngineRequest]) -> list[Completion]:
+        """Fast mode: one forward pass; the log-probabilities of ids 1..n as the next token."""
+        import torch
+
+        inputs, image_tokens = self._encode(requests)
+        inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
+        with torch.inference_mode():
+            # Left padding: the last position is every row's next-token position.
+            logits = self.model(**inputs).logits[:, -1, :].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        completions = []
+        for row, request in enumerate(requests):
+            ids = self.id_token_ids(request.score_ids)
+            scores = tuple(float(logprobs[row, token]) for token in ids)
+            completions.append(Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], id_scores=scores))
+        return completions
+
     def _generate_batch(self, requests: list[EngineRequest]) -> list[Completion]:
         import torch
 
+        if all(request.score_ids for request in requests):
+            return self._score_batch(requests)
         sampling: SamplingSettings = requests[0].sampling
         if any(request.sampling != sampling for request in requests):
             raise ValueError("one generate call needs one sampling setting")

@@ -9,6 +9,7 @@ through the real Ray pipeline:
 - `#repair`: answers with a duplicate and an out-of-range id (status repaired)
 - `#garbage`: answers with no answer block (status fallback)
 - `#reject`: the engine refuses the request (the query becomes an error record)
+- fast mode (`score_ids`): each id's score is its image's darkness
 - `#ramble`: thinks without end, so `max_new_tokens` cuts it off; given a
   forced answer (`assistant_prefix` ending in `<answer>[`) it finishes the list
 
@@ -65,6 +66,9 @@ class ScriptedTestEngine:
             return Completion("", "error", error="scripted rejection (#reject in the question)")
         n = len(request.images)
         ranked = sorted(range(1, n + 1), key=lambda position: -_darkness(request.images[position - 1]))
+        if request.score_ids:
+            scores = tuple(_darkness(request.images[index]) / 255.0 for index in range(request.score_ids))
+            return Completion("", "stop", prompt_tokens=len(question.split()), generated_tokens=0, id_scores=scores)
         if request.assistant_prefix.endswith("<answer>["):
             text = f"{', '.join(map(str, ranked))}]</answer>"
             return Completion(text, "stop", prompt_tokens=len(question.split()), generated_tokens=len(text.split()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+from dataclasses import replace
 from typing import Any, Sequence
 
 from ..images import GRID
@@ -72,6 +73,26 @@ def sampling_params_args(sampling: SamplingSettings) -> dict[str, Any]:
         "include_stop_str_in_output": True,
         "seed": sampling.seed,
     }
+
+
+def id_token_ids(tokenizer: Any, count: int) -> list[int]:
+    """Token ids of "1".."count"; fast mode needs single-token ids (Qwen splits numbers into digits)."""
+    if count > 9:
+        raise ValueError(f"fast mode scores single-token ids 1..9; a window of {count} does not fit")
+    return [tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
+
+
+def scoring_params_args(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
+    """Fast mode: one token, restricted to the ids, with all their log-probabilities returned."""
+    ids = id_token_ids(tokenizer, request.score_ids)
+    return {"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": ids, "logprobs": len(ids), "seed": request.sampling.seed}
+
+
+def scores_from(output: Any, tokenizer: Any, count: int) -> tuple[float, ...]:
+    step = output.outputs[0].logprobs[0]  # token id -> Logprob at the first generated position
+    return tuple(
+        float(step[token].logprob) if token in step else float("-inf") for token in id_token_ids(tokenizer, count)
+    )
 
 
 def load_vllm() -> Any:
@@ -135,7 +156,7 @@ class VLLMEngine:
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         if not requests:
             return []
-        params = [self.sampling_params(**sampling_params_args(request.sampling)) for request in requests]
+        params = [self._params(request) for request in requests]
         prompts = [self._prompt(request) for request in requests]
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -145,7 +166,18 @@ class VLLMEngine:
             # One bad prompt (e.g. longer than max_model_len) fails the whole call: isolate it.
             log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
             return [completion for request in requests for completion in self.generate([request])]
-        return [completion_from(output) for output in outputs]
+        return [self._completion(output, request) for output, request in zip(outputs, requests)]
+
+    def _params(self, request: EngineRequest) -> Any:
+        if request.score_ids:
+            return self.sampling_params(**scoring_params_args(self.tokenizer, request))
+        return self.sampling_params(**sampling_params_args(request.sampling))
+
+    def _completion(self, output: Any, request: EngineRequest) -> Completion:
+        completion = completion_from(output)
+        if request.score_ids:
+            return replace(completion, text="", generated_tokens=0, id_scores=scores_from(output, self.tokenizer, request.score_ids))
+        return completion
 
 
 class AsyncVLLMEngine:
@@ -174,8 +206,11 @@ class AsyncVLLMEngine:
             raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
         return cls(engine, vllm.SamplingParams, tokenizer)
 
+    _params = VLLMEngine._params
+    _completion = VLLMEngine._completion
+
     async def generate_async(self, request: EngineRequest) -> Completion:
-        params = self.sampling_params(**sampling_params_args(request.sampling))
+        params = self._params(request)
         prompt = vllm_prompt(self.tokenizer, request)
         final = None
         try:
@@ -186,4 +221,4 @@ class AsyncVLLMEngine:
             return Completion("", "error", error=f"engine rejected the request: {error}")
         if final is None or not final.finished:
             raise RuntimeError("vLLM ended a request without a finished output")
-        return completion_from(final)
+        return self._completion(final, request)

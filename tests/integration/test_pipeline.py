@@ -221,3 +221,20 @@ def test_error_rate_above_the_threshold_exits_3_after_writing(ray_session, tmp_p
     ranked, dead, _ = outputs(tmp_path / "out")
     assert len(ranked) == 3 and [r["query_id"] for r in dead] == ["bad"]
     assert main([*args, "--overwrite", "--max-error-rate", "0.3"]) == 0
+
+
+def test_fast_mode_through_the_pipeline_on_the_tiny_model(ray_session, tiny_model_dir, tmp_path):
+    write_demo_dataset(tmp_path / "in", queries=3, candidates=6, shards=1)
+    values = {
+        "input": str(tmp_path / "in"),
+        "output": str(tmp_path / "out"),
+        "model.name": tiny_model_dir,
+        "model.device": "cpu",
+        "images.image_tokens": 64,
+        "ranking.mode": "fast",
+    }
+    summary = run_job(load_config(None, values))
+    ranked, dead, _ = outputs(tmp_path / "out")
+    assert dead == [] and [r["status"] for r in ranked] == ["fast"] * 3
+    assert all(r["generated_tokens"] == 0 and r["windows"] == 2 for r in ranked)
+    assert summary["totals"]["fast"] == 3

@@ -96,3 +96,22 @@ def test_thinking_budget_forces_an_answer_on_the_tiny_model(engine):
     # 3 thinking tokens, then at most the forced answer's allowance
     assert 3 < result["generated_tokens"] <= 3 + 32
     assert sorted(result["doc_ids"]) == ["d0", "d1", "d2"]
+
+
+def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
+    """The one-pass scores equal the log-softmax of generate's first-step logits at the id tokens."""
+    import torch
+
+    from mmr5_batch.rerank import FAST_PREFIX
+
+    base = request("which page?", [(120, 160), (200, 100), (90, 90)], SamplingSettings())
+    scored = EngineRequest(base.messages, base.images, base.sampling, assistant_prefix=FAST_PREFIX, score_ids=3)
+    [completion] = engine.generate([scored])
+    assert completion.error is None and len(completion.id_scores) == 3 and completion.generated_tokens == 0
+    inputs, _ = engine._encode([scored])
+    with torch.inference_mode():
+        out = engine.model.generate(**inputs, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=engine.tokenizer.pad_token_id)
+    first = torch.log_softmax(out.scores[0][0].float(), dim=-1)
+    expected = [float(first[token]) for token in engine.id_token_ids(3)]
+    assert completion.id_scores == pytest.approx(expected, abs=1e-4)
+    assert engine.render(scored).endswith("<|im_start|>assistant\n" + FAST_PREFIX)

@@ -29,11 +29,11 @@ def prepared(query_id, levels, query="which page?", scores=None, errors=None):
     }
 
 
-def run(rows, engine=None, window=5, stride=3, top_k=None, keep_reasoning=False):
+def run(rows, engine=None, window=5, stride=3, top_k=None, keep_reasoning=False, mode="reasoning"):
     engine = engine or ScriptedTestEngine()
     results = rerank_queries(
         rows, engine, window=window, stride=stride, top_k=top_k, sampling=SamplingSettings(),
-        model_id="m", run_id="r", keep_reasoning=keep_reasoning,
+        model_id="m", run_id="r", keep_reasoning=keep_reasoning, mode=mode,
     )
     return results, engine
 
@@ -182,3 +182,12 @@ def test_forced_prefix_closes_what_is_open():
     assert forced_prefix("<think>done</think> and") == "<think>done</think> and<answer>["
     assert forced_prefix("<think>x</think><answer>[2, ") == "<think>x</think><answer>[2, "
     assert forced_prefix("<think>x</think><answer>[1]</answer>") is None
+
+
+def test_fast_mode_ranks_from_first_token_scores_in_one_pass_per_window():
+    rows = [prepared("a", [200, 150, 100, 50, 180, 30, 90]), prepared("b", [30, 200])]
+    results, engine = run(rows, mode="fast")
+    assert [r["status"] for r in results] == ["fast", "fast"]
+    assert results[0]["doc_ids"][0] == "d5" and results[1]["doc_ids"] == ["d0", "d1"]
+    assert all(r["generated_tokens"] == 0 for r in results)
+    assert engine.calls == [2, 1]  # one scoring pass per window, windows of a round together

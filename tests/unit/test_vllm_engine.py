@@ -48,13 +48,17 @@ class RecordingLLM:
         for prompt in prompts:
             if len(prompt["prompt"]) > self.kwargs["max_model_len"]:
                 raise ValueError("The decoder prompt is longer than the maximum model length")
-        return [
-            types.SimpleNamespace(
-                prompt_token_ids=[0] * 10,
-                outputs=[types.SimpleNamespace(text="<think>t</think><answer>[1]</answer>", finish_reason="stop", token_ids=[1, 2, 3])],
-            )
-            for _ in prompts
-        ]
+        outputs = []
+        for param in params:
+            choice = types.SimpleNamespace(text="<think>t</think><answer>[1]</answer>", finish_reason="stop", token_ids=[1, 2, 3], logprobs=None)
+            if "allowed_token_ids" in param:  # fast mode: the last allowed id scores highest
+                allowed = param["allowed_token_ids"]
+                choice = types.SimpleNamespace(
+                    text="1", finish_reason="length", token_ids=[allowed[0]],
+                    logprobs=[{token: types.SimpleNamespace(logprob=-float(len(allowed) - rank)) for rank, token in enumerate(allowed)}],
+                )
+            outputs.append(types.SimpleNamespace(prompt_token_ids=[0] * 10, outputs=[choice]))
+        return outputs
 
 
 class RecordingAsyncLLM:
@@ -268,3 +272,17 @@ def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_mod
     assert second["prompt"] == first["prompt"] + "<think>a long thought</think><answer>["
     assert second_params["max_tokens"] == answer_tokens(2) and second_params["stop"] == ["</answer>"]
     assert result["forced_answers"] == 1 and result["reasoning"] == ["<think>a long thought</think><answer>[<think>t</think><answer>[1]</answer>"]
+
+
+def test_fast_mode_asks_vllm_for_the_ids_log_probabilities(tiny_model_dir):
+    from mmr5_batch.rerank import FAST_PREFIX
+
+    engine = VLLMEngine.from_config(job(tiny_model_dir, **{"ranking.mode": "fast"}), vllm_module=FAKE_VLLM)
+    images = tuple(prepare_image(grey_jpeg(level), 64).data for level in (30, 90, 150))
+    request = EngineRequest(build_messages("q", 3), images, SamplingSettings(), assistant_prefix=FAST_PREFIX, score_ids=3)
+    [completion] = engine.generate([request])
+    [(prompts, params)] = engine.llm.calls
+    digits = [engine.tokenizer.convert_tokens_to_ids(str(i)) for i in (1, 2, 3)]
+    assert params == [{"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": digits, "logprobs": 3, "seed": 0}]
+    assert prompts[0]["prompt"] == reference_prompt("q", 3) + FAST_PREFIX
+    assert completion.id_scores == (-3.0, -2.0, -1.0) and completion.generated_tokens == 0
