@@ -50,6 +50,7 @@ def _add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **options)
     parser.add_argument("--keep-reasoning", action="store_const", const=True, help="keep the model output per window")
     parser.add_argument("--overwrite", action="store_const", const=True, help="replace an earlier run's results in --output")
+    parser.add_argument("--cascade", action="store_const", const=True, help="details-inspection cascade (settings under cascade: in the config)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -58,6 +59,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = {dotted: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (dotted, _) in RERANK_FLAGS.items()}
     overrides["ranking.keep_reasoning"] = args.keep_reasoning
     overrides["overwrite"] = args.overwrite
+    overrides["cascade.enabled"] = args.cascade
     return load_config(args.config, overrides)
 
 

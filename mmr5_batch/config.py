@@ -142,6 +142,20 @@ class StorageConfig(_Section):
         return options
 
 
+class CascadeConfig(_Section):
+    enabled: bool = Field(False, description="Run the details-inspection cascade: a cheap first pass, then the top in detail.")
+    first_window: int = Field(10, ge=2, description="Candidates per prompt in the first pass.")
+    first_stride: int = Field(6, ge=1, description="Sliding-window step of the first pass (must be < first_window).")
+    first_image_tokens: int = Field(256, ge=4, description="Image tokens per candidate in the first pass.")
+    detail_top: int = Field(5, ge=2, description="The first pass's best this many are reranked with images.image_tokens (ranking.window, stride).")
+
+    @model_validator(mode="after")
+    def _stride_below_window(self) -> "CascadeConfig":
+        if self.first_stride >= self.first_window:
+            raise ValueError(f"first_stride ({self.first_stride}) must be smaller than first_window ({self.first_window})")
+        return self
+
+
 class ExecutionConfig(_Section):
     max_error_rate: float = Field(
         0.01,
@@ -189,6 +203,7 @@ class JobConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="Windows and depth of reranking.")
     images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="The details-inspection cascade (off by default).")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Ray resources and batching.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage (S3) endpoint and credentials.")
 
@@ -197,6 +212,8 @@ class JobConfig(_Section):
         total, window = self.images.prompt_image_tokens, self.ranking.window
         if total is not None and total < 4 * window:
             raise ValueError(f"images.prompt_image_tokens ({total}) must allow the minimum of 4 tokens for each of the {window} candidates of a window")
+        if self.cascade.enabled and self.ranking.mode == "fast" and self.cascade.first_window > 9:
+            raise ValueError(f"fast mode scores single-digit ids: cascade.first_window must be at most 9, got {self.cascade.first_window}")
         return self
 
     def with_run_id(self) -> "JobConfig":

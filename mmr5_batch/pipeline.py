@@ -111,6 +111,7 @@ def _prepare_settings(config: JobConfig, storage: Storage) -> PrepareSettings:
         window=config.ranking.window,
         prompt_image_tokens=images.prompt_image_tokens,
         policy=images.policy,
+        first_image_tokens=config.cascade.first_image_tokens if config.cascade.enabled else None,
     )
 
 

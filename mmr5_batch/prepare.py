@@ -35,6 +35,8 @@ class PrepareSettings:
     window: int = 5
     prompt_image_tokens: int | None = None
     policy: str = "uniform"
+    # The cascade's first-pass budget: each candidate is also prepared at this size.
+    first_image_tokens: int | None = None
 
     def budgets(self, count: int) -> list[int]:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
@@ -48,22 +50,32 @@ def _fetch_reason(uri: str, error: Exception) -> str:
 
 
 def _candidate_image(
-    candidate: Mapping[str, Any], budget: int, settings: PrepareSettings, fetched: Mapping[str, bytes | Exception]
-) -> tuple[bytes | None, int, str | None]:
+    candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Mapping[str, bytes | Exception]
+) -> dict[str, Any]:
+    """The candidate's image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
+    empty = {"image": None, "image_tokens": 0, "first_image": None, "first_image_tokens": None}
     data = candidate.get("image")
     uri = candidate.get("image_uri")
     if not data:
         if not uri:
-            return None, 0, "candidate has neither image bytes nor image_uri"
+            return empty | {"error": "candidate has neither image bytes nor image_uri"}
         result = fetched.get(uri)
         if isinstance(result, Exception) or result is None:
-            return None, 0, _fetch_reason(uri, result or RuntimeError("not fetched"))
+            return empty | {"error": _fetch_reason(uri, result or RuntimeError("not fetched"))}
         data = result
+    budget, first_budget = budgets
     try:
         prepared = prepare_image(data, budget, settings.jpeg_quality)
+        first = prepare_image(data, first_budget, settings.jpeg_quality) if first_budget else None
     except ImageError as error:
-        return None, 0, str(error)
-    return prepared.data, prepared.tokens, None
+        return empty | {"error": str(error)}
+    return {
+        "image": prepared.data,
+        "image_tokens": prepared.tokens,
+        "first_image": first.data if first else None,
+        "first_image_tokens": first.tokens if first else None,
+        "error": None,
+    }
 
 
 def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSettings) -> str | None:
@@ -99,22 +111,14 @@ def prepare_row(
         for budget, index in zip(settings.budgets(len(candidates)), order):
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
-            image, tokens, candidate_error = _candidate_image(candidate, budget, settings, fetched or {})
-            prepared.append(
-                {
-                    "doc_id": candidate["doc_id"],
-                    "image": image,
-                    "image_tokens": tokens,
-                    "score": candidate.get("score"),
-                    "error": candidate_error,
-                }
-            )
+            images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {})
+            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score")} | images)
         if all(candidate["error"] for candidate in prepared):
             error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
     if error is not None:
         # Keep the first-stage list (without images) so the dead letter says what was asked.
         prepared = [
-            {"doc_id": c.get("doc_id"), "image": None, "image_tokens": 0, "score": c.get("score"), "error": None}
+            {"doc_id": c.get("doc_id"), "image": None, "image_tokens": 0, "first_image": None, "first_image_tokens": None, "score": c.get("score"), "error": None}
             for c in candidates
         ]
     return {

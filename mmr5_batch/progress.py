@@ -42,6 +42,7 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
         "input": public_config["input"],
         "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")},
         "ranking": public_config["ranking"],
+        "cascade": public_config["cascade"],
         "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
     }
     digest = hashlib.sha256(repr(sorted(_flatten(shaping).items())).encode()).hexdigest()[:16]

@@ -34,10 +34,27 @@ _SEVERITY = {OK: 0, FAST: 0, REPAIRED: 1, FALLBACK: 2}
 FAST_PREFIX = "<think></think><answer>["
 
 
+@dataclass(frozen=True)
+class Cascade:
+    """The details-inspection cascade: a cheap first pass over the whole list, then the top again in detail."""
+
+    first_window: int  # candidates per prompt in the first pass (small images)
+    first_stride: int
+    detail_top: int  # how many of the first pass's best are reranked with the full budget
+
+
+# Which pass put a candidate at its final position (the output's `decided_by`).
+DETAIL, FIRST_PASS, MODEL, FIRST_STAGE, FLAGGED = "detail", "first_pass", "model", "first_stage", "flagged"
+
+
 @dataclass
 class QueryState:
     row: dict[str, Any]
     ranking: SlidingWindowRanking | None = None
+    # "single" without a cascade; "first" then "detail" with one.
+    stage: str = "single"
+    depth: int = 0  # positions reranked at all (top_k)
+    tail: list[int] = field(default_factory=list)  # the first pass's order below the detail pass's top
     status: str = OK
     error: str | None = None
     windows: int = 0
@@ -52,7 +69,7 @@ class QueryState:
         return self.error is None and self.ranking is not None and not self.ranking.done
 
 
-def _plan(row: dict[str, Any], window: int, stride: int, top_k: int | None) -> QueryState:
+def _plan(row: dict[str, Any], window: int, stride: int, top_k: int | None, cascade: Cascade | None = None) -> QueryState:
     state = QueryState(row)
     if row.get("error"):
         state.error = row["error"]
@@ -60,8 +77,37 @@ def _plan(row: dict[str, Any], window: int, stride: int, top_k: int | None) -> Q
     candidates = row["candidates"]
     order = first_stage_order([candidate["score"] for candidate in candidates])
     usable = [index for index in order if candidate_ok(candidates[index])]
-    state.ranking = SlidingWindowRanking(usable, window, stride, rerank_depth=top_k)
+    state.depth = len(usable) if top_k is None else min(top_k, len(usable))
+    if cascade is not None and state.depth > cascade.detail_top:
+        state.stage = "first"
+        state.ranking = SlidingWindowRanking(usable, cascade.first_window, cascade.first_stride, rerank_depth=top_k)
+    else:
+        state.ranking = SlidingWindowRanking(usable, window, stride, rerank_depth=top_k)
     return state
+
+
+def _to_detail_pass(state: QueryState, cascade: Cascade, window: int, stride: int) -> None:
+    """After the first pass: rerank its top `detail_top` again with the full-budget images."""
+    assert state.ranking is not None
+    top = state.ranking.order[: cascade.detail_top]
+    state.tail = state.ranking.order[cascade.detail_top :]
+    state.ranking = SlidingWindowRanking(top, window, stride)
+    state.stage = "detail"
+
+
+def _image_field(state: QueryState) -> str:
+    return "first_image" if state.stage == "first" else "image"
+
+
+def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
+    reranked = state.depth if state.windows else 0
+    if state.stage == "detail":
+        detail = len(state.ranking.order)  # type: ignore[union-attr]
+        labels = [DETAIL] * detail + [FIRST_PASS] * (reranked - detail)
+    else:
+        labels = [MODEL] * reranked
+    labels += [FIRST_STAGE] * (positions - flagged - len(labels))
+    return labels + [FLAGGED] * flagged
 
 
 def candidate_ok(candidate: dict[str, Any]) -> bool:
@@ -72,7 +118,7 @@ def _request(state: QueryState, window_indices: list[int], sampling: SamplingSet
     candidates = state.row["candidates"]
     return EngineRequest(
         messages=build_messages(state.row["query"], len(window_indices)),
-        images=tuple(candidates[index]["image"] for index in window_indices),
+        images=tuple(candidates[index][_image_field(state)] for index in window_indices),
         sampling=sampling,
     )
 
@@ -101,7 +147,7 @@ def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool)
         return result | {"status": ERROR, "reason": state.error, "doc_ids": None, "scores": None}
     assert state.ranking is not None
     flagged = [index for index in first_stage if not candidate_ok(candidates[index])]
-    final = state.ranking.order + flagged
+    final = state.ranking.order + state.tail + flagged
     # MM-R5 is listwise and gives no calibrated per-document score: the score
     # is rank-derived, 1.0 for the top and falling evenly, so higher is better.
     scores = [(len(final) - position) / len(final) for position in range(len(final))]
@@ -111,6 +157,7 @@ def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool)
         "doc_ids": [candidates[index]["doc_id"] for index in final],
         "scores": scores,
         "flagged_doc_ids": [candidates[index]["doc_id"] for index in flagged],
+        "decided_by": _decided_by(state, len(final), len(flagged)),
         "flag_reasons": [candidates[index]["error"] for index in flagged],
     }
 
@@ -118,7 +165,8 @@ def _result(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool)
 def _record(state: QueryState, indices: list[int], completion: Completion) -> None:
     """Fold one window's completion into its query: counts, reasoning, status, new order."""
     state.windows += 1
-    state.image_tokens += sum(state.row["candidates"][index]["image_tokens"] for index in indices)
+    tokens = "first_image_tokens" if state.stage == "first" else "image_tokens"
+    state.image_tokens += sum(state.row["candidates"][index][tokens] or 0 for index in indices)
     state.prompt_tokens += completion.prompt_tokens
     state.generated_tokens += completion.generated_tokens
     state.reasoning.append(completion.text)
@@ -184,14 +232,20 @@ async def _window(
     )
 
 
-async def _rank_one(state: QueryState, engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None, mode: str) -> None:
+async def _rank_one(
+    state: QueryState, engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None, mode: str, detail: Any
+) -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window.
-    while state.active:
-        indices = state.ranking.current_window()  # type: ignore[union-attr]
-        completion = await _window(state, indices, engine, sampling, think_tokens, mode)
-        _record(state, indices, completion)
+    while True:
+        while state.active:
+            indices = state.ranking.current_window()  # type: ignore[union-attr]
+            completion = await _window(state, indices, engine, sampling, think_tokens, mode)
+            _record(state, indices, completion)
+        if state.stage != "first" or state.error is not None:
+            return
+        detail(state)
 
 
 async def rerank_queries_async(
@@ -207,19 +261,32 @@ async def rerank_queries_async(
     keep_reasoning: bool = False,
     think_tokens: int | None = None,
     mode: str = "reasoning",
+    cascade: Cascade | None = None,
 ) -> list[dict[str, Any]]:
     """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS).
 
     `mode` "fast" ranks each window from one forward pass (first-token scores of the ids) instead of reasoning.
+    With a `cascade`, a first pass over small images (`first_image`) precedes a detail pass over its top.
     """
-    states = [_plan(dict(row), window, stride, top_k) for row in rows]
-    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens, mode) for state in states))
+    states = [_plan(dict(row), window, stride, top_k, cascade) for row in rows]
+
+    def detail(state: QueryState) -> None:
+        _to_detail_pass(state, cascade, window, stride)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens, mode, detail) for state in states))
     return [_result(state, model_id, run_id, keep_reasoning) for state in states]
 
 
 def rerank_queries(rows: Sequence[dict[str, Any]], engine: Engine, **settings: Any) -> list[dict[str, Any]]:
     """`rerank_queries_async` over a batch engine, outside any event loop: each round's windows share one call."""
     return asyncio.run(rerank_queries_async(rows, BatchingEngine(engine), **settings))
+
+
+def cascade_from_config(config: Any) -> Cascade | None:
+    settings = config.cascade
+    if not settings.enabled:
+        return None
+    return Cascade(settings.first_window, settings.first_stride, settings.detail_top)
 
 
 class RerankActor:
@@ -249,5 +316,6 @@ class RerankActor:
             keep_reasoning=ranking.keep_reasoning,
             think_tokens=self.config.model.think_tokens,
             mode=ranking.mode,
+            cascade=cascade_from_config(self.config),
         )
         return append_passthrough(pa.Table.from_pylist(results, schema=RESULT_COLUMNS), batch, own)

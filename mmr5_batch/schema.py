@@ -50,6 +50,9 @@ PREPARED_CANDIDATE_TYPE = pa.struct(
         pa.field("doc_id", pa.string()),
         pa.field("image", pa.binary()),
         pa.field("image_tokens", pa.int32()),
+        # The cascade's first-pass version (small budget); null without a cascade.
+        pa.field("first_image", pa.binary()),
+        pa.field("first_image_tokens", pa.int32()),
         pa.field("score", pa.float64()),
         pa.field("error", pa.string()),
     ]
@@ -79,6 +82,9 @@ RESULT_COLUMNS = pa.schema(
         pa.field("status", pa.string()),
         pa.field("flagged_doc_ids", pa.list_(pa.string())),
         pa.field("flag_reasons", pa.list_(pa.string())),
+        # Per final position: "detail" / "first_pass" (cascade passes), "model" (no cascade),
+        # "first_stage" (below --top-k or nothing to compare), "flagged".
+        pa.field("decided_by", pa.list_(pa.string())),
         pa.field("reasoning", pa.list_(pa.string())),
         pa.field("windows", pa.int32()),
         pa.field("image_tokens", pa.int64()),

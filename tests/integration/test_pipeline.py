@@ -238,3 +238,17 @@ def test_fast_mode_through_the_pipeline_on_the_tiny_model(ray_session, tiny_mode
     assert dead == [] and [r["status"] for r in ranked] == ["fast"] * 3
     assert all(r["generated_tokens"] == 0 and r["windows"] == 2 for r in ranked)
     assert summary["totals"]["fast"] == 3
+
+
+def test_cascade_through_the_pipeline(ray_session, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    levels = [200, 170, 140, 110, 80, 50, 20, 230]  # d6 darkest, then d5, d4
+    write_shard(tmp_path / "in" / "s.parquet", [grouped_row("q", "which?", [candidate(f"d{i}", lvl, 1 - i / 10) for i, lvl in enumerate(levels)])])
+    (tmp_path / "job.yaml").write_text("cascade: {first_window: 6, first_stride: 3, first_image_tokens: 16, detail_top: 3}\n")
+    args = ["rerank", "--config", str(tmp_path / "job.yaml"), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main([*args, "--backend", "scripted-test", "--cascade", "--window", "3", "--stride", "2", "--image-tokens", "64"]) == 0
+    [row], _, _ = outputs(tmp_path / "out")
+    assert row["doc_ids"][:3] == ["d6", "d5", "d4"]
+    assert row["decided_by"] == ["detail"] * 3 + ["first_pass"] * 5
+    assert row["windows"] == 3  # 8 candidates in windows of 6 step 3 (2), then the top 3 once
+    assert max(row["candidate_image_tokens"]) <= 64 and row["image_tokens"] <= 2 * 6 * 16 + 3 * 64

@@ -191,3 +191,43 @@ def test_fast_mode_ranks_from_first_token_scores_in_one_pass_per_window():
     assert results[0]["doc_ids"][0] == "d5" and results[1]["doc_ids"] == ["d0", "d1"]
     assert all(r["generated_tokens"] == 0 for r in results)
     assert engine.calls == [2, 1]  # one scoring pass per window, windows of a round together
+
+
+def test_cascade_ranks_the_list_cheaply_then_the_top_in_detail():
+    from PIL import Image
+    import io
+
+    from mmr5_batch.rerank import Cascade
+    from tests.conftest import grey_jpeg
+
+    class RecordingEngine(ScriptedTestEngine):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def generate(self, requests):
+            self.sizes += [{Image.open(io.BytesIO(image)).size for image in request.images} for request in requests]
+            return super().generate(requests)
+
+    levels = [200, 150, 100, 50, 180, 30, 90, 120, 60, 170, 20, 140]  # darkest: d10, then d5, d3
+    row = prepared("a", levels)
+    for candidate, level in zip(row["candidates"], levels):
+        candidate["first_image"] = grey_jpeg(level, (28, 28))
+        candidate["first_image_tokens"] = 1
+    engine = RecordingEngine()
+    [result] = rerank_queries(
+        [row], engine, window=3, stride=2, top_k=None, sampling=SamplingSettings(), model_id="m", run_id="r",
+        cascade=Cascade(first_window=6, first_stride=4, detail_top=3),
+    )
+    assert result["doc_ids"][:3] == ["d10", "d5", "d3"]
+    assert result["decided_by"] == ["detail"] * 3 + ["first_pass"] * 9
+    first_pass = [sizes for sizes in engine.sizes if sizes == {(28, 28)}]
+    detail = [sizes for sizes in engine.sizes if (28, 28) not in sizes]
+    assert len(first_pass) == 3 and len(detail) == 1 and len(engine.sizes) == 4  # 12 in windows of 6 step 4; top 3 once
+    assert result["windows"] == 4 and result["image_tokens"] == 3 * 6 * 1 + 3 * 20
+
+
+def test_without_cascade_positions_are_decided_by_the_model_or_the_first_stage():
+    row = prepared("a", [200, 190, 180, 170, 160, 10], errors=[None, None, None, None, None, "undecodable image: x"])
+    [result], _ = run([row], window=3, stride=2, top_k=4)
+    assert result["decided_by"] == ["model"] * 4 + ["first_stage", "flagged"]
