@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test env clean
+.PHONY: demo test bench env clean
 
 env: $(VENV)/.installed
 
@@ -27,6 +27,16 @@ demo: env
 test: env
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$code
+
+# The CPU benchmarks, each printing its table (a few minutes on 2 cores).
+# The GPU one is bench/gpu_throughput.py, run on a GPU machine.
+bench: env
+	$(BIN)/python bench/image_tokens.py
+	$(BIN)/python bench/image_tokens.py --candidates 20
+	$(BIN)/python bench/prepare_speed.py
+	$(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/python bench/scheduling.py
+	$(BIN)/python bench/sizing.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

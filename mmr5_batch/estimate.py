@@ -106,7 +106,10 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
 
     uris = [c["image_uri"] for row in rows for c in row.get("candidates") or [] if not c.get("image") and c.get("image_uri")]
     fetched = fetch_images(storage, uris, config.images.allowed_uri_prefixes, config.images.fetch_concurrency, config.images.fetch_retries)
-    ours = SettingCost(f"ours: {config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}")
+    label = f"ours: {config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
+    if config.cascade.enabled:
+        label += f", cascade {config.cascade.first_image_tokens} x {config.cascade.first_window} then top {config.cascade.detail_top}"
+    ours = SettingCost(label)
     reference = SettingCost("MM-R5 reference: pages near native size")
     unusable, candidates = 0, []
     for row in rows:
@@ -130,8 +133,21 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
         )
         ours_tokens = [fit_to_token_budget(w, h, budget).tokens for (w, h), budget in zip(sizes, budgets)]
         reference_tokens_list = [reference_tokens(w, h) for w, h in sizes]
-        ranking = config.ranking
-        price_query(ours, ours_tokens, ranking.window, ranking.stride, ranking.top_k, min(generated_tokens, config.model.max_new_tokens))
+        ranking, cascade = config.ranking, config.cascade
+        ours_generated = min(generated_tokens, config.model.think_tokens or config.model.max_new_tokens)
+        if cascade.enabled and len(sizes) > cascade.detail_top:
+            # First pass: every candidate small, big windows; then the top in detail, summed as one query.
+            first = SettingCost("first")
+            small = [fit_to_token_budget(w, h, cascade.first_image_tokens).tokens for w, h in sizes]
+            price_query(first, small, cascade.first_window, cascade.first_stride, ranking.top_k, ours_generated)
+            detail = SettingCost("detail")
+            price_query(detail, ours_tokens[: cascade.detail_top], ranking.window, ranking.stride, None, ours_generated)
+            ours.windows.append(first.windows[-1] + detail.windows[-1])
+            ours.image_tokens.append(first.image_tokens[-1] + detail.image_tokens[-1])
+            ours.prompt_tokens.append(first.prompt_tokens[-1] + detail.prompt_tokens[-1])
+            ours.gpu_seconds.append(first.gpu_seconds[-1] + detail.gpu_seconds[-1])
+        else:
+            price_query(ours, ours_tokens, ranking.window, ranking.stride, ranking.top_k, ours_generated)
         price_query(reference, reference_tokens_list, ranking.window, ranking.stride, ranking.top_k, min(generated_tokens, REFERENCE_MAX_NEW_TOKENS))
 
     queries = sum(shard.queries - sum(shard.done.values()) for shard in plan.to_run)
