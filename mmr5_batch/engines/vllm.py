@@ -130,7 +130,28 @@ def completion_from(output: Any) -> Completion:
     )
 
 
-class VLLMEngine:
+class _VLLMRequests:
+    """What both vLLM engines share: the prompt, the sampling parameters and the completion of one request."""
+
+    sampling_params: Any
+    tokenizer: Any
+
+    def _prompt(self, request: EngineRequest) -> dict[str, Any]:
+        return vllm_prompt(self.tokenizer, request)
+
+    def _params(self, request: EngineRequest) -> Any:
+        if request.score_ids:
+            return self.sampling_params(**scoring_params_args(self.tokenizer, request))
+        return self.sampling_params(**sampling_params_args(request.sampling))
+
+    def _completion(self, output: Any, request: EngineRequest) -> Completion:
+        completion = completion_from(output)
+        if request.score_ids:
+            return replace(completion, text="", generated_tokens=0, id_scores=scores_from(output, self.tokenizer, request.score_ids))
+        return completion
+
+
+class VLLMEngine(_VLLMRequests):
     """vLLM's offline engine behind the Engine interface; `llm` and `sampling_params` are vLLM's (or a test's stand-ins)."""
 
     def __init__(self, llm: Any, sampling_params: Any) -> None:
@@ -150,9 +171,6 @@ class VLLMEngine:
             raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
         return cls(llm, vllm.SamplingParams)
 
-    def _prompt(self, request: EngineRequest) -> dict[str, Any]:
-        return vllm_prompt(self.tokenizer, request)
-
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         if not requests:
             return []
@@ -168,19 +186,8 @@ class VLLMEngine:
             return [completion for request in requests for completion in self.generate([request])]
         return [self._completion(output, request) for output, request in zip(outputs, requests)]
 
-    def _params(self, request: EngineRequest) -> Any:
-        if request.score_ids:
-            return self.sampling_params(**scoring_params_args(self.tokenizer, request))
-        return self.sampling_params(**sampling_params_args(request.sampling))
 
-    def _completion(self, output: Any, request: EngineRequest) -> Completion:
-        completion = completion_from(output)
-        if request.score_ids:
-            return replace(completion, text="", generated_tokens=0, id_scores=scores_from(output, self.tokenizer, request.score_ids))
-        return completion
-
-
-class AsyncVLLMEngine:
+class AsyncVLLMEngine(_VLLMRequests):
     """vLLM's async engine behind the AsyncEngine interface: one request in, its completion out, many in flight."""
 
     def __init__(self, engine: Any, sampling_params: Any, tokenizer: Any) -> None:
@@ -206,12 +213,9 @@ class AsyncVLLMEngine:
             raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
         return cls(engine, vllm.SamplingParams, tokenizer)
 
-    _params = VLLMEngine._params
-    _completion = VLLMEngine._completion
-
     async def generate_async(self, request: EngineRequest) -> Completion:
         params = self._params(request)
-        prompt = vllm_prompt(self.tokenizer, request)
+        prompt = self._prompt(request)
         final = None
         try:
             async for output in self.engine.generate(prompt, params, request_id=f"mmr5-{next(self._ids)}"):

@@ -76,3 +76,11 @@ def test_whole_pipeline_on_vllm(ray_session, tiny_model_dir, tmp_path, vllm_engi
     summary = run_job(gpu_config(tiny_model_dir, tmp_path, **{"model.vllm_engine": vllm_engine}))
     assert summary["totals"]["queries"] == 8 and summary["totals"]["error"] == 0
     assert summary["totals"]["windows"] == 16
+
+
+def test_thinking_budget_and_fast_mode_on_real_vllm(ray_session, tiny_model_dir, tmp_path):
+    write_demo_dataset(tmp_path / "in", queries=4, candidates=5, shards=1)
+    forced = run_job(gpu_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "output": str(tmp_path / "forced")}))
+    assert forced["totals"]["queries"] == 4 and forced["totals"]["error"] == 0
+    fast = run_job(gpu_config(tiny_model_dir, tmp_path, **{"ranking.mode": "fast", "output": str(tmp_path / "fast")}))
+    assert fast["totals"]["fast"] == 4 and fast["totals"]["generated_tokens"] == 0
