@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: env
 	$(BIN)/mmr5-batch tiny-model $(DEMO)/tiny-model
-	$(BIN)/mmr5-batch demo-data $(DEMO)/input
+	$(BIN)/mmr5-batch demo-data $(DEMO)/input --qrels $(DEMO)/qrels.trec
 	$(BIN)/mmr5-batch rerank --config examples/demo.yaml --input $(DEMO)/input --output $(DEMO)/output --model $(DEMO)/tiny-model --overwrite
+	$(BIN)/mmr5-batch evaluate --run $(DEMO)/output --qrels $(DEMO)/qrels.trec --k 1,3,5 --group-by domain
 
 # pytest exits 5 when it collects no test: say so and fail, rather than pass silently.
 test: env

@@ -90,6 +90,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     demo.add_argument("--queries", type=int, default=50)
     demo.add_argument("--candidates", type=int, default=8)
     demo.add_argument("--shards", type=int, default=4)
+    demo.add_argument("--qrels", help="also write the demo's TREC qrels (gold pages) to this file")
+
+    evaluate = commands.add_parser("evaluate", help="recall/nDCG/MRR of a run's reranked and first-stage orders")
+    evaluate.add_argument("--run", required=True, help="the output prefix of a rerank run")
+    evaluate.add_argument("--qrels", required=True, help="TREC qrels, or Parquet/JSONL with query_id, doc_id, relevance")
+    evaluate.add_argument("--k", default="1,3,5,10", help="cut-offs, comma-separated")
+    evaluate.add_argument("--group-by", help="a passthrough column to macro-average over (e.g. domain)")
+    evaluate.add_argument("--json", help="where to write the report (default RUN/evaluation.json)")
+    evaluate.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
     return parser.parse_args(argv)
 
 
@@ -187,9 +196,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo_data import write_demo_dataset
 
         paths = write_demo_dataset(args.directory, queries=args.queries, candidates=args.candidates, shards=args.shards)
+        if args.qrels:
+            from pathlib import Path
+
+            from .demo_data import demo_qrels_text
+
+            Path(args.qrels).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.qrels).write_text(demo_qrels_text(queries=args.queries, candidates=args.candidates))
         print(json.dumps([str(path) for path in paths]))
         return 0
+    if args.command == "evaluate":
+        return evaluate_command(args)
     return 2
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run, format_report
+    from .pipeline import ensure_ray
+    from .qrels import QrelsError
+    from .storage import Storage, join
+
+    try:
+        ks = [int(value) for value in args.k.split(",") if value.strip()]
+        if not ks or min(ks) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"mmr5-batch: error: --k must be positive integers separated by commas, got {args.k!r}", file=sys.stderr)
+        return 2
+    storage = Storage()
+    try:
+        ensure_ray(args.address)
+        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage)
+    except (QrelsError, FileNotFoundError) as error:
+        print(f"mmr5-batch: error: {error}", file=sys.stderr)
+        return 2
+    storage.write_json(args.json or join(args.run, "evaluation.json"), report)
+    print(format_report(report))
+    return 0
 
 
 def _engine_unavailable_cause(error: BaseException) -> str | None:

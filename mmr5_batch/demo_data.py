@@ -52,6 +52,9 @@ def draw_page(title: str, lines: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+DOMAINS = ("finance", "science", "operations")
+
+
 def build_demo_tables(queries: int = 50, candidates: int = 8, shards: int = 4, seed: int = 0) -> list[pa.Table]:
     """The demo dataset as `shards` grouped tables (plus a gold_doc_ids passthrough column)."""
     rng = random.Random(seed)
@@ -78,11 +81,21 @@ def build_demo_tables(queries: int = 50, candidates: int = 8, shards: int = 4, s
                     for page, score in zip(listed, scores)
                 ],
                 "gold_doc_ids": [f"page-{gold:04d}"],
+                "domain": DOMAINS[number % len(DOMAINS)],
             }
         )
-    schema = GROUPED_INPUT_SCHEMA.append(pa.field("gold_doc_ids", pa.list_(pa.string())))
+    schema = GROUPED_INPUT_SCHEMA.append(pa.field("gold_doc_ids", pa.list_(pa.string()))).append(pa.field("domain", pa.string()))
     per_shard = -(-len(rows) // shards)
     return [pa.Table.from_pylist(rows[start : start + per_shard], schema=schema) for start in range(0, len(rows), per_shard)]
+
+
+def demo_qrels_text(queries: int = 50, candidates: int = 8, seed: int = 0) -> str:
+    """TREC qrels of the demo dataset: each query's gold page, relevance 1."""
+    lines = []
+    for table in build_demo_tables(queries=queries, candidates=candidates, shards=1, seed=seed):
+        for row in table.select(["query_id", "gold_doc_ids"]).to_pylist():
+            lines += [f"{row['query_id']} 0 {doc_id} 1" for doc_id in row["gold_doc_ids"]]
+    return "\n".join(lines) + "\n"
 
 
 def write_demo_dataset(directory: str | Path, **options: int) -> list[Path]:
