@@ -156,6 +156,17 @@ class CascadeConfig(_Section):
         return self
 
 
+class RelabelConfig(_Section):
+    emit: Literal["queries", "pairs"] = Field(
+        "queries",
+        description="'pairs' also writes one row per query-candidate (pairs/) with a label, for relabeling datasets.",
+    )
+    positives_top_k: int = Field(1, ge=1, description="Label rule: the top this many of the reranked order are positives (1), the rest 0.")
+    label_column: str | None = Field(
+        None, description="Passthrough column listing a query's existing positive doc ids; gives existing_label and disagrees."
+    )
+
+
 class ExecutionConfig(_Section):
     max_error_rate: float = Field(
         0.01,
@@ -204,6 +215,7 @@ class JobConfig(_Section):
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="Windows and depth of reranking.")
     images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="The details-inspection cascade (off by default).")
+    relabel: RelabelConfig = Field(default_factory=RelabelConfig, description="Per-candidate rows for relabeling (off by default).")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Ray resources and batching.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage (S3) endpoint and credentials.")
 

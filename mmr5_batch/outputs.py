@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
+from .relabel import PAIRS_FOLDER, pairs_table
 from .schema import DEAD_LETTER_KEEP, RANKED_DROP, RESULT_COLUMNS, SOURCE_PATH
 from .storage import Storage, join
 
@@ -70,9 +71,13 @@ def totals(per_shard: dict[str, dict[str, int]]) -> dict[str, int]:
 class RerankOutputDatasink(Datasink[dict]):
     """Writes result rows as ranked rows and dead letters per source shard; collects per-shard counters."""
 
-    def __init__(self, output: str, attempt: str, shards: dict[str, tuple[str, str]], storage: Storage) -> None:
-        """`shards`: filesystem path -> (URI recorded as source_path, shard key naming its folder)."""
+    def __init__(
+        self, output: str, attempt: str, shards: dict[str, tuple[str, str]], storage: Storage, pairs: tuple[int, str | None] | None = None
+    ) -> None:
+        """`shards`: filesystem path -> (URI recorded as source_path, shard key naming its folder);
+        `pairs`: (positives_top_k, label_column) to also write relabel pairs, else None."""
         self.output = output
+        self.pairs = pairs
         self.attempt = attempt
         self.shards = shards
         self.storage = storage
@@ -97,7 +102,12 @@ class RerankOutputDatasink(Datasink[dict]):
             is_error = pc.equal(part["status"], "error")
             ranked = part.filter(pc.invert(is_error)).drop_columns(list(RANKED_DROP))
             dead = part.filter(is_error).select(list(DEAD_LETTER_KEEP) + passthrough)
-            for folder, rows in (("ranked", ranked), ("dead_letter", dead)):
+            # The ranked file goes last: it commits the task's pairs (relabel.orphan_pairs).
+            outputs = [("dead_letter", dead)]
+            if self.pairs is not None and ranked.num_rows:
+                outputs.append((PAIRS_FOLDER, pairs_table(ranked, *self.pairs)))
+            outputs.append(("ranked", ranked))
+            for folder, rows in outputs:
                 if rows.num_rows:
                     uri = join(self.output, folder, key, name)
                     self.storage.write_parquet(rows, uri)

@@ -122,7 +122,9 @@ def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt:
 
     execution = config.execution
     shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
-    sink = RerankOutputDatasink(config.output, attempt, shards, storage)
+    relabel = config.relabel
+    pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
+    sink = RerankOutputDatasink(config.output, attempt, shards, storage, pairs)
     # A shard whose every query is written (or dead-lettered by the planner) is not read at all.
     paths = [shard.path for shard in plan.to_run if _has_work(shard)]
     if not paths:
@@ -190,6 +192,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         state.clear()
     for shard in plan.changed:
         state.forget_shard(shard.key)
+    for shard in plan.to_run:
+        state.remove_orphan_pairs(shard.key)
     state.record_job(fingerprint)
     storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name)

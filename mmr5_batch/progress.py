@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .relabel import PAIRS_FOLDER
 from .storage import Storage, join
 
 RESULT_FOLDERS = ("ranked", "dead_letter")
@@ -87,8 +88,18 @@ class OutputState:
     def forget_shard(self, key: str) -> None:
         """Delete a shard's ledger entry first, then its rows: a crash in between leaves rows a rerun finds and keeps."""
         self.storage.remove(join(self.output, LEDGER, "shards", f"{key}.json"))
-        for name in RESULT_FOLDERS:
+        for name in (*RESULT_FOLDERS, PAIRS_FOLDER):
             self.storage.remove(self.folder(name, key))
+
+    def remove_orphan_pairs(self, key: str) -> int:
+        """Delete pairs files of a shard whose ranked file was never written (a crashed task); how many."""
+        from .relabel import orphan_pairs
+
+        committed = {uri.rsplit("/", 1)[-1] for uri in self.storage.list_files(self.folder("ranked", key), ".parquet")}
+        orphans = orphan_pairs(self.storage.list_files(self.folder(PAIRS_FOLDER, key), ".parquet"), committed)
+        for uri in orphans:
+            self.storage.remove(uri)
+        return len(orphans)
 
     def written(self, key: str, columns: tuple[str, ...] = ("query_id",)) -> Any:
         """The given columns of every result row written for a shard (ranked and dead letters), or None."""
@@ -109,5 +120,5 @@ class OutputState:
         self.storage.write_json(join(self.output, LEDGER, "job.json"), fingerprint)
 
     def clear(self) -> None:
-        for name in (*RESULT_FOLDERS, LEDGER, "stats"):
+        for name in (*RESULT_FOLDERS, PAIRS_FOLDER, LEDGER, "stats"):
             self.storage.remove(join(self.output, name))

@@ -252,3 +252,35 @@ def test_cascade_through_the_pipeline(ray_session, tmp_path, capsys):
     assert row["decided_by"] == ["detail"] * 3 + ["first_pass"] * 5
     assert row["windows"] == 3  # 8 candidates in windows of 6 step 3 (2), then the top 3 once
     assert max(row["candidate_image_tokens"]) <= 64 and row["image_tokens"] <= 2 * 6 * 16 + 3 * 64
+
+
+def test_relabel_pairs_are_exactly_once_across_a_crashed_write(ray_session, tmp_path):
+    write_demo_dataset(tmp_path / "in", queries=8, candidates=4, shards=1)
+    values = {
+        "input": str(tmp_path / "in"),
+        "output": str(tmp_path / "out"),
+        "model.backend": "scripted-test",
+        "relabel.emit": "pairs",
+        "relabel.label_column": "gold_doc_ids",
+        "execution.batch_size": 2,
+        "execution.prepare_batch_size": 2,
+    }
+    run_job(load_config(None, values))
+    pairs = read_folder(tmp_path / "out" / "pairs")
+    assert len(pairs) == 8 * 4 and Counter(p["label"] for p in pairs) == {1: 8, 0: 24}
+    ranked = {r["query_id"]: r for r in read_folder(tmp_path / "out" / "ranked")}
+    for pair in pairs:
+        assert pair["doc_id"] == ranked[pair["query_id"]]["doc_ids"][pair["reranked_rank"] - 1]
+        gold = ranked[pair["query_id"]]["gold_doc_ids"]
+        assert pair["existing_label"] == int(pair["doc_id"] in gold) and pair["disagrees"] == (pair["existing_label"] != pair["label"])
+
+    # A write task that crashed after its pairs and before its ranked file: no ranked file, no ledger entry.
+    [key] = [folder.name for folder in (tmp_path / "out" / "ranked").iterdir()]
+    lost = sorted((tmp_path / "out" / "ranked" / key).glob("*.parquet"))[0]
+    lost_ids = {row["query_id"] for row in pq.read_table(lost).to_pylist()}
+    lost.unlink()
+    (tmp_path / "out" / "_ledger" / "shards" / f"{key}.json").unlink()
+    summary = run_job(load_config(None, values))
+    assert summary["totals"]["queries"] == len(lost_ids)
+    pairs = read_folder(tmp_path / "out" / "pairs")
+    assert Counter(p["query_id"] for p in pairs) == {f"q{i:04d}": 4 for i in range(8)}
