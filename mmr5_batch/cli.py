@@ -95,6 +95,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     demo.add_argument("--shards", type=int, default=4)
     demo.add_argument("--qrels", help="also write the demo's TREC qrels (gold pages) to this file")
 
+    convert = commands.add_parser("convert", help="turn a public dataset's files into input shards and qrels")
+    formats = convert.add_subparsers(dest="dataset", required=True)
+    mmdocir = formats.add_parser("mmdocir", help="MMDocIR pages parquet + annotations JSONL + a first-stage run")
+    mmdocir.add_argument("--pages", required=True, help="MMDocIR_pages.parquet")
+    mmdocir.add_argument("--annotations", required=True, help="MMDocIR_annotations.jsonl")
+    mmdocir.add_argument("--run", required=True, help="first-stage run: TREC run file or Parquet (query_id, doc_id, score)")
+    mmdocir.add_argument("--output", required=True, help="folder for input/ shards and qrels.trec")
+    mmdocir.add_argument("--top-k", type=int, default=20, help="candidates per question")
+    mmdocir.add_argument("--shard-size", type=int, default=500, help="questions per shard")
+
     evaluate = commands.add_parser("evaluate", help="recall/nDCG/MRR of a run's reranked and first-stage orders")
     evaluate.add_argument("--run", required=True, help="the output prefix of a rerank run")
     evaluate.add_argument("--qrels", required=True, help="TREC qrels, or Parquet/JSONL with query_id, doc_id, relevance")
@@ -210,6 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         return evaluate_command(args)
+    if args.command == "convert":
+        from .mmdocir import ConvertError, convert_mmdocir
+
+        try:
+            counts = convert_mmdocir(args.pages, args.annotations, args.run, args.output, top_k=args.top_k, shard_size=args.shard_size)
+        except (ConvertError, FileNotFoundError) as error:
+            print(f"mmr5-batch: error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(counts, indent=2))
+        return 0
     return 2
 
 
