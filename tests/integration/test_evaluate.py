@@ -42,3 +42,26 @@ def test_evaluate_bad_inputs_are_one_line(run, capsys):
     assert main(["evaluate", "--run", str(run / "nothing"), "--qrels", str(run / "qrels.trec")]) == 2
     assert "no results under" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(run / "out"), "--qrels", str(run / "qrels.trec"), "--k", "0"]) == 2
+
+
+def test_jobs_entry_points_for_ray_job_submit(run):
+    """`jobs/evaluate.py` and `jobs/relabel.py` as `ray job submit` runs them: plain scripts, their own Ray."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "RAY_ADDRESS": ""}
+    evaluated = subprocess.run(
+        [sys.executable, str(root / "jobs" / "evaluate.py"), "--run", str(run / "out"), "--qrels", str(run / "qrels.trec"), "--json", str(run / "job-eval.json")],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((run / "job-eval.json").read_text())["queries"] == 12
+    relabeled = subprocess.run(
+        [sys.executable, str(root / "jobs" / "relabel.py"), "--input", str(run / "in"), "--output", str(run / "relabel"), "--backend", "scripted-test", "--label-column", "gold_doc_ids"],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert relabeled.returncode == 0, relabeled.stderr[-2000:]
+    assert len(list((run / "relabel" / "pairs").rglob("*.parquet"))) >= 1
