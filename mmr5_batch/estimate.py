@@ -150,7 +150,7 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
             price_query(ours, ours_tokens, ranking.window, ranking.stride, ranking.top_k, ours_generated)
         price_query(reference, reference_tokens_list, ranking.window, ranking.stride, ranking.top_k, min(generated_tokens, REFERENCE_MAX_NEW_TOKENS))
 
-    queries = sum(shard.queries - sum(shard.done.values()) for shard in plan.to_run)
+    queries = sum(shard.remaining() for shard in plan.to_run)
     return {
         "input": config.input,
         "shards": {"to_process": len(plan.to_run), "done_earlier": len(plan.skipped), "changed": len(plan.changed), "bad": len(plan.bad)},

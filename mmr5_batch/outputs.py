@@ -40,18 +40,25 @@ COUNTERS = (
 )
 
 
+# The result columns the counters read (dead letters lack some: they count as 0).
+COUNTED_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
+
+
+def count_row(counters: dict[str, int], row: dict[str, Any]) -> None:
+    """Add one result row to a shard's counters."""
+    counters["queries"] += 1
+    counters[row["status"]] += 1
+    counters["candidates"] += len(row.get("first_stage_doc_ids") or [])
+    counters["flagged_candidates"] += len(row.get("flagged_doc_ids") or [])
+    for name in ("windows", "image_tokens", "prompt_tokens", "generated_tokens"):
+        counters[name] += row.get(name) or 0
+
+
 def shard_counters(table: pa.Table) -> dict[str, dict[str, int]]:
     """Counters per source shard for a table of result rows."""
     stats: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
-    columns = ("status", SOURCE_PATH, "first_stage_doc_ids", "flagged_doc_ids", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
-    for row in table.select(list(columns)).to_pylist():
-        counters = stats[row[SOURCE_PATH] or "<unknown>"]
-        counters["queries"] += 1
-        counters[row["status"]] += 1
-        counters["candidates"] += len(row["first_stage_doc_ids"] or [])
-        counters["flagged_candidates"] += len(row["flagged_doc_ids"] or [])
-        for name in ("windows", "image_tokens", "prompt_tokens", "generated_tokens"):
-            counters[name] += row[name] or 0
+    for row in table.select([*COUNTED_COLUMNS, SOURCE_PATH]).to_pylist():
+        count_row(stats[row[SOURCE_PATH] or "<unknown>"], row)
     return dict(stats)
 
 

@@ -26,7 +26,7 @@ import uuid
 from typing import Any
 
 from .config import JobConfig, config_to_yaml, public_dump
-from .outputs import COUNTERS, RerankOutputDatasink, merge_counters, totals
+from .outputs import COUNTED_COLUMNS, COUNTERS, RerankOutputDatasink, merge_counters, totals
 from .planner import (
     InputPlan,
     JobError,
@@ -45,9 +45,6 @@ from .storage import Storage, join
 log = logging.getLogger(__name__)
 
 __all__ = ["JobError", "run_job"]
-
-# Read back per shard to count what the output holds.
-WRITTEN_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
 
 
 def check_same_job(state: OutputState, fingerprint: dict[str, Any], overwrite: bool) -> None:
@@ -211,7 +208,7 @@ def _account(
     finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     shard_stats = {}
     for shard in plan.to_run:
-        stats = shard_summary(shard, state.written(shard.key, WRITTEN_COLUMNS))
+        stats = shard_summary(shard, state.written(shard.key, COUNTED_COLUMNS))
         stats.update(run_id=config.run_id, finished_at=finished, key=shard.key)
         shard_stats[shard.uri] = stats
         storage.write_json(join(config.output, "stats", f"{shard.key}.json"), stats)

@@ -258,18 +258,13 @@ def drop_rows(batch: pa.Table, drop: dict[str, frozenset[str | None]]) -> pa.Tab
 
 def shard_summary(shard: ShardPlan, written: pa.Table | None) -> dict[str, Any]:
     """Counters for one shard over everything written for it, and whether every query is accounted for once."""
-    from .outputs import COUNTERS
+    from .outputs import COUNTERS, count_row
 
     counters = dict.fromkeys(COUNTERS, 0)
     ids: Counter[str | None] = Counter()
     if written is not None:
         for row in written.to_pylist():
-            counters["queries"] += 1
-            counters[row["status"]] += 1
-            counters["candidates"] += len(row.get("first_stage_doc_ids") or [])
-            counters["flagged_candidates"] += len(row.get("flagged_doc_ids") or [])
-            for name in ("windows", "image_tokens", "prompt_tokens", "generated_tokens"):
-                counters[name] += row.get(name) or 0
+            count_row(counters, row)
             ids[row["query_id"]] += 1
     # Only planner dead letters may repeat an id (duplicated rows, id-less rows).
     repeated = sum(count - 1 for query_id, count in ids.items() if count > 1 and query_id not in shard.unaddressable)
