@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any, Sequence
 
@@ -26,6 +27,7 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--min-new-tokens": ("model.min_new_tokens", {"type": int}),
     "--temperature": ("model.temperature", {"type": float}),
     "--think-tokens": ("model.think_tokens", {"type": int, "help": "thinking budget per window; then the answer is forced"}),
+    "--constrain-answer": ("model.constrain_answer", {"action": "store_const", "const": True, "help": "a forced answer may only list the window's ids, each once"}),
     "--emit": ("relabel.emit", {"choices": ["queries", "pairs"], "help": "pairs: also one row per query-candidate with a label"}),
     "--positives-top-k": ("relabel.positives_top_k", {"type": int, "help": "relabel rule: the reranked top K are positives"}),
     "--label-column": ("relabel.label_column", {"help": "passthrough column with the existing positive doc ids"}),
@@ -37,6 +39,9 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--prompt-image-tokens": ("images.prompt_image_tokens", {"type": int, "help": "image-token budget per prompt (one window)"}),
     "--budget-policy": ("images.policy", {"choices": ["uniform", "rank"], "help": "how budgets are shared among candidates"}),
     "--actors": ("execution.actors", {"type": int, "help": "rerank actors (one engine each)"}),
+    "--gpus-per-actor": ("execution.gpus_per_actor", {"type": float, "help": "GPUs per rerank actor (default: what the engine needs)"}),
+    "--max-actors": ("execution.max_actors", {"type": int, "help": "most rerank actors as the autoscaler adds GPU nodes"}),
+    "--gpu-wait-seconds": ("execution.gpu_wait_seconds", {"type": float, "help": "wait this long for the autoscaler to add GPUs (default 0)"}),
     "--batch-size": ("execution.batch_size", {"type": int, "help": "queries per actor call"}),
     "--concurrent-batches": ("execution.concurrent_batches", {"type": int, "help": "batches one actor works on at once (default 4)"}),
     "--vllm-engine": ("model.vllm_engine", {"choices": ["async", "offline"], "help": "vLLM engine kind (default async)"}),
@@ -150,8 +155,31 @@ def show_prompt(query: str, num_candidates: int, model: str | None) -> str:
     return render_prompt(tokenizer, build_messages(query, num_candidates))
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners and notebooks swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Our progress lines on stderr: a terminal, or the job's log in the Ray dashboard."""
+    package = logging.getLogger("mmr5_batch")
+    if not package.handlers:
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s mmr5-batch: %(message)s", "%H:%M:%S"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _log_to_stderr()
     if args.command == "rerank":
         from .config import ConfigError
         from .engines import EngineUnavailable

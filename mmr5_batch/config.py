@@ -33,7 +33,13 @@ class ModelConfig(_Section):
             "(no model: deterministic scripted answers, only for testing the pipeline's plumbing)."
         ),
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the hf backend runs; auto picks CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description=(
+            "Where the hf backend runs: 'auto' or 'cuda' on a GPU (the job stops at once when the Ray cluster has "
+            "none), 'cpu' on CPU nodes (must be chosen explicitly)."
+        ),
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto means bfloat16 on GPU and float32 on CPU."
     )
@@ -45,6 +51,13 @@ class ModelConfig(_Section):
         description=(
             "Thinking budget per window: at this many tokens without an answer, the reasoning is closed and the answer "
             "forced ('</think><answer>[' appended, the model finishes the list). Unset: only max_new_tokens caps it."
+        ),
+    )
+    constrain_answer: bool = Field(
+        False,
+        description=(
+            "With think_tokens: a forced answer may only list the window's ids, each once, then ']</answer>' "
+            "(hf: a logits processor; vLLM: structured outputs, exact up to 6 ids, ids in range above)."
         ),
     )
     temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding; MM-R5's script samples at 0.3.")
@@ -178,7 +191,14 @@ class ExecutionConfig(_Section):
         ),
     )
     address: str | None = Field(None, description="Ray address; unset means RAY_ADDRESS or a new local Ray.")
-    actors: int = Field(1, ge=1, description="Rerank actors, each owning one engine (one GPU each on GPU clusters).")
+    actors: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Rerank actors, each owning one engine. Unset: one per GPU (per tensor-parallel group) the cluster has, "
+            "growing up to `max_actors` as the autoscaler adds GPU nodes; one actor when the engine runs on CPU."
+        ),
+    )
     batch_size: int = Field(16, ge=1, description="Queries per actor call (one Ray Data batch).")
     concurrent_batches: int = Field(
         4,
@@ -193,10 +213,38 @@ class ExecutionConfig(_Section):
         1.0, gt=0, description="CPUs Ray reserves per preparation task; below 1 packs more tasks per core (image decoding releases the GIL)."
     )
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; auto is 1 with GPUs, 0.5 without.")
-    gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor; auto is 1 when the cluster has GPUs, else 0.")
+    gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per actor; auto is the engine's need (vLLM: tensor_parallel_size; hf on GPU: 1; hf on CPU: 0).",
+    )
+    gpu_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "When the Ray cluster has fewer GPUs than the rerank actors need: ask its autoscaler for them and wait "
+            "up to this long (a GPU worker group scaled to zero). 0: do not wait; the job stops at once with "
+            "'no GPU available' (a local or fixed cluster never gains one)."
+        ),
+    )
+    max_actors: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "With `actors` unset: the most rerank actors the pool grows to as the autoscaler adds GPU nodes "
+            "(set it to the GPU worker group's maximum). Unset: the GPUs the cluster has when the job starts."
+        ),
+    )
     actor_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each rerank actor needs, so actors land only on nodes that offer them (e.g. {'reranker': 1}).",
+    )
+    actor_label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Ray node labels the rerank actors require (Ray's label_selector), e.g. "
+            "{'ray.io/accelerator-type': 'H100'} to keep them on one GPU type."
+        ),
     )
 
 

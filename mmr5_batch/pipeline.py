@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+from . import __version__
 from .config import JobConfig, config_to_yaml, public_dump
 from .outputs import COUNTED_COLUMNS, COUNTERS, RerankOutputDatasink, merge_counters, totals
 from .planner import (
@@ -36,6 +37,7 @@ from .planner import (
     shard_summary,
     write_unaddressable,
 )
+from .placement import ActorPlacement, ClusterGpus, gpus_wanted_at_start, place_actors
 from .prepare import PrepareSettings, group_pairs, prepare_batch
 from .progress import OutputState, describe_difference, job_fingerprint
 from .rerank import RerankActor
@@ -72,26 +74,54 @@ def ensure_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
 
 
-def actor_resources(config: JobConfig, cluster_gpus: float) -> tuple[float, float]:
-    """(cpus, gpus) per rerank actor; raises JobError when the backend needs a GPU the cluster lacks."""
-    execution, model = config.execution, config.model
-    wants_gpu = model.backend == "vllm" or (model.backend == "hf" and model.device == "cuda")
-    needed = model.tensor_parallel_size if model.backend == "vllm" else 1
-    if wants_gpu and cluster_gpus < needed:
-        raise JobError(
-            f"the {model.backend} backend needs {needed} GPU(s) per actor but the Ray cluster has {cluster_gpus:g}; "
-            "use --backend hf (CPU) or add GPU workers"
-        )
-    gpus = execution.gpus_per_actor
-    if gpus is None:
-        on_gpu = cluster_gpus >= 1 and model.backend != "scripted-test" and model.device != "cpu"
-        gpus = float(model.tensor_parallel_size if model.backend == "vllm" else 1) if on_gpu else 0.0
-    cpus = execution.cpus_per_actor
-    if cpus is None:
-        # Whole CPUs for CPU-only actors starve the read and prepare tasks on
-        # small machines (2 actors x 1 CPU deadlock a 2-core node).
-        cpus = 1.0 if gpus else 0.5
-    return cpus, gpus
+def cluster_gpus(wanted: float, wait_seconds: float) -> ClusterGpus:
+    """GPUs in the Ray cluster now, and the most it can have.
+
+    An autoscaling cluster may have no GPU node until something asks for one
+    (a GPU worker group scaled to zero between scheduled runs). Given
+    `wait_seconds`, the autoscaler is asked for `wanted` GPUs and the job
+    waits that long for them. Without it nothing is waited for: a local or
+    fixed cluster without GPUs fails at once instead of hanging.
+    """
+    now = _gpus_now()
+    reachable = max(now, float(_autoscaler_limits().get("GPU", 0) or 0))
+    waited = 0.0
+    if wanted > 0 and now < wanted and wait_seconds > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        log.info("the Ray cluster has %g GPU(s): asking the autoscaler for %g GPU(s), waiting up to %gs", now, wanted, wait_seconds)
+        request_resources(bundles=[{"GPU": wanted}])
+        started = time.monotonic()
+        while now < wanted and time.monotonic() - started < wait_seconds:
+            time.sleep(2.0)
+            now = _gpus_now()
+        waited = time.monotonic() - started
+        # The request is persistent: drop it, the rerank actors hold the nodes from here on.
+        request_resources(bundles=[])
+        reachable = max(reachable, now)
+        log.info("GPUs in the cluster after %.0fs: %g", waited, now)
+    return ClusterGpus(now=now, reachable=reachable, waited_seconds=waited)
+
+
+def _gpus_now() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _autoscaler_limits() -> dict[str, Any]:
+    """The most resources per kind the autoscaler can reach, where Ray publishes its node types (Ray Data reads the same).
+
+    The v1 autoscaler (KubeRay's default, the cluster launcher's) does not
+    publish them: then this is empty and `execution.max_actors` bounds growth.
+    """
+    import ray
+
+    try:
+        return ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    except Exception as error:  # a private API: never let it stop the job
+        log.debug("no autoscaler limits: %s", error)
+        return {}
 
 
 def _prepare_settings(config: JobConfig, storage: Storage) -> PrepareSettings:
@@ -112,7 +142,7 @@ def _prepare_settings(config: JobConfig, storage: Storage) -> PrepareSettings:
     )
 
 
-def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, cpus: float, gpus: float) -> RerankOutputDatasink:
+def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, placement: ActorPlacement) -> RerankOutputDatasink:
     import ray
     from pyarrow.fs import FSSpecHandler, PyFileSystem
     from ray.data import ActorPoolStrategy
@@ -147,15 +177,16 @@ def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt:
         # The actor's __call__ is async: several batches run through one
         # engine at once, so a batch's last answers overlap the next batch.
         compute=ActorPoolStrategy(
-            size=execution.actors,
+            min_size=placement.min_actors,
+            max_size=placement.max_actors,
             max_concurrent_calls_per_actor=execution.concurrent_batches,
             max_tasks_in_flight_per_actor=execution.concurrent_batches,
         ),
         batch_size=execution.batch_size,
         batch_format="pyarrow",
-        num_cpus=cpus,
-        num_gpus=gpus,
-        **({"resources": dict(execution.actor_resources)} if execution.actor_resources else {}),
+        num_cpus=placement.cpus,
+        num_gpus=placement.gpus,
+        **placement.remote_args,
     )
     dataset.write_datasink(sink)
     return sink
@@ -169,8 +200,6 @@ def _has_work(shard: Any) -> bool:
 
 def run_job(config: JobConfig) -> dict[str, Any]:
     """Run the whole job and return the run summary (also written to OUTPUT/summary.json)."""
-    import ray
-
     config = config.with_run_id()
     attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
     storage = Storage(config.storage.s3_options())
@@ -180,9 +209,16 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     check_same_job(state, fingerprint, config.overwrite)
     for uri, reason in plan.bad.items():
         log.warning("skipping shard: %s", reason)
+    # Which code runs: in a submitted job, the uploaded working dir's or the image's.
+    log.info("mmr5-batch %s from %s", __version__, os.path.dirname(os.path.abspath(__file__)))
+    log.info(
+        "input %s: %d shards, %d to run (%d changed), %d done earlier, %d unreadable",
+        config.input, plan.shards, len(plan.to_run), len(plan.changed), len(plan.skipped), len(plan.bad),
+    )
     started = time.monotonic()
     ensure_ray(config.execution.address)
-    cpus, gpus = actor_resources(config, ray.cluster_resources().get("GPU", 0.0))
+    placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
+    log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
 
     # Everything is checked: now the output prefix may change.
     if config.overwrite:
@@ -195,7 +231,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name)
 
-    sink = _run_pipeline(config, plan, storage, attempt, cpus, gpus)
+    sink = _run_pipeline(config, plan, storage, attempt, placement)
     wall = time.monotonic() - started
     return _account(config, plan, state, sink, attempt, wall, planner_letters)
 

@@ -41,7 +41,9 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide what a result row says; runs into one prefix must agree on them."""
     shaping = {
         "input": public_config["input"],
-        "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")},
+        "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")}
+        # Only when on, so that outputs written before the setting existed keep their fingerprint.
+        | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {}),
         "ranking": public_config["ranking"],
         "cascade": public_config["cascade"],
         "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},

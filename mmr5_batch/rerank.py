@@ -184,12 +184,19 @@ def _record(state: QueryState, indices: list[int], completion: Completion) -> No
     state.ranking.apply(parsed.order)  # type: ignore[union-attr]
 
 
-def forced_prefix(text: str) -> str | None:
-    """What to append to a cut-off output so the model must answer next; None when it already answered."""
+def forced_prefix(text: str, restart_answer: bool = False) -> str | None:
+    """What to append to a cut-off output so the model must answer next; None when it already answered.
+
+    An answer already begun is left to finish, or, with `restart_answer` (the
+    answer constraint, which starts from an empty list), started over.
+    """
     if ANSWER_STOP in text:
         return None
     if "<answer>" in text:
-        return text  # the answer began: let it finish
+        if not restart_answer:
+            return text  # the answer began: let it finish
+        text = text[: text.rfind("<answer>")]
+        return f"{text}<answer>["
     closing = "" if "</think>" in text else "</think>"
     return f"{text}{closing}<answer>["
 
@@ -200,9 +207,15 @@ def answer_tokens(window: int) -> int:
 
 
 async def _window(
-    state: QueryState, indices: list[int], engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None, mode: str
+    state: QueryState,
+    indices: list[int],
+    engine: AsyncEngine,
+    sampling: SamplingSettings,
+    think_tokens: int | None,
+    mode: str,
+    constrain_answer: bool = False,
 ) -> Completion:
-    """One window's completion; with a thinking budget, a cut-off reasoning gets a forced answer."""
+    """One window's completion; with a thinking budget, a cut-off reasoning gets a forced answer (optionally constrained)."""
     if mode == FAST:
         request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_ids=len(indices))
         return await engine.generate_async(request)
@@ -212,13 +225,14 @@ async def _window(
     first = await engine.generate_async(
         _request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens)))
     )
-    prefix = forced_prefix(first.text) if first.error is None and first.finish_reason == "length" else None
+    prefix = forced_prefix(first.text, constrain_answer) if first.error is None and first.finish_reason == "length" else None
     if prefix is None:
         return first
     # The prompt grows by the reasoning so far; vLLM's prefix cache keeps the prefill of the part it has seen.
     request = replace(
         _request(state, indices, replace(sampling, max_new_tokens=answer_tokens(len(indices)), min_new_tokens=0)),
         assistant_prefix=prefix,
+        constrain_answer=len(indices) if constrain_answer else 0,
     )
     second = await engine.generate_async(request)
     state.forced_answers += 1
@@ -233,7 +247,13 @@ async def _window(
 
 
 async def _rank_one(
-    state: QueryState, engine: AsyncEngine, sampling: SamplingSettings, think_tokens: int | None, mode: str, detail: Any
+    state: QueryState,
+    engine: AsyncEngine,
+    sampling: SamplingSettings,
+    think_tokens: int | None,
+    mode: str,
+    detail: Any,
+    constrain_answer: bool = False,
 ) -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
@@ -241,7 +261,7 @@ async def _rank_one(
     while True:
         while state.active:
             indices = state.ranking.current_window()  # type: ignore[union-attr]
-            completion = await _window(state, indices, engine, sampling, think_tokens, mode)
+            completion = await _window(state, indices, engine, sampling, think_tokens, mode, constrain_answer)
             _record(state, indices, completion)
         if state.stage != "first" or state.error is not None:
             return
@@ -260,12 +280,15 @@ async def rerank_queries_async(
     run_id: str,
     keep_reasoning: bool = False,
     think_tokens: int | None = None,
+    constrain_answer: bool = False,
     mode: str = "reasoning",
     cascade: Cascade | None = None,
 ) -> list[dict[str, Any]]:
     """Rerank prepared rows; one result row per input row, in order (see schema.RESULT_COLUMNS).
 
     `mode` "fast" ranks each window from one forward pass (first-token scores of the ids) instead of reasoning.
+    With `think_tokens`, reasoning cut at that budget gets a forced answer; `constrain_answer` limits that
+    answer to a permutation of the window's ids (answer_constraint.py).
     With a `cascade`, a first pass over small images (`first_image`) precedes a detail pass over its top.
     """
     states = [_plan(dict(row), window, stride, top_k, cascade) for row in rows]
@@ -273,7 +296,7 @@ async def rerank_queries_async(
     def detail(state: QueryState) -> None:
         _to_detail_pass(state, cascade, window, stride)  # type: ignore[arg-type]
 
-    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens, mode, detail) for state in states))
+    await asyncio.gather(*(_rank_one(state, engine, sampling, think_tokens, mode, detail, constrain_answer) for state in states))
     return [_result(state, model_id, run_id, keep_reasoning) for state in states]
 
 
@@ -315,6 +338,7 @@ class RerankActor:
             run_id=self.config.run_id or "",
             keep_reasoning=ranking.keep_reasoning,
             think_tokens=self.config.model.think_tokens,
+            constrain_answer=self.config.model.constrain_answer,
             mode=ranking.mode,
             cascade=cascade_from_config(self.config),
         )

@@ -48,6 +48,10 @@ class EngineRequest:
     # Fast mode: instead of generating, score the ids 1..score_ids as the
     # next token (one forward pass); the completion carries the scores.
     score_ids: int = 0
+    # A forced answer under the answer constraint: the continuation of the
+    # answer list begun in `assistant_prefix` may only be a permutation of
+    # the ids 1..constrain_answer (see answer_constraint.py). 0: free.
+    constrain_answer: int = 0
 
 
 @dataclass(frozen=True)

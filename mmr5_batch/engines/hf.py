@@ -33,6 +33,52 @@ def expand_image_pads(prompt: str, tokens_per_image: Sequence[int]) -> str:
     return "".join(expanded)
 
 
+class AnswerConstraintProcessor:
+    """A transformers logits processor: rows with a constrained answer may only continue it validly.
+
+    Each step, a constrained row's text so far (what follows `<answer>[` in
+    its prefix, plus what it generated) is extended by each token that could
+    appear in an answer; tokens that would leave `answer_prefix_ok` are masked
+    out, and once the answer is whole only the end of the turn is left.
+    """
+
+    def __init__(self, tokenizer: Any, answer_tokens: dict[int, str], rows: list[tuple[str, int] | None], prompt_length: int, end_ids: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.answer_tokens = answer_tokens
+        self.rows = rows  # per row: (answer text already in the prompt, ids in the window), or None
+        self.prompt_length = prompt_length
+        self.end_ids = end_ids
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        from ..answer_constraint import answer_complete, answer_prefix_ok
+
+        for row, spec in enumerate(self.rows):
+            if spec is None:
+                continue
+            written, count = spec
+            text = written + self.tokenizer.decode(input_ids[row, self.prompt_length :].tolist(), skip_special_tokens=True)
+            if answer_complete(text, count):
+                allowed = self.end_ids
+            else:
+                allowed = [token for token, piece in self.answer_tokens.items() if answer_prefix_ok(text + piece, count)]
+            if allowed:  # never mask a whole row (no valid token: leave it to the parser)
+                mask = torch.full_like(scores[row], float("-inf"))
+                mask[allowed] = 0.0
+                scores[row] = scores[row] + mask
+        return scores
+
+
+def answer_text_in_prefix(prefix: str) -> str:
+    """What the assistant prefix already holds of the answer list: the text after its last `<answer>[`."""
+    start = prefix.rfind(ANSWER_LIST_OPEN)
+    return prefix[start + len(ANSWER_LIST_OPEN) :] if start >= 0 else ""
+
+
+ANSWER_LIST_OPEN = "<answer>["
+
+
 def _cut_after_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     ends = [text.find(stop) + len(stop) for stop in stops if stop in text]
     return (text[: min(ends)], True) if ends else (text, False)
@@ -48,6 +94,19 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.merge_area = image_processor.merge_size**2
         self.tokenizer.padding_side = "left"
+        self._answer_tokens: dict[int, str] | None = None
+
+    def answer_tokens(self) -> dict[int, str]:
+        """Tokens whose text could appear in a constrained answer (digits, separators, `]</answer>` pieces); found once."""
+        from ..answer_constraint import ANSWER_CHARACTERS
+
+        if self._answer_tokens is None:
+            self._answer_tokens = {}
+            for token in range(len(self.tokenizer)):
+                piece = self.tokenizer.decode([token])
+                if piece and set(piece) <= ANSWER_CHARACTERS:
+                    self._answer_tokens[token] = piece
+        return self._answer_tokens
 
     @classmethod
     def from_config(cls, config: Any) -> "HFEngine":
@@ -83,6 +142,18 @@ class HFEngine:
         return render_prompt(self.tokenizer, request.messages) + request.assistant_prefix
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        # One generate call takes one sampling setting: group the requests
+        # (forced answers have their own) and put the completions back in order.
+        groups: dict[tuple[SamplingSettings, bool], list[int]] = {}
+        for position, request in enumerate(requests):
+            groups.setdefault((request.sampling, bool(request.score_ids)), []).append(position)
+        completions: list[Completion | None] = [None] * len(requests)
+        for positions in groups.values():
+            for position, completion in zip(positions, self._generate_group([requests[position] for position in positions])):
+                completions[position] = completion
+        return completions  # type: ignore[return-value]
+
+    def _generate_group(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         completions: list[Completion] = []
         for start in range(0, len(requests), self.max_batch_size):
             chunk = list(requests[start : start + self.max_batch_size])
@@ -94,7 +165,7 @@ class HFEngine:
                     completions.append(Completion("", "error", error=f"engine rejected the request: {error}"))
                 else:
                     for request in chunk:
-                        completions.extend(self.generate([request]))
+                        completions.extend(self._generate_group([request]))
         return completions
 
     def _encode(self, requests: Sequence[EngineRequest]) -> tuple[dict[str, Any], list[int]]:
@@ -165,12 +236,18 @@ class HFEngine:
             torch.manual_seed(sampling.seed)
         if sampling.stop:
             options.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **options)
         prompt_length = inputs["input_ids"].shape[1]
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         eos = self.model.generation_config.eos_token_id
         end_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+        if any(request.constrain_answer for request in requests):
+            from transformers import LogitsProcessorList
+
+            rows = [(answer_text_in_prefix(request.assistant_prefix), request.constrain_answer) if request.constrain_answer else None for request in requests]
+            constraint = AnswerConstraintProcessor(self.tokenizer, self.answer_tokens(), rows, prompt_length, sorted(end_ids - {None}))
+            options["logits_processor"] = LogitsProcessorList([constraint])
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **options)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         completions = []
         for row, generated in enumerate(output[:, prompt_length:].tolist()):
             # Finished rows are padded to the batch's length: count up to the first end token.

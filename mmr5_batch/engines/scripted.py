@@ -18,7 +18,8 @@ Words stand in for tokens: an answer longer than `max_new_tokens` words is cut.
 For fault tests it can take time per call (`seconds_per_call`, standing in
 for the model's work, so a run is still going when a test kills something)
 and leave its process id in a folder (`pid_dir`), so a test can kill the
-actor that owns it.
+actor that owns it, with the Ray node it runs on beside it (`<pid>.node`), so
+a test can see where Ray placed it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def _question(request: EngineRequest) -> str:
     return "".join(part.get("text", "") for message in request.messages for part in message["content"])
 
 
+def _ray_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 class ScriptedTestEngine:
     """Deterministic stand-in for a model; see the module docstring for its script."""
 
@@ -51,6 +58,8 @@ class ScriptedTestEngine:
         self.calls: list[int] = []  # prompts per generate call, for tests of batching
         if pid_dir:
             os.makedirs(pid_dir, exist_ok=True)
+            with open(os.path.join(pid_dir, f"{os.getpid()}.node"), "w") as handle:
+                handle.write(_ray_node_id())
             with open(os.path.join(pid_dir, f"{os.getpid()}.pid"), "w") as handle:
                 handle.write(str(os.getpid()))
 

@@ -21,6 +21,7 @@ import logging
 from dataclasses import replace
 from typing import Any, Sequence
 
+from ..answer_constraint import answer_regex
 from ..images import GRID
 from .base import Completion, EngineRequest, SamplingSettings
 
@@ -130,10 +131,21 @@ def completion_from(output: Any) -> Completion:
     )
 
 
+def structured_outputs_class(vllm: Any, config: Any) -> Any:
+    """vLLM's StructuredOutputsParams (vLLM >= 0.12); the answer constraint cannot start without it."""
+    from . import EngineUnavailable
+
+    found = getattr(getattr(vllm, "sampling_params", None), "StructuredOutputsParams", None)
+    if found is None and config.model.constrain_answer:
+        raise EngineUnavailable("model.constrain_answer needs vLLM's structured outputs (vLLM >= 0.12); upgrade vllm or drop the setting")
+    return found
+
+
 class _VLLMRequests:
     """What both vLLM engines share: the prompt, the sampling parameters and the completion of one request."""
 
     sampling_params: Any
+    structured_outputs: Any = None
     tokenizer: Any
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
@@ -142,7 +154,11 @@ class _VLLMRequests:
     def _params(self, request: EngineRequest) -> Any:
         if request.score_ids:
             return self.sampling_params(**scoring_params_args(self.tokenizer, request))
-        return self.sampling_params(**sampling_params_args(request.sampling))
+        args = sampling_params_args(request.sampling)
+        if request.constrain_answer:
+            # The continuation of `<answer>[`: the window's ids, then `]</answer>`.
+            args["structured_outputs"] = self.structured_outputs(regex=answer_regex(request.constrain_answer))
+        return self.sampling_params(**args)
 
     def _completion(self, output: Any, request: EngineRequest) -> Completion:
         completion = completion_from(output)
@@ -154,9 +170,10 @@ class _VLLMRequests:
 class VLLMEngine(_VLLMRequests):
     """vLLM's offline engine behind the Engine interface; `llm` and `sampling_params` are vLLM's (or a test's stand-ins)."""
 
-    def __init__(self, llm: Any, sampling_params: Any) -> None:
+    def __init__(self, llm: Any, sampling_params: Any, structured_outputs: Any = None) -> None:
         self.llm = llm
         self.sampling_params = sampling_params
+        self.structured_outputs = structured_outputs
         self.tokenizer = llm.get_tokenizer()
 
     @classmethod
@@ -169,7 +186,7 @@ class VLLMEngine(_VLLMRequests):
             llm = vllm.LLM(**engine_args(config))
         except Exception as error:
             raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
-        return cls(llm, vllm.SamplingParams)
+        return cls(llm, vllm.SamplingParams, structured_outputs_class(vllm, config))
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         if not requests:
@@ -190,9 +207,10 @@ class VLLMEngine(_VLLMRequests):
 class AsyncVLLMEngine(_VLLMRequests):
     """vLLM's async engine behind the AsyncEngine interface: one request in, its completion out, many in flight."""
 
-    def __init__(self, engine: Any, sampling_params: Any, tokenizer: Any) -> None:
+    def __init__(self, engine: Any, sampling_params: Any, tokenizer: Any, structured_outputs: Any = None) -> None:
         self.engine = engine
         self.sampling_params = sampling_params
+        self.structured_outputs = structured_outputs
         self.tokenizer = tokenizer
         self._ids = itertools.count()
 
@@ -211,7 +229,7 @@ class AsyncVLLMEngine(_VLLMRequests):
             tokenizer = AutoTokenizer.from_pretrained(args.get("tokenizer") or args["model"])
         except Exception as error:
             raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
-        return cls(engine, vllm.SamplingParams, tokenizer)
+        return cls(engine, vllm.SamplingParams, tokenizer, structured_outputs_class(vllm, config))
 
     async def generate_async(self, request: EngineRequest) -> Completion:
         params = self._params(request)

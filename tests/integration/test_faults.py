@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -85,3 +84,22 @@ def test_killing_the_rerank_actor(cluster, tmp_path):
     assert len(list((tmp_path / "pids").glob("*.pid"))) == 2  # the actor came back in a new process
     assert_exactly_once(tmp_path / "out")
     assert outcome["summary"]["failed"] is None
+
+
+def test_gpu_actors_land_only_on_gpu_nodes_one_per_gpu(cluster, tmp_path):
+    """Two nodes declare a GPU, the head is CPU only: with actors unset there is one actor per GPU, each on a GPU node."""
+    write_demo_dataset(tmp_path / "in", queries=QUERIES, candidates=4, shards=3)
+    gpu_nodes = {cluster.add_node(num_cpus=1, num_gpus=1).node_id for _ in range(2)}
+    cluster.wait_for_nodes()
+    overrides = {
+        "execution.gpus_per_actor": 1,
+        "model.engine_kwargs": {"pid_dir": str(tmp_path / "pids")},
+        "execution.concurrent_batches": 2,
+    }
+    from mmr5_batch.pipeline import run_job
+
+    summary = run_job(load_config(None, job_values(tmp_path, **overrides)))
+    assert summary["failed"] is None
+    assert_exactly_once(tmp_path / "out")
+    actor_nodes = [path.read_text() for path in (tmp_path / "pids").glob("*.node")]
+    assert len(actor_nodes) == 2 and set(actor_nodes) == gpu_nodes

@@ -202,7 +202,7 @@ def test_job_level_problems_stop_before_any_work(ray_session, tmp_path, capsys):
         run_job(load_config(None, {"input": str(tmp_path / "bad"), "output": str(tmp_path / "out"), "model.backend": "scripted-test"}))
     write_demo_dataset(tmp_path / "ok", queries=1, candidates=2, shards=1)
     assert main(["rerank", "--input", str(tmp_path / "ok"), "--output", str(tmp_path / "out"), "--backend", "vllm"]) == 2
-    assert "needs 1 GPU(s) per actor but the Ray cluster has 0" in capsys.readouterr().err
+    assert "no GPU available: the rerank actors need 1 GPU(s) each, the Ray cluster has 0" in capsys.readouterr().err
     assert main(["rerank", "--input", str(tmp_path / "ok"), "--output", str(tmp_path / "out"), "--window", "3", "--stride", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stride (3) must be smaller than window (3)" in err
@@ -216,8 +216,10 @@ def test_error_rate_above_the_threshold_exits_3_after_writing(ray_session, tmp_p
     write_shard(tmp_path / "in" / "s.parquet", rows)
     args = ["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--backend", "scripted-test"]
     assert main(args) == 3
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "1 of 4 queries (25.0%) ended as dead letters, above --max-error-rate 1.0%" in err
+    # Progress lines come first; the reason is the one error line, and the last.
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "error:" in line] == err[-1:]
+    assert "1 of 4 queries (25.0%) ended as dead letters, above --max-error-rate 1.0%" in err[-1]
     ranked, dead, _ = outputs(tmp_path / "out")
     assert len(ranked) == 3 and [r["query_id"] for r in dead] == ["bad"]
     assert main([*args, "--overwrite", "--max-error-rate", "0.3"]) == 0

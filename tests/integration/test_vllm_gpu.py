@@ -82,5 +82,10 @@ def test_thinking_budget_and_fast_mode_on_real_vllm(ray_session, tiny_model_dir,
     write_demo_dataset(tmp_path / "in", queries=4, candidates=5, shards=1)
     forced = run_job(gpu_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "output": str(tmp_path / "forced")}))
     assert forced["totals"]["queries"] == 4 and forced["totals"]["error"] == 0
+    constrained = run_job(
+        gpu_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "model.constrain_answer": True, "output": str(tmp_path / "constrained")})
+    )
+    # Random weights, constrained: every forced answer is a whole permutation.
+    assert constrained["totals"]["ok"] == 4
     fast = run_job(gpu_config(tiny_model_dir, tmp_path, **{"ranking.mode": "fast", "output": str(tmp_path / "fast")}))
     assert fast["totals"]["fast"] == 4 and fast["totals"]["generated_tokens"] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mmr5_batch.config import ModelConfig
@@ -115,3 +117,31 @@ def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
     expected = [float(first[token]) for token in engine.id_token_ids(3)]
     assert completion.id_scores == pytest.approx(expected, abs=1e-4)
     assert engine.render(scored).endswith("<|im_start|>assistant\n" + FAST_PREFIX)
+
+
+def test_a_constrained_forced_answer_is_a_full_permutation_on_the_tiny_model(engine):
+    """Random weights write anything; constrained, the forced answer is a well-formed permutation every time."""
+    from mmr5_batch.parse import OK, parse_ranking
+    from mmr5_batch.rerank import answer_tokens
+
+    prefix = "<think>the pages look alike</think><answer>["
+    sampling = SamplingSettings(max_new_tokens=answer_tokens(4))
+    requests = [
+        replace(request(f"which page {number}?", [(120, 160)] * 4, sampling), assistant_prefix=prefix, constrain_answer=4)
+        for number in range(3)
+    ]
+    free = replace(request("which page?", [(120, 160)] * 4, sampling), assistant_prefix=prefix)
+    *constrained, unconstrained = engine.generate([*requests, free])
+    for completion in constrained:
+        assert completion.text.endswith("]</answer>"), completion.text
+        assert parse_ranking(prefix + completion.text, 4).status == OK
+    # The same prompt without the constraint: random weights do not write an answer.
+    assert parse_ranking(prefix + unconstrained.text, 4).status != OK
+
+
+def test_requests_with_different_sampling_share_a_call_per_setting(engine):
+    short, long = SamplingSettings(max_new_tokens=2, min_new_tokens=2), SamplingSettings(max_new_tokens=5, min_new_tokens=5)
+    requests = [request("a?", [(64, 64)], short), request("b?", [(64, 64)], long), request("c?", [(64, 64)], short)]
+    completions = engine.generate(requests)
+    assert [completion.generated_tokens for completion in completions] == [2, 5, 2]
+    assert all(completion.error is None for completion in completions)

@@ -182,6 +182,9 @@ def test_forced_prefix_closes_what_is_open():
     assert forced_prefix("<think>done</think> and") == "<think>done</think> and<answer>["
     assert forced_prefix("<think>x</think><answer>[2, ") == "<think>x</think><answer>[2, "
     assert forced_prefix("<think>x</think><answer>[1]</answer>") is None
+    # The answer constraint starts from an empty list: an answer already begun starts over.
+    assert forced_prefix("<think>x</think><answer>[2, ", restart_answer=True) == "<think>x</think><answer>["
+    assert forced_prefix("<think>so far", restart_answer=True) == "<think>so far</think><answer>["
 
 
 def test_fast_mode_ranks_from_first_token_scores_in_one_pass_per_window():

@@ -93,7 +93,13 @@ class RecordingAsyncLLM:
             yield types.SimpleNamespace(prompt_token_ids=[0] * 10, outputs=[choice], finished=finished)
 
 
-FAKE_VLLM = types.SimpleNamespace(LLM=RecordingLLM, SamplingParams=dict, AsyncLLMEngine=RecordingAsyncLLM, AsyncEngineArgs=dict)
+FAKE_VLLM = types.SimpleNamespace(
+    LLM=RecordingLLM,
+    SamplingParams=dict,
+    AsyncLLMEngine=RecordingAsyncLLM,
+    AsyncEngineArgs=dict,
+    sampling_params=types.SimpleNamespace(StructuredOutputsParams=dict),
+)
 
 
 def job(tiny_model_dir, **overrides):
@@ -286,3 +292,38 @@ def test_fast_mode_asks_vllm_for_the_ids_log_probabilities(tiny_model_dir):
     assert params == [{"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": digits, "logprobs": 3, "seed": 0}]
     assert prompts[0]["prompt"] == reference_prompt("q", 3) + FAST_PREFIX
     assert completion.id_scores == (-3.0, -2.0, -1.0) and completion.generated_tokens == 0
+
+
+def test_a_constrained_forced_answer_asks_vllm_for_structured_output(tiny_model_dir):
+    from mmr5_batch.answer_constraint import answer_regex
+    from mmr5_batch.rerank import rerank_queries_async
+
+    config = job(tiny_model_dir, **{"model.think_tokens": 5, "model.constrain_answer": True})
+    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    row = {
+        "query_id": "q",
+        "query": "Where is the lease signed?",
+        "source_path": "s",
+        "error": None,
+        "candidates": [
+            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(60 + i), 64).data, "image_tokens": 4, "score": 1 - i / 10, "error": None}
+            for i in range(3)
+        ],
+    }
+    asyncio.run(
+        rerank_queries_async(
+            [row], engine, window=5, stride=3, top_k=None, sampling=sampling_from_config(config.model), model_id="m", run_id="r",
+            think_tokens=5, constrain_answer=True,
+        )
+    )
+    (_, first_params, _), (second, second_params, _) = engine.engine.requests
+    assert "structured_outputs" not in first_params  # the reasoning itself is free
+    assert second["prompt"].endswith("<think>a long thought</think><answer>[")
+    assert second_params["structured_outputs"] == {"regex": answer_regex(3)}
+
+
+def test_the_answer_constraint_needs_structured_outputs(tiny_model_dir):
+    old_vllm = types.SimpleNamespace(**{**vars(FAKE_VLLM), "sampling_params": types.SimpleNamespace()})
+    with pytest.raises(EngineUnavailable, match="constrain_answer needs vLLM's structured outputs"):
+        VLLMEngine.from_config(job(tiny_model_dir, **{"model.constrain_answer": True}), vllm_module=old_vllm)
+    assert VLLMEngine.from_config(job(tiny_model_dir), vllm_module=old_vllm).structured_outputs is None
