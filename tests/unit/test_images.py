@@ -48,6 +48,49 @@ def test_jpeg_draft_decoding_gives_the_same_target_size():
     assert Image.open(io.BytesIO(prepared.data)).size == (prepared.width, prepared.height)
 
 
+def text_page_jpeg(size) -> bytes:
+    from mmr5_batch.demo_data import draw_page
+
+    page = Image.open(io.BytesIO(draw_page("Annual report", [f"Line {i}: revenue {i * 17} units" for i in range(30)]))).convert("RGB")
+    buffer = io.BytesIO()
+    page.resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def mean_difference(first: Image.Image, second: Image.Image) -> float:
+    import numpy as np
+
+    return float(np.abs(np.asarray(first, dtype=np.float32) - np.asarray(second, dtype=np.float32)).mean())
+
+
+def test_scaled_decoding_between_half_and_full_size_matches_a_full_decode():
+    """A 150 dpi page at 1024 tokens: decoded at 5/8 scale (Pillow's draft cannot), then fitted; same size, same look."""
+    from mmr5_batch.images import decode_jpeg_near
+
+    data = text_page_jpeg((1240, 1754))
+    target = fit_to_token_budget(1240, 1754, 1024)
+    scaled = decode_jpeg_near(data, target)
+    assert scaled is not None and (target.width, target.height) <= scaled.size < (1240, 1754)
+    prepared = prepare_image(data, 1024)
+    ours = Image.open(io.BytesIO(prepared.data)).convert("RGB")
+    reference = Image.open(io.BytesIO(data)).convert("RGB").resize(ours.size, Image.Resampling.LANCZOS)
+    assert ours.size == (target.width, target.height) and prepared.tokens == target.tokens
+    assert mean_difference(ours, reference) < 3.0  # of 255: JPEG noise, not lost text
+
+
+def test_cmyk_and_damaged_jpegs_take_pillows_decoder():
+    from mmr5_batch.images import decode_jpeg_near
+
+    buffer = io.BytesIO()
+    Image.new("CMYK", (900, 1200), (0, 0, 0, 40)).save(buffer, format="JPEG")
+    target = fit_to_token_budget(900, 1200, 1024)
+    prepared = prepare_image(buffer.getvalue(), 1024)
+    through_pillow = Image.open(buffer).convert("RGB").resize((target.width, target.height), Image.Resampling.BOX)
+    assert mean_difference(Image.open(io.BytesIO(prepared.data)).convert("RGB"), through_pillow) < 2.0
+    damaged = text_page_jpeg((1240, 1754))
+    assert decode_jpeg_near(damaged[: len(damaged) // 2], fit_to_token_budget(1240, 1754, 1024)) is None
+
+
 @pytest.mark.parametrize("data", [b"", b"not an image at all", jpeg((100, 100))[:60]])
 def test_undecodable_bytes_raise_image_error(data):
     with pytest.raises(ImageError, match="undecodable image"):
