@@ -252,21 +252,26 @@ def test_actor_engine_follows_the_config(tiny_model_dir, monkeypatch):
     assert isinstance(offline, BatchingEngine) and isinstance(offline.engine, VLLMEngine)
 
 
-def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_model_dir):
-    from mmr5_batch.rerank import answer_tokens, rerank_queries_async
-
-    config = job(tiny_model_dir, **{"model.think_tokens": 5})
-    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
-    row = {
+def prepared_row(candidates):
+    """A query row as the CPU stage hands it on, with `candidates` small grey pages."""
+    return {
         "query_id": "q",
         "query": "Where is the lease signed?",
         "source_path": "s",
         "error": None,
         "candidates": [
             {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(60 + i), 64).data, "image_tokens": 4, "score": 1 - i / 10, "error": None}
-            for i in range(2)
+            for i in range(candidates)
         ],
     }
+
+
+def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_model_dir):
+    from mmr5_batch.rerank import answer_tokens, rerank_queries_async
+
+    config = job(tiny_model_dir, **{"model.think_tokens": 5})
+    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    row = prepared_row(2)
     [result] = asyncio.run(
         rerank_queries_async(
             [row], engine, window=5, stride=3, top_k=None, sampling=sampling_from_config(config.model), model_id="m", run_id="r",
@@ -300,16 +305,7 @@ def test_a_constrained_forced_answer_asks_vllm_for_structured_output(tiny_model_
 
     config = job(tiny_model_dir, **{"model.think_tokens": 5, "model.constrain_answer": True})
     engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
-    row = {
-        "query_id": "q",
-        "query": "Where is the lease signed?",
-        "source_path": "s",
-        "error": None,
-        "candidates": [
-            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(60 + i), 64).data, "image_tokens": 4, "score": 1 - i / 10, "error": None}
-            for i in range(3)
-        ],
-    }
+    row = prepared_row(3)
     asyncio.run(
         rerank_queries_async(
             [row], engine, window=5, stride=3, top_k=None, sampling=sampling_from_config(config.model), model_id="m", run_id="r",
