@@ -196,3 +196,55 @@ def test_uploads_and_images_leave_environments_caches_and_outputs_behind():
     for name in (".venv", ".git", "__pycache__", ".pytest_cache", "demo"):
         assert any(name in pattern for pattern in excludes), name
         assert any(name in pattern for pattern in dockerignore), name
+
+
+FAKE_KUBECTL = r"""#!/usr/bin/env bash
+# Stands in for kubectl: RayJobs listed from $KUBE/existing, created into $KUBE/created,
+# and each status query answered by the next line of $KUBE/states.
+set -eu
+case "$1 $2" in
+  "get rayjobs") cat "$KUBE/existing" ;;
+  "create -f") echo "$3" >> "$KUBE/created"; echo "rayjob.ray.io/mmr5-rerank-x7k2p" ;;
+  "get rayjob.ray.io/mmr5-rerank-x7k2p") head -n1 "$KUBE/states"; sed -i 1d "$KUBE/states" ;;
+  *) echo "unexpected kubectl $*" >&2; exit 9 ;;
+esac
+"""
+
+
+def run_cronjob_script(tmp_path, existing: str, states: list[str]):
+    import os
+    import subprocess
+
+    documents = {document["kind"]: document for document in yaml_documents(CLUSTER / "schedule" / "cronjob.yaml")}
+    pod = documents["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = container({"template": {"spec": pod}})["args"][0]
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "kubectl").write_text(FAKE_KUBECTL)
+    (tmp_path / "bin" / "kubectl").chmod(0o755)
+    (tmp_path / "existing").write_text(existing)
+    (tmp_path / "states").write_text("".join(state + "\n" for state in states))
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "KUBE": str(tmp_path), "POLL_SECONDS": "0"}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    created = (tmp_path / "created").read_text().split() if (tmp_path / "created").exists() else []
+    return done, created
+
+
+def test_a_cronjob_slot_creates_the_rayjob_and_waits_for_it_to_succeed(tmp_path):
+    done, created = run_cronjob_script(
+        tmp_path, "mmr5-rerank-old1=Complete\nmmr5-rerank-old2=Failed\n", ["/", "Initializing/", "Running/RUNNING", "Complete/SUCCEEDED"]
+    )
+    assert done.returncode == 0, done.stderr
+    assert created == ["/etc/mmr5/rayjob.yaml"] and "rayjob.ray.io/mmr5-rerank-x7k2p succeeded" in done.stdout
+
+
+def test_a_cronjob_slot_fails_when_its_rayjob_fails(tmp_path):
+    done, created = run_cronjob_script(tmp_path, "", ["Running/RUNNING", "Retrying/FAILED", "Running/RUNNING", "Failed/FAILED"])
+    assert done.returncode == 1 and created and "ended: Failed/FAILED" in done.stdout
+
+
+def test_a_cronjob_slot_skips_while_an_earlier_rayjob_runs(tmp_path):
+    # One still running, and one just created (no status yet).
+    for slot, existing in enumerate(("mmr5-rerank-old1=Complete\nmmr5-rerank-busy=Running\n", "mmr5-rerank-new=\n")):
+        (tmp_path / str(slot)).mkdir()
+        done, created = run_cronjob_script(tmp_path / str(slot), existing, [])
+        assert done.returncode == 0 and created == [] and "this slot skips" in done.stdout
