@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+# Where a forced answer's list begins, and how it must end.
+ANSWER_LIST_OPEN = "<answer>["
 ANSWER_CLOSE = "]</answer>"
 # Permutations spelled out as a trie: 1,957 alternatives for 6 ids, 13,700 for 7.
 EXACT_REGEX_MAX_IDS = 6
@@ -61,6 +63,12 @@ def answer_prefix_ok(text: str, count: int) -> bool:
 def answer_complete(text: str, count: int) -> bool:
     """Whether `text` is a whole constrained answer (ending with `]</answer>`)."""
     return text.endswith(ANSWER_CLOSE) and answer_prefix_ok(text, count)
+
+
+def answer_text_in_prefix(prefix: str) -> str:
+    """What an assistant prefix already holds of the answer list: the text after its last `<answer>[`."""
+    start = prefix.rfind(ANSWER_LIST_OPEN)
+    return prefix[start + len(ANSWER_LIST_OPEN) :] if start >= 0 else ""
 
 
 def _can_still_be_an_unused_id(digits: str, count: int, used: set[int]) -> bool:

@@ -114,13 +114,11 @@ def decode_jpeg_near(data: bytes, target: FittedSize) -> "Image.Image | None":
     For targets between half and full size (a 150 dpi page at 1024 tokens
     decodes at 5/8), where Pillow's draft mode (1/2, 1/4, 1/8 only) cannot
     help: about 2.5x faster than Pillow's full decode. For YCbCr and grey
-    JPEGs; None where simplejpeg is missing or refuses the file (damaged):
-    Pillow decodes it then, and reports what is wrong.
+    JPEGs; None where simplejpeg refuses the file (damaged): Pillow decodes
+    it then, and reports what is wrong.
     """
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
+    import simplejpeg
+
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=target.width, min_height=target.height)
     except ValueError:

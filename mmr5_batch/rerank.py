@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from .answer_constraint import ANSWER_LIST_OPEN
 from .engines import ANSWER_STOP, AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
 from .engines.batching import BatchingEngine
 from .parse import FALLBACK, OK, REPAIRED, parse_ranking
@@ -195,10 +196,9 @@ def forced_prefix(text: str, restart_answer: bool = False) -> str | None:
     if "<answer>" in text:
         if not restart_answer:
             return text  # the answer began: let it finish
-        text = text[: text.rfind("<answer>")]
-        return f"{text}<answer>["
+        return text[: text.rfind("<answer>")] + ANSWER_LIST_OPEN
     closing = "" if "</think>" in text else "</think>"
-    return f"{text}{closing}<answer>["
+    return f"{text}{closing}{ANSWER_LIST_OPEN}"
 
 
 def answer_tokens(window: int) -> int:

@@ -14,6 +14,7 @@ import io
 import logging
 from typing import Any, Sequence
 
+from ..answer_constraint import answer_text_in_prefix
 from .base import Completion, EngineRequest, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,6 @@ class AnswerConstraintProcessor:
                 mask[allowed] = 0.0
                 scores[row] = scores[row] + mask
         return scores
-
-
-def answer_text_in_prefix(prefix: str) -> str:
-    """What the assistant prefix already holds of the answer list: the text after its last `<answer>[`."""
-    start = prefix.rfind(ANSWER_LIST_OPEN)
-    return prefix[start + len(ANSWER_LIST_OPEN) :] if start >= 0 else ""
-
-
-ANSWER_LIST_OPEN = "<answer>["
 
 
 def _cut_after_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
