@@ -14,7 +14,7 @@ import io
 import logging
 from typing import Any, Sequence
 
-from ..answer_constraint import answer_text_in_prefix
+from ..answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
 from .base import Completion, EngineRequest, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ class AnswerConstraintProcessor:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        from ..answer_constraint import answer_complete, answer_prefix_ok
-
         for row, spec in enumerate(self.rows):
             if spec is None:
                 continue
@@ -90,8 +88,6 @@ class HFEngine:
 
     def answer_tokens(self) -> dict[int, str]:
         """Tokens whose text could appear in a constrained answer (digits, separators, `]</answer>` pieces); found once."""
-        from ..answer_constraint import ANSWER_CHARACTERS
-
         if self._answer_tokens is None:
             self._answer_tokens = {}
             for token in range(len(self.tokenizer)):

@@ -1,4 +1,4 @@
-"""One local Ray per integration test module (temp dir under /tmp: socket paths must stay short), and an S3 server.
+"""One local Ray per integration test module (temp dir under /tmp: socket paths must stay short), an S3 server, and a reader of result folders.
 
 The S3 server is moto in server mode on loopback: a real S3 HTTP API that
 s3fs, pyarrow and Ray Data talk to. Its endpoint and test credentials go
@@ -12,8 +12,18 @@ import os
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+
+
+def read_folder(folder: Path) -> list[dict]:
+    """Every row under a result folder (all shard partitions), hidden temporaries excluded."""
+    if not folder.exists():
+        return []
+    files = sorted(path for path in folder.rglob("*.parquet") if not path.name.startswith("."))
+    return [row for path in files for row in pq.read_table(path).to_pylist()]
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,7 @@ from mmr5_batch.demo_data import write_demo_dataset
 from mmr5_batch.pipeline import JobError, run_job
 from mmr5_batch.schema import GROUPED_INPUT_SCHEMA
 from tests.conftest import grey_jpeg
-
-
-def read_folder(folder: Path) -> list[dict]:
-    """Every row under a result folder (all shard partitions), hidden temporaries excluded."""
-    if not folder.exists():
-        return []
-    files = sorted(path for path in folder.rglob("*.parquet") if not path.name.startswith("."))
-    return [row for path in files for row in pq.read_table(path).to_pylist()]
+from tests.integration.conftest import read_folder
 
 
 def outputs(output: Path) -> tuple[list[dict], list[dict], dict]:

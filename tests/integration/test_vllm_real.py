@@ -9,7 +9,6 @@ the same requests there at the engine boundary.
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm-cpu, or a GPU machine)")
@@ -30,6 +29,7 @@ from mmr5_batch.images import prepare_image  # noqa: E402
 from mmr5_batch.pipeline import run_job  # noqa: E402
 from mmr5_batch.prompt import build_messages  # noqa: E402
 from tests.conftest import grey_jpeg  # noqa: E402
+from tests.integration.conftest import read_folder  # noqa: E402
 
 
 def real_config(tiny_model_dir, tmp_path, **overrides):
@@ -93,22 +93,18 @@ def test_whole_pipeline_on_vllm(ray_session, tiny_model_dir, tmp_path, vllm_engi
     assert summary["totals"]["windows"] == 16
 
 
-def ranked_rows(output):
-    return [row for path in sorted(output.glob("ranked/**/*.parquet")) for row in pq.read_table(path).to_pylist()]
-
-
 def test_thinking_budget_constraint_and_fast_mode_on_real_vllm(ray_session, tiny_model_dir, tmp_path):
     write_demo_dataset(tmp_path / "in", queries=4, candidates=5, shards=1)
     forced = run_job(real_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "output": str(tmp_path / "forced")}))
     assert forced["totals"]["queries"] == 4 and forced["totals"]["error"] == 0
     # Two tokens cannot hold a reasoning and an answer: every window was made to answer.
-    assert [row["forced_answers"] for row in ranked_rows(tmp_path / "forced")] == [1] * 4
+    assert [row["forced_answers"] for row in read_folder(tmp_path / "forced" / "ranked")] == [1] * 4
     constrained = run_job(
         real_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "model.constrain_answer": True, "output": str(tmp_path / "constrained")})
     )
     # Random weights, constrained by vLLM's structured outputs: every forced answer is a whole permutation.
     assert constrained["totals"]["ok"] == 4
-    for row in ranked_rows(tmp_path / "constrained"):
+    for row in read_folder(tmp_path / "constrained" / "ranked"):
         assert row["forced_answers"] == 1 and sorted(row["doc_ids"]) == sorted(row["first_stage_doc_ids"])
         assert row["decided_by"] == ["model"] * 5
     fast = run_job(real_config(tiny_model_dir, tmp_path, **{"ranking.mode": "fast", "output": str(tmp_path / "fast")}))
