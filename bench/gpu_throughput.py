@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # vLLM logs to stdout; keep its start-up chatter out of the table.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-from mmr5_batch.demo_data import draw_page  # noqa: E402
-from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
-from mmr5_batch.images import prepare_image  # noqa: E402
-from mmr5_batch.prompt import build_messages  # noqa: E402
+from mmr5_batch.core.images import prepare_image
+from mmr5_batch.core.prompt import build_messages
+from mmr5_batch.devtools.demo_data import draw_page
+from mmr5_batch.engines import EngineRequest, SamplingSettings
 
 # qwen_vl_utils' default max_pixels (12845056) in 28x28 tokens: "near native".
 NATIVE_IMAGE_TOKENS = 12845056 // (28 * 28)
@@ -105,7 +105,7 @@ def page_images(count: int, size: tuple[int, int]) -> list[bytes]:
 
 
 def model_dir(arch: str, workdir: Path) -> Path:
-    from mmr5_batch.tiny_model import build_tiny_model
+    from mmr5_batch.devtools.tiny_model import build_tiny_model
 
     directory = build_tiny_model(workdir / "tiny")
     if arch == "7b-random":

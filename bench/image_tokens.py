@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmr5_batch.budgets import candidate_budgets  # noqa: E402
-from mmr5_batch.estimate import SettingCost, price_query, reference_tokens  # noqa: E402
-from mmr5_batch.images import fit_to_token_budget  # noqa: E402
+from mmr5_batch.core.budgets import candidate_budgets
+from mmr5_batch.core.images import fit_to_token_budget
+from mmr5_batch.job.cost_estimate import SettingCost, price_query, reference_tokens
 
 PAGES = {
     "A4 150 dpi": (1240, 1754),
@@ -85,10 +85,7 @@ def main(argv=None) -> int:
                 reference = reference or row
                 ratio = reference["image_tokens_per_query"] / row["image_tokens_per_query"]
                 versus = "reference" if row is reference else f"{ratio:.1f}x fewer"
-                print(
-                    f"| {page} | {width}x{height} | {name} | {row['image_tokens_per_query']} | {versus} | "
-                    f"{row['gpu_seconds_per_query']:.2f} |"
-                )
+                print(f"| {page} | {width}x{height} | {name} | {row['image_tokens_per_query']} | {versus} | {row['gpu_seconds_per_query']:.2f} |")
     return 0
 
 

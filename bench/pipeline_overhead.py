@@ -41,8 +41,8 @@ def write_input(folder: Path, queries: int, candidates: int, size: tuple[int, in
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from mmr5_batch.demo_data import draw_page
-    from mmr5_batch.schema import GROUPED_INPUT_SCHEMA
+    from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
+    from mmr5_batch.devtools.demo_data import draw_page
 
     pages = []
     for number in range(8):
@@ -56,8 +56,7 @@ def write_input(folder: Path, queries: int, candidates: int, size: tuple[int, in
             "query_id": f"q{number:06d}",
             "query": f"Which page shows value {number}?",
             "candidates": [
-                {"doc_id": f"d{c}", "image": pages[(number + c) % len(pages)], "image_uri": None, "text": None, "score": 1 - c / 10}
-                for c in range(candidates)
+                {"doc_id": f"d{c}", "image": pages[(number + c) % len(pages)], "image_uri": None, "text": None, "score": 1 - c / 10} for c in range(candidates)
             ],
         }
         for number in range(queries)
@@ -73,11 +72,11 @@ def main(argv=None) -> int:
     import ray
 
     from mmr5_batch.config import load_config
-    from mmr5_batch.costmodel import H200, WindowCost, gpu_seconds, prompt_tokens
-    from mmr5_batch.budgets import candidate_budgets
-    from mmr5_batch.images import fit_to_token_budget
-    from mmr5_batch.pipeline import run_job
-    from mmr5_batch.windows import sliding_windows
+    from mmr5_batch.core.budgets import candidate_budgets
+    from mmr5_batch.core.cost_model import H200, WindowCost, gpu_seconds, prompt_tokens
+    from mmr5_batch.core.images import fit_to_token_budget
+    from mmr5_batch.core.windows import sliding_windows
+    from mmr5_batch.job.runner import run_job
 
     width, height = (int(v) for v in args.page.split("x"))
     with tempfile.TemporaryDirectory() as workdir:
@@ -105,7 +104,9 @@ def main(argv=None) -> int:
     gpu_per_query = sum(gpu_seconds(WindowCost(prompt_tokens(tokens[a:b]), sum(tokens[a:b]), 400), H200) for a, b in windows)
     gpu_rate = 1 / gpu_per_query
     cpu_rate = args.queries / wall
-    print(f"# CPU side vs one H200, {args.queries} queries x {args.candidates} pages {width}x{height}, {args.cpus} CPUs, {args.prepare_cpus} CPU per prepare task")
+    print(
+        f"# CPU side vs one H200, {args.queries} queries x {args.candidates} pages {width}x{height}, {args.cpus} CPUs, {args.prepare_cpus} CPU per prepare task"
+    )
     print("| measure | value |")
     print("|---|---:|")
     print(f"| job wall time, whole run (s) | {wall:.1f} |")

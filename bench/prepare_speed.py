@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from mmr5_batch.budgets import candidate_budgets  # noqa: E402
-from mmr5_batch.demo_data import draw_page  # noqa: E402
-from mmr5_batch.estimate import REFERENCE_IMAGE_TOKENS  # noqa: E402
-from mmr5_batch.images import GRID, fit_to_token_budget, prepare_image  # noqa: E402
+from mmr5_batch.core.budgets import candidate_budgets
+from mmr5_batch.core.images import GRID, fit_to_token_budget, prepare_image
+from mmr5_batch.devtools.demo_data import draw_page
+from mmr5_batch.job.cost_estimate import REFERENCE_IMAGE_TOKENS
 
 PAGES = {"A4 150 dpi": (1240, 1754), "A4 200 dpi": (1654, 2339), "A4 300 dpi": (2480, 3508)}
 

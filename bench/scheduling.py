@@ -38,15 +38,15 @@ import random
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmr5_batch.engines import Completion, EngineRequest, SamplingSettings  # noqa: E402
-from mmr5_batch.engines.batching import BatchingEngine  # noqa: E402
-from mmr5_batch.engines.scripted import ScriptedTestEngine  # noqa: E402
-from mmr5_batch.rerank import rerank_queries_async  # noqa: E402
+from mmr5_batch.core.batching import BatchingEngine
+from mmr5_batch.core.scheduler import rerank_queries_async
+from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
+from mmr5_batch.engines import Completion, EngineRequest, SamplingSettings
 
 
 class SimulatedDecoder:
@@ -150,8 +150,7 @@ def queries(count: int, candidates: int, pages: list[bytes]) -> list[dict]:
                 "source_path": "bench",
                 "error": None,
                 "candidates": [
-                    {"doc_id": f"d{i}", "image": image, "image_tokens": 1024, "score": 1.0 - i / 100, "error": None}
-                    for i, image in enumerate(picks)
+                    {"doc_id": f"d{i}", "image": image, "image_tokens": 1024, "score": 1.0 - i / 100, "error": None} for i, image in enumerate(picks)
                 ],
             }
         )
@@ -214,10 +213,7 @@ def main(argv=None) -> int:
     print("| mode | batch | batches in flight | queries in flight | engine steps | fewer steps than first row | mean running seqs | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode, batch_size, in_flight, steps, occupancy, wall in results:
-        print(
-            f"| {mode} | {batch_size} | {in_flight} | {batch_size * in_flight} | {steps} | {base_steps / steps:.1f}x | "
-            f"{occupancy:.1f} | {wall:.2f} |"
-        )
+        print(f"| {mode} | {batch_size} | {in_flight} | {batch_size * in_flight} | {steps} | {base_steps / steps:.1f}x | {occupancy:.1f} | {wall:.2f} |")
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmr5_batch.engines.vllm import max_model_len_for  # noqa: E402
+from mmr5_batch.engines.vllm import max_model_len_for
 
 WEIGHTS_GIB = 8.29e9 * 2 / 2**30
 KV_BYTES_PER_TOKEN = 28 * 2 * 4 * 128 * 2

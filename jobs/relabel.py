@@ -14,7 +14,7 @@ from pathlib import Path
 # With --working-dir the package sits beside this folder and may not be installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmr5_batch.cli import main  # noqa: E402
+from mmr5_batch.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["rerank", "--emit", "pairs", *sys.argv[1:]]))

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from ..answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
-from .base import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
+from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.prompt import render_prompt
+from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW
+from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,7 @@ class HFEngine:
         return self._answer_tokens
 
     @classmethod
-    def from_config(cls, config: Any) -> "HFEngine":
-        from . import EngineUnavailable
-
+    def from_config(cls, config: Any) -> HFEngine:
         try:
             import torch
             from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
@@ -116,17 +118,21 @@ class HFEngine:
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.name)
             image_processor = Qwen2VLImageProcessorPil.from_pretrained(config.name)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs
-            )
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs)
         except (OSError, ValueError) as error:
             raise EngineUnavailable(f"cannot load model {config.name!r} with transformers: {str(error).splitlines()[0]}") from error
         model.to(device).eval()
         return cls(model, tokenizer, image_processor, max_batch_size=config.max_batch_size)
 
-    def render(self, request: EngineRequest) -> str:
-        from ..prompt import render_prompt
+    def close(self) -> None:
+        """Drop the model so its memory can be freed (GPU memory at once)."""
+        import torch
 
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def render(self, request: EngineRequest) -> str:
         return render_prompt(self.tokenizer, request.messages) + request.assistant_prefix
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
@@ -139,7 +145,7 @@ class HFEngine:
         for positions in groups.values():
             for position, completion in zip(positions, self._generate_group([requests[position] for position in positions])):
                 completions[position] = completion
-        return completions  # type: ignore[return-value]
+        return completions  # type: ignore[return-value]  # each position is filled by its group above
 
     def _generate_group(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         completions: list[Completion] = []
@@ -181,7 +187,7 @@ class HFEngine:
     def id_token_ids(self, count: int) -> list[int]:
         """Token ids of "1".."count" (single digits: Qwen's tokenizer splits numbers into digits)."""
         ids = [self.tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
-        if count > 9 or any(token is None or token == self.tokenizer.unk_token_id for token in ids):
+        if count > FAST_MAX_WINDOW or any(token is None or token == self.tokenizer.unk_token_id for token in ids):
             raise ValueError(f"fast mode scores single-token ids 1..9; a window of {count} does not fit")
         return ids
 

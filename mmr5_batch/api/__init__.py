@@ -1,0 +1,1 @@
+"""The Python API in process: `Reranker` and its `RankedResult`."""

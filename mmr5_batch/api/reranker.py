@@ -1,0 +1,179 @@
+"""MM-R5 in process, no Ray: one engine, one query or many, the job's code path.
+
+    from mmr5_batch import Reranker
+
+    with Reranker("i2vec/MM-R5", backend="vllm") as reranker:
+        order = reranker.rerank("Which page shows the revenue table?", ["p1.png", "p2.png", "p3.png"])
+
+`rerank(query, images)` takes the arguments MM-R5's own `QueryReranker.rerank`
+takes and returns the same thing, the 0-based order of the images, so it is
+a drop-in replacement. `rank` returns the full `RankedResult`; `rank_many`
+ranks many queries at once through the same async window scheduler as the
+Ray actors (all their windows share the engine). Preparation, prompt,
+budgets, windows, cascade, thinking budget, fast mode and parsing are the
+job's own (core/), not a copy.
+
+The engine runs on an event loop in a thread of its own, so the calls work
+the same in a script and in a notebook (which runs a loop of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mmr5_batch.api.inputs import candidate_rows
+from mmr5_batch.config import RerankerConfig, config_from_keywords
+from mmr5_batch.core.engine_protocol import AsyncEngine
+from mmr5_batch.core.preparation import PrepareSettings, prepare_row
+from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async
+from mmr5_batch.core.vocabulary import ERROR
+from mmr5_batch.errors import QueryFailed
+from mmr5_batch.storage.filesystems import Storage
+
+Result = TypeVar("Result")
+# A query for `rank_many`: (query, candidates), or a dict with query, candidates and optionally query_id.
+QueryInput = Any
+
+
+@dataclass(frozen=True)
+class RankedResult:
+    """One query's ranking, as the job's result row holds it (`rows.ResultRow`), plus positions in the input."""
+
+    query_id: str
+    status: str  # vocabulary.STATUSES
+    doc_ids: list[str]  # best first; flagged candidates last
+    order: list[int]  # the same as 0-based positions in the candidates given
+    scores: list[float]  # rank-derived: 1.0 for the top, falling evenly
+    decided_by: list[str]  # per position: vocabulary.DECIDED_BY
+    flagged: dict[str, str]  # doc_id -> why it had no usable image
+    reason: str | None  # why the query failed (status error)
+    reasoning: list[str] | None  # the model's output per window, when asked for
+    windows: int
+    image_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    forced_answers: int
+
+    @classmethod
+    def from_result_row(cls, row: Mapping[str, Any], given: Sequence[str]) -> RankedResult:
+        position = {doc_id: index for index, doc_id in enumerate(given)}
+        doc_ids = list(row["doc_ids"] or [])
+        return cls(
+            query_id=row["query_id"],
+            status=row["status"],
+            doc_ids=doc_ids,
+            order=[position[doc_id] for doc_id in doc_ids],
+            scores=list(row["scores"] or []),
+            decided_by=list(row["decided_by"] or []),
+            flagged=dict(zip(row["flagged_doc_ids"] or [], row["flag_reasons"] or [])),
+            reason=row["reason"],
+            reasoning=row["reasoning"],
+            windows=row["windows"] or 0,
+            image_tokens=row["image_tokens"] or 0,
+            prompt_tokens=row["prompt_tokens"] or 0,
+            generated_tokens=row["generated_tokens"] or 0,
+            forced_answers=row["forced_answers"] or 0,
+        )
+
+
+class Reranker:
+    """One engine, held until `close()` (or the end of a `with` block)."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        backend: str | None = None,
+        device: str | None = None,
+        *,
+        config: RerankerConfig | Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        """`model`: a model id or checkpoint directory (default i2vec/MM-R5); `backend`: hf (default), vllm or
+        scripted-test; `device`: auto, cpu or cuda. `settings`: any config field by name (`window=5`,
+        `image_tokens=512`, `think_tokens=256`, `mode="fast"`, `cascade=True`, ...), over `config`."""
+        given = {"model.name": model, "model.backend": backend, "model.device": device}
+        self.config = config_from_keywords(RerankerConfig, config, **{name: value for name, value in given.items() if value is not None}, **settings)
+        self.storage = Storage(self.config.storage.s3_options())
+        self._prepare = PrepareSettings.from_config(self.config)
+        self._settings = RankingSettings.from_config(self.config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mmr5-batch-engine", daemon=True)
+        self._thread.start()
+        try:
+            self.engine: AsyncEngine | None = self._run(self._start_engine())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _start_engine(self) -> AsyncEngine:
+        from mmr5_batch.engines import create_async_engine
+
+        # Built on the engine's own loop: vLLM's async engine binds to the loop it starts on.
+        return create_async_engine(self.config)
+
+    def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
+        future: Future[Result] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def rerank(self, query: str, images: Sequence[Any]) -> list[int]:
+        """The 0-based order of `images` (paths, URIs, bytes or PIL images), most relevant first; MM-R5's call.
+
+        Images that cannot be read or decoded go last. Raises QueryFailed when the query cannot be ranked at all.
+        """
+        result = self.rank(query, images)
+        if result.status == ERROR:
+            raise QueryFailed(result.reason or "query failed")
+        return result.order
+
+    def rank(self, query: str, candidates: Sequence[Any], *, query_id: str = "0", reasoning: bool = False) -> RankedResult:
+        """One query's `RankedResult`; candidates are images or dicts (doc_id, image or image_uri, text, score)."""
+        return self.rank_many([{"query_id": query_id, "query": query, "candidates": candidates}], reasoning=reasoning)[0]
+
+    def rank_many(self, queries: Sequence[QueryInput], *, reasoning: bool = False) -> list[RankedResult]:
+        """Many queries at once, their windows interleaved on the one engine; results in input order."""
+        if self.engine is None:
+            raise RuntimeError("this Reranker is closed")
+        prepared, given = [], []
+        for index, item in enumerate(queries):
+            query_id, query, candidates = _unpack(item, index)
+            rows, fetched = candidate_rows(candidates, self.storage)
+            prepared.append(prepare_row({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched))
+            given.append([row["doc_id"] for row in rows])
+        settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
+        results = self._run(rerank_queries_async(prepared, self.engine, settings))
+        return [RankedResult.from_result_row(row, doc_ids) for row, doc_ids in zip(results, given)]
+
+    def close(self) -> None:
+        """Release the engine (vLLM's core process, the model's memory) and the loop thread."""
+        engine, self.engine = self.engine, None
+        close = getattr(engine, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _unpack(item: QueryInput, index: int) -> tuple[str, str, Sequence[Any]]:
+    if isinstance(item, Mapping):
+        return str(item.get("query_id", index)), item["query"], item["candidates"]
+    query, candidates = item
+    return str(index), query, candidates

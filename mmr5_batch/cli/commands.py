@@ -1,0 +1,156 @@
+"""One function per subcommand: each calls the library and turns its errors into one line and an exit code.
+
+Exit codes: 0 done; 2 the job could not start or failed as a whole (bad
+config, missing input, no engine, a stage contract broken), with one line on
+stderr saying why; 3 the job ran and wrote its outputs but too many queries
+or shards failed (`--max-error-rate`), or a shard is not fully accounted
+for; 1 an unexpected error (with a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mmr5_batch.cli.arguments import config_from_args
+from mmr5_batch.cli.report import format_summary, show_prompt
+from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError
+
+# Errors whose message is the whole story: one line, exit 2.
+ONE_LINE_ERRORS = (ConfigError, JobError, EngineUnavailable, ContractError)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"mmr5-batch: error: {message}", file=sys.stderr)
+    return code
+
+
+def rerank(args: argparse.Namespace) -> int:
+    from mmr5_batch.job.runner import run_job
+
+    try:
+        config = config_from_args(args)
+        if not config.input or not config.output:
+            raise ConfigError("--input and --output are required (or input/output in the config file)")
+        summary = run_job(config)
+    except ONE_LINE_ERRORS as error:
+        return fail(str(error))
+    except Exception as error:  # an engine failing at start, a broken contract: raised inside Ray, wrapped by it
+        cause = one_line_cause(error)
+        if cause is None:
+            raise
+        return fail(cause)
+    print(format_summary(summary))
+    if summary["failed"]:
+        return fail(summary["failed"], 3)
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    from mmr5_batch.job.cost_estimate import estimate, format_estimate
+
+    try:
+        if not args.output:
+            args.output = ""
+        config = config_from_args(args)
+        if not config.input:
+            raise ConfigError("--input is required (or input in the config file)")
+        report = estimate(config, sample=args.sample, generated_tokens=args.gen_tokens)
+    except (ConfigError, JobError) as error:
+        return fail(str(error))
+    print(json.dumps(report, indent=2) if args.json else format_estimate(report))
+    return 0
+
+
+def show_prompt_command(args: argparse.Namespace) -> int:
+    try:
+        sys.stdout.write(show_prompt(args.query, args.num_candidates, args.model))
+    except (OSError, ValueError) as error:
+        return fail(str(error).splitlines()[0] if str(error).strip() else type(error).__name__)
+    return 0
+
+
+def tiny_model(args: argparse.Namespace) -> int:
+    from mmr5_batch.devtools.tiny_model import build_tiny_model
+
+    print(build_tiny_model(args.directory, seed=args.seed))
+    return 0
+
+
+def demo_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmr5_batch.devtools.demo_data import demo_qrels_text, write_demo_dataset
+
+    paths = write_demo_dataset(args.directory, queries=args.queries, candidates=args.candidates, shards=args.shards)
+    if args.qrels:
+        Path(args.qrels).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.qrels).write_text(demo_qrels_text(queries=args.queries, candidates=args.candidates))
+    print(json.dumps([str(path) for path in paths]))
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    from mmr5_batch.evaluation.mmdocir import ConvertError, convert_mmdocir
+
+    try:
+        counts = convert_mmdocir(args.pages, args.annotations, args.run, args.output, top_k=args.top_k, shard_size=args.shard_size)
+    except (ConvertError, FileNotFoundError) as error:
+        return fail(str(error))
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from mmr5_batch.evaluation.evaluate import evaluate_run, format_report
+    from mmr5_batch.evaluation.qrels import QrelsError
+    from mmr5_batch.stages.cluster import ensure_ray
+    from mmr5_batch.storage.filesystems import Storage, join
+
+    try:
+        ks = [int(value) for value in args.k.split(",") if value.strip()]
+        if not ks or min(ks) < 1:
+            raise ValueError
+    except ValueError:
+        return fail(f"--k must be positive integers separated by commas, got {args.k!r}")
+    storage = Storage()
+    try:
+        ensure_ray(args.address)
+        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage)
+    except (QrelsError, FileNotFoundError) as error:
+        return fail(str(error))
+    storage.write_json(args.json or join(args.run, "evaluation.json"), report)
+    print(format_report(report))
+    return 0
+
+
+def one_line_cause(error: BaseException) -> str | None:
+    """The message of one of our one-line errors raised inside a Ray task or actor, if that is what failed."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ONE_LINE_ERRORS):
+            return str(current)
+        text = str(current)
+        for kind in ONE_LINE_ERRORS:
+            marker = f"{kind.__name__}: "
+            if marker in text:
+                return text.split(marker, 1)[-1].strip().splitlines()[0]
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+    return None
+
+
+COMMANDS = {
+    "rerank": rerank,
+    "plan": plan,
+    "show-prompt": show_prompt_command,
+    "tiny-model": tiny_model,
+    "demo-data": demo_data,
+    "convert": convert,
+    "evaluate": evaluate,
+}

@@ -1,0 +1,67 @@
+"""What the command line prints: the run summary as a table, the exact prompt, progress lines on stderr."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from mmr5_batch.core.vocabulary import STATUSES
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    total = summary["totals"]
+    lines = [
+        f"run {summary['run_id']}  model {summary['model']}  backend {summary['backend']}",
+        f"output {summary['output']}",
+        "",
+        f"{'queries':<18}{total['queries']:>10}",
+    ]
+    for status in STATUSES:
+        lines.append(f"{'  ' + status:<18}{total[status]:>10}")
+    for name in ("candidates", "flagged_candidates", "windows", "image_tokens", "prompt_tokens", "generated_tokens"):
+        lines.append(f"{name:<18}{total[name]:>10}")
+    lines.append(f"{'wall seconds':<18}{summary['wall_seconds']:>10.1f}")
+    lines.append(f"{'queries/second':<18}{summary['queries_per_second']:>10.2f}")
+    shards = summary["shards"]
+    lines.append(
+        f"shards: {shards['total']} total, {shards['processed']} processed ({shards['reprocessed_changed']} changed), "
+        f"{shards['skipped_done_earlier']} done earlier, {shards['bad']} bad"
+    )
+    for reason in summary["bad_shards"].values():
+        lines.append(f"  bad shard: {reason}")
+    if summary["planner_dead_letters"]:
+        lines.append(f"dead letters from planning (missing or repeated query_id): {summary['planner_dead_letters']}")
+    return "\n".join(lines)
+
+
+def show_prompt(query: str, num_candidates: int, model: str | None) -> str:
+    from transformers import AutoTokenizer
+
+    from mmr5_batch.core.prompt import build_messages, render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model or "i2vec/MM-R5")
+    return render_prompt(tokenizer, build_messages(query, num_candidates))
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners and notebooks swap it)."""
+
+    # logging declares `stream` a plain attribute; a property reads sys.stderr anew at every write.
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def log_to_stderr() -> None:
+    """Our progress lines on stderr: a terminal, or the job's log in the Ray dashboard."""
+    package = logging.getLogger("mmr5_batch")
+    if not package.handlers:
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s mmr5-batch: %(message)s", "%H:%M:%S"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

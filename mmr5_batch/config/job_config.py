@@ -1,0 +1,70 @@
+"""The two config trees: `RerankerConfig` (what reranking needs: model, ranking, images, cascade, execution,
+storage) and `JobConfig` (a reranker config plus the job's input, output, run id, overwrite and relabel).
+
+The Python API and the Ray Dataset step take a `RerankerConfig`; the
+exactly-once job takes a `JobConfig`, which is one too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+
+from pydantic import Field, model_validator
+
+from mmr5_batch.config.sections import (
+    CascadeConfig,
+    ExecutionConfig,
+    ImageConfig,
+    ModelConfig,
+    RankingConfig,
+    RelabelConfig,
+    Section,
+    StorageConfig,
+)
+from mmr5_batch.core.images import MIN_IMAGE_TOKENS
+from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
+
+
+class RerankerConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
+    ranking: RankingConfig = Field(default_factory=RankingConfig, description="Windows and depth of reranking.")
+    images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="The details-inspection cascade (off by default).")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Ray resources and batching.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage (S3) endpoint and credentials.")
+
+    @model_validator(mode="after")
+    def _prompt_total_fits_a_window(self) -> RerankerConfig:
+        total, window = self.images.prompt_image_tokens, self.ranking.window
+        if total is not None and total < MIN_IMAGE_TOKENS * window:
+            raise ValueError(
+                f"images.prompt_image_tokens ({total}) must allow the minimum of {MIN_IMAGE_TOKENS} tokens for each of the {window} candidates of a window"
+            )
+        if self.cascade.enabled and self.ranking.mode == FAST and self.cascade.first_window > FAST_MAX_WINDOW:
+            raise ValueError(f"fast mode scores single-digit ids: cascade.first_window must be at most {FAST_MAX_WINDOW}, got {self.cascade.first_window}")
+        return self
+
+    def reranker_only(self) -> RerankerConfig:
+        """Just the reranker part (a `JobConfig`'s job fields left out)."""
+        return RerankerConfig.model_validate(self.model_dump(include=set(RerankerConfig.model_fields)))
+
+
+class JobConfig(RerankerConfig):
+    input: str = Field(description="Input Parquet: a file, a directory or prefix of shards, any fsspec URI.")
+    output: str = Field(description="Output prefix for ranked rows, dead letters, stats, config and summary.")
+    run_id: str | None = Field(None, description="Run identifier recorded on every row; generated when unset.")
+    overwrite: bool = Field(
+        False,
+        description=(
+            "Reprocess everything: delete the earlier results in the output prefix first. Without it a run resumes: "
+            "only shards and queries not already written are processed."
+        ),
+    )
+    relabel: RelabelConfig = Field(default_factory=RelabelConfig, description="Per-candidate rows for relabeling (off by default).")
+
+    def with_run_id(self) -> JobConfig:
+        if self.run_id:
+            return self
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return self.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:6]}"})

@@ -1,0 +1,89 @@
+"""The engine interfaces the backends implement.
+
+A request carries the chat messages (text parts and image placeholders), the
+images as bytes already fitted to their token budget, in placeholder order,
+and the sampling settings. A completion carries the text, why generation
+stopped, token counts, and an error when the engine refused the request (that
+query then becomes an error record; the rest of the batch goes on).
+
+Two shapes: `Engine` takes a list and returns when all are done (hf, the
+offline vLLM engine, the scripted test engine); `AsyncEngine` takes one
+request and returns when that one is done, while the engine keeps decoding
+the others (vLLM's async engine). The reranker drives `AsyncEngine`s only;
+`core.batching.BatchingEngine` turns an `Engine` into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mmr5_batch.core.vocabulary import ANSWER_STOP
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 2048
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = (ANSWER_STOP,)
+
+    @classmethod
+    def from_model_config(cls, model: Any) -> SamplingSettings:
+        """The decoding settings of a config's `model` section (`ModelConfig`)."""
+        return cls(
+            max_new_tokens=model.max_new_tokens,
+            min_new_tokens=model.min_new_tokens,
+            temperature=model.temperature,
+            top_p=model.top_p,
+            seed=model.seed,
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    messages: list[dict[str, Any]]
+    images: tuple[bytes, ...]
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # Text placed after the chat template's assistant header, which the
+    # model then continues (a forced answer: its reasoning so far, then
+    # "</think><answer>["). Empty for an ordinary request.
+    assistant_prefix: str = ""
+    # Fast mode: instead of generating, score the ids 1..score_ids as the
+    # next token (one forward pass); the completion carries the scores.
+    score_ids: int = 0
+    # A forced answer under the answer constraint: the continuation of the
+    # answer list begun in `assistant_prefix` may only be a permutation of
+    # the ids 1..constrain_answer (see answer_constraint.py). 0: free.
+    constrain_answer: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (end of answer or end of turn), "length" or "error"
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    generated_tokens: int = 0
+    error: str | None = None
+    # Fast mode: log-probability of each id 1..n as the next token (-inf when unavailable).
+    id_scores: tuple[float, ...] | None = None
+
+
+class Engine(Protocol):
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        """One completion per request, in order."""
+        ...
+
+
+class AsyncEngine(Protocol):
+    async def generate_async(self, request: EngineRequest) -> Completion:
+        """The completion of one request; many may be in flight at once."""
+        ...

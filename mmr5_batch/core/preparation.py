@@ -1,0 +1,154 @@
+"""Preparing one query: validate the row, fit candidate images to their budgets, flag what is bad.
+
+Per-query problems (no id, empty query, no candidates, duplicate doc_id, a
+query_id seen more than once in the input, no usable candidate) put a reason
+on the row, which later becomes a dead letter. Per-candidate problems (no
+image, undecodable bytes, a refused or unreadable URI) put a reason on the
+candidate, which is kept, ranked last and flagged. Nothing here raises on bad
+data, and nothing here reads storage: image_uri bytes (or the reason they
+could not be read) are fetched by the caller and handed in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmr5_batch.core.budgets import candidate_budgets
+from mmr5_batch.core.images import ImageError, prepare_images
+from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
+from mmr5_batch.core.windows import first_stage_order
+
+# image_uri -> its bytes, or the reason it could not be read.
+Fetched = Mapping[str, "bytes | str"]
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    image_tokens: int  # the per-candidate cap
+    jpeg_quality: int = 90
+    # query_id -> why every row with it is a dead letter (seen more than once, spans shards)
+    duplicate_query_ids: Mapping[str, str] = field(default_factory=dict)
+    window: int = 5
+    prompt_image_tokens: int | None = None
+    policy: str = "uniform"
+    # The cascade's first-pass budget: each candidate is also prepared at this size.
+    first_image_tokens: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> PrepareSettings:
+        """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
+        images = config.images
+        return cls(
+            image_tokens=images.image_tokens,
+            jpeg_quality=images.jpeg_quality,
+            window=config.ranking.window,
+            prompt_image_tokens=images.prompt_image_tokens,
+            policy=images.policy,
+            first_image_tokens=config.cascade.first_image_tokens if config.cascade.enabled else None,
+        )
+
+    def budgets(self, count: int) -> list[int]:
+        return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
+
+
+_NO_IMAGE = {"image": None, "image_tokens": 0, "first_image": None, "first_image_tokens": None}
+
+
+def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched) -> dict[str, Any]:
+    """The candidate's image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
+    data = candidate.get("image")
+    uri = candidate.get("image_uri")
+    if not data:
+        if not uri:
+            return _NO_IMAGE | {"error": "candidate has neither image bytes nor image_uri"}
+        result = fetched.get(uri, f"cannot read image_uri {uri}: not fetched")
+        if isinstance(result, str):
+            return _NO_IMAGE | {"error": result}
+        data = result
+    budget, first_budget = budgets
+    try:
+        # One decode serves both of the cascade's sizes.
+        prepared, *rest = prepare_images(data, [budget, first_budget] if first_budget else [budget], settings.jpeg_quality)
+    except ImageError as error:
+        return _NO_IMAGE | {"error": str(error)}
+    first = rest[0] if rest else None
+    return {
+        "image": prepared.data,
+        "image_tokens": prepared.tokens,
+        "first_image": first.data if first else None,
+        "first_image_tokens": first.tokens if first else None,
+        "error": None,
+    }
+
+
+def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSettings) -> str | None:
+    if not isinstance(query_id, str) or not query_id.strip():
+        return "missing query_id"
+    if query_id in settings.duplicate_query_ids:
+        return settings.duplicate_query_ids[query_id]
+    if not isinstance(query, str) or not query.strip():
+        return "empty query (or conflicting query texts for one query_id in the pairs layout)"
+    if not candidates:
+        return "no candidates"
+    doc_ids = [candidate.get("doc_id") for candidate in candidates]
+    missing = [position for position, doc_id in enumerate(doc_ids, 1) if not doc_id]
+    if missing:
+        return f"candidate(s) {missing} have no doc_id"
+    repeated = sorted(doc_id for doc_id, count in Counter(doc_ids).items() if count > 1)
+    if repeated:
+        return f"duplicate doc_id(s) within the query: {repeated}"
+    return None
+
+
+def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None) -> dict[str, Any]:
+    """One prepared row (`rows.PreparedRow`) from one grouped input row (`rows.InputRow`, plus `path`)."""
+    candidates = row.get("candidates") or []
+    error = _query_error(row.get("query_id"), row.get("query"), candidates, settings)
+    prepared = []
+    if error is None:
+        # Budgets go by first-stage position (the `rank` policy favours the top).
+        order = first_stage_order([candidate.get("score") for candidate in candidates])
+        budgets = [0] * len(candidates)
+        for budget, index in zip(settings.budgets(len(candidates)), order):
+            budgets[index] = budget
+        for candidate, budget in zip(candidates, budgets):
+            images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {})
+            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score")} | images)
+        if all(candidate["error"] for candidate in prepared):
+            error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
+    if error is not None:
+        # Keep the first-stage list (without images) so the dead letter says what was asked.
+        prepared = [{"doc_id": c.get("doc_id"), "score": c.get("score"), "error": None} | _NO_IMAGE for c in candidates]
+    return {
+        "query_id": row.get("query_id"),
+        "query": row.get("query"),
+        SOURCE_PATH: row.get(READ_PATH),
+        "error": error,
+        "candidates": prepared,
+    }
+
+
+def uris_to_fetch(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The image_uri of every candidate that has no image bytes, in order."""
+    return [c["image_uri"] for row in rows for c in row.get("candidates") or [] if c and not c.get("image") and c.get("image_uri")]
+
+
+def group_pairs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One grouped row from the pairs rows (`rows.PairRow`) of one query_id; other columns from its first row."""
+    ordered = [rows[index] for index in first_stage_order([row.get("score") for row in rows])]
+    first = ordered[0]
+    queries = {row.get("query") for row in rows}
+    grouped: dict[str, Any] = {
+        "query_id": first.get("query_id"),
+        # Conflicting query texts for one id make the row unusable; prepare_row reports it.
+        "query": first.get("query") if len(queries) == 1 else None,
+        "candidates": [{name: row.get(name) for name in CANDIDATE_FIELDS} for row in ordered],
+        READ_PATH: first.get(READ_PATH),
+    }
+    for name, value in first.items():
+        if name not in grouped and name not in CANDIDATE_FIELDS:
+            grouped[name] = value
+    return grouped

@@ -1,0 +1,178 @@
+"""One query's reranking state: its window plan, the answers folded in, and its result row.
+
+Plain functions over a `QueryState`; the async scheduler (scheduler.py)
+decides when windows run, this module what each answer changes. A query
+starts from its prepared row (`rows.PreparedRow`): candidates without a
+usable image are left out of the windows and flagged at the end; with a
+cascade, a first pass over small images precedes a detail pass over its top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmr5_batch.core.engine_protocol import Completion
+from mmr5_batch.core.parsing import parse_ranking
+from mmr5_batch.core.rows import SOURCE_PATH, ResultRow
+from mmr5_batch.core.vocabulary import DETAIL, ERROR, FAST, FIRST_PASS, FIRST_STAGE, FLAGGED, MODEL, OK, SEVERITY
+from mmr5_batch.core.windows import SlidingWindowRanking, first_stage_order
+
+# A query's pass: "single" without a cascade; "first" then "detail" with one.
+SINGLE, FIRST, DETAIL_PASS = "single", "first", "detail"
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """The details-inspection cascade: a cheap first pass over the whole list, then the top again in detail."""
+
+    first_window: int  # candidates per prompt in the first pass (small images)
+    first_stride: int
+    detail_top: int  # how many of the first pass's best are reranked with the full budget
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a query's windows are laid out: the model's window and stride, the depth, the cascade."""
+
+    window: int
+    stride: int
+    top_k: int | None = None
+    cascade: Cascade | None = None
+
+
+@dataclass
+class QueryState:
+    row: dict[str, Any]
+    ranking: SlidingWindowRanking | None = None
+    stage: str = SINGLE
+    depth: int = 0  # positions reranked at all (top_k)
+    tail: list[int] = field(default_factory=list)  # the first pass's order below the detail pass's top
+    status: str = OK
+    error: str | None = None
+    windows: int = 0
+    image_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    forced_answers: int = 0
+    reasoning: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and self.ranking is not None and not self.ranking.done
+
+    @property
+    def image_field(self) -> str:
+        """Which prepared image the current pass shows: the small one in the cascade's first pass."""
+        return "first_image" if self.stage == FIRST else "image"
+
+    def fail(self, reason: str) -> None:
+        self.error = reason
+
+
+def candidate_ok(candidate: dict[str, Any]) -> bool:
+    return candidate["error"] is None
+
+
+def plan_query(row: dict[str, Any], plan: WindowPlan) -> QueryState:
+    """The starting state of one prepared row: no windows at all when the row carries an error."""
+    state = QueryState(row)
+    if row.get("error"):
+        state.error = row["error"]
+        return state
+    candidates = row["candidates"]
+    order = first_stage_order([candidate["score"] for candidate in candidates])
+    usable = [index for index in order if candidate_ok(candidates[index])]
+    state.depth = len(usable) if plan.top_k is None else min(plan.top_k, len(usable))
+    cascade = plan.cascade
+    if cascade is not None and state.depth > cascade.detail_top:
+        state.stage = FIRST
+        state.ranking = SlidingWindowRanking(usable, cascade.first_window, cascade.first_stride, rerank_depth=plan.top_k)
+    else:
+        state.ranking = SlidingWindowRanking(usable, plan.window, plan.stride, rerank_depth=plan.top_k)
+    return state
+
+
+def next_pass(state: QueryState, plan: WindowPlan) -> bool:
+    """After the cascade's first pass: rerank its top `detail_top` again with the full-budget images. False when done."""
+    if state.stage != FIRST or state.error is not None or plan.cascade is None or state.ranking is None:
+        return False
+    top = state.ranking.order[: plan.cascade.detail_top]
+    state.tail = state.ranking.order[plan.cascade.detail_top :]
+    state.ranking = SlidingWindowRanking(top, plan.window, plan.stride)
+    state.stage = DETAIL_PASS
+    return True
+
+
+def record(state: QueryState, indices: list[int], completion: Completion) -> None:
+    """Fold one window's completion into its query: counts, reasoning, status, new order."""
+    assert state.ranking is not None
+    state.windows += 1
+    tokens = "first_image_tokens" if state.stage == FIRST else "image_tokens"
+    state.image_tokens += sum(state.row["candidates"][index][tokens] or 0 for index in indices)
+    state.prompt_tokens += completion.prompt_tokens
+    state.generated_tokens += completion.generated_tokens
+    state.reasoning.append(completion.text)
+    if completion.error is not None:
+        state.error = f"window {state.windows}: {completion.error}"
+        return
+    if completion.id_scores is not None:
+        # Highest first-token score first; ties keep the current order.
+        scores = completion.id_scores
+        state.status = FAST
+        state.ranking.apply(sorted(range(len(indices)), key=lambda position: -scores[position]))
+        return
+    parsed = parse_ranking(completion.text, len(indices))
+    if SEVERITY[parsed.status] > SEVERITY[state.status]:
+        state.status = parsed.status
+    state.ranking.apply(parsed.order)
+
+
+def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
+    reranked = state.depth if state.windows else 0
+    if state.stage == DETAIL_PASS and state.ranking is not None:
+        detail = len(state.ranking.order)
+        labels = [DETAIL] * detail + [FIRST_PASS] * (reranked - detail)
+    else:
+        labels = [MODEL] * reranked
+    labels += [FIRST_STAGE] * (positions - flagged - len(labels))
+    return labels + [FLAGGED] * flagged
+
+
+def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool) -> ResultRow:
+    """The query's result: its final order, or an error with the reason (a dead letter)."""
+    row = state.row
+    candidates = row["candidates"] or []
+    first_stage = first_stage_order([candidate["score"] for candidate in candidates])
+    result = ResultRow(
+        query_id=row["query_id"],
+        first_stage_doc_ids=[candidates[index]["doc_id"] for index in first_stage],
+        first_stage_scores=[candidates[index]["score"] for index in first_stage],
+        candidate_image_tokens=[candidates[index]["image_tokens"] for index in first_stage],
+        windows=state.windows,
+        image_tokens=state.image_tokens,
+        prompt_tokens=state.prompt_tokens,
+        generated_tokens=state.generated_tokens,
+        forced_answers=state.forced_answers,
+        model=model_id,
+        run_id=run_id,
+        source_path=row.get(SOURCE_PATH),
+        query=row["query"],
+        reasoning=state.reasoning if keep_reasoning else None,
+    )
+    if state.error is not None or state.ranking is None:
+        return dataclasses.replace(result, status=ERROR, reason=state.error or "not ranked")
+    flagged = [index for index in first_stage if not candidate_ok(candidates[index])]
+    final = state.ranking.order + state.tail + flagged
+    # MM-R5 is listwise and gives no calibrated per-document score: the score
+    # is rank-derived, 1.0 for the top and falling evenly, so higher is better.
+    return dataclasses.replace(
+        result,
+        status=state.status,
+        doc_ids=[candidates[index]["doc_id"] for index in final],
+        scores=[(len(final) - position) / len(final) for position in range(len(final))],
+        flagged_doc_ids=[candidates[index]["doc_id"] for index in flagged],
+        decided_by=_decided_by(state, len(final), len(flagged)),
+        flag_reasons=[candidates[index]["error"] for index in flagged],
+    )

@@ -1,0 +1,156 @@
+"""One typed model per row kind at every stage boundary, and the Arrow schemas derived from them.
+
+Each model is a dataclass whose fields carry their Arrow type; `arrow_schema`
+and `struct_type` read the types from there, so a model and its schema cannot
+disagree. The row kinds, in the order data flows:
+
+- `InputRow` (grouped layout, one row per query) with `InputCandidate`s;
+  `PairRow` (pairs layout, one row per query-candidate), grouped before preparing;
+- `PreparedRow` with `PreparedCandidate`s: images fitted to their budget
+  (small JPEG bytes), bad candidates carrying a reason (the CPU stage's output);
+- `ResultRow`: one per query out of the model stage; `status == "error"` rows
+  become dead letters, the others ranked rows;
+- `DeadLetter`: what the dead-letter table keeps of an error row.
+
+Only plain Arrow columns cross stage boundaries: no PIL images, no tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+# The column Ray Data's `include_paths` adds, and its name in the outputs.
+READ_PATH = "path"
+SOURCE_PATH = "source_path"
+
+
+def column(arrow_type: pa.DataType, default: Any = None) -> Any:
+    """A dataclass field of the given Arrow type (None by default: every column is nullable)."""
+    return field(default=default, metadata={"arrow": arrow_type})
+
+
+def arrow_schema(model: type) -> pa.Schema:
+    """The Arrow schema of a row model: its fields in order, with their declared types."""
+    return pa.schema([pa.field(item.name, item.metadata["arrow"]) for item in dataclasses.fields(model)])
+
+
+def struct_type(model: type) -> pa.StructType:
+    return pa.struct(list(arrow_schema(model)))
+
+
+def to_table(rows: list[Any], model: type) -> pa.Table:
+    """Row models (or plain dicts with their fields) as a table of the model's schema."""
+    return pa.Table.from_pylist([row if isinstance(row, dict) else dataclasses.asdict(row) for row in rows], schema=arrow_schema(model))
+
+
+@dataclass
+class InputCandidate:
+    doc_id: str | None = column(pa.string())
+    image: bytes | None = column(pa.binary())  # the page image's bytes (JPEG, PNG, ...)
+    image_uri: str | None = column(pa.string())  # or where to read it (within the allowed prefixes)
+    text: str | None = column(pa.string())
+    score: float | None = column(pa.float64())  # first-stage score; higher is better
+
+
+CANDIDATE_TYPE = struct_type(InputCandidate)
+CANDIDATE_FIELDS = tuple(CANDIDATE_TYPE.names)
+
+
+@dataclass
+class InputRow:
+    query_id: str | None = column(pa.string())
+    query: str | None = column(pa.string())
+    candidates: list[dict[str, Any]] | None = column(pa.list_(CANDIDATE_TYPE))
+
+
+@dataclass
+class PairRow:
+    query_id: str | None = column(pa.string())
+    query: str | None = column(pa.string())
+    doc_id: str | None = column(pa.string())
+    image: bytes | None = column(pa.binary())
+    image_uri: str | None = column(pa.string())
+    text: str | None = column(pa.string())
+    score: float | None = column(pa.float64())
+
+
+GROUPED_INPUT_SCHEMA = arrow_schema(InputRow)
+PAIRS_INPUT_SCHEMA = arrow_schema(PairRow)
+
+
+@dataclass
+class PreparedCandidate:
+    doc_id: str | None = column(pa.string())
+    image: bytes | None = column(pa.binary())  # fitted to its budget, JPEG
+    image_tokens: int | None = column(pa.int32())
+    # The cascade's first-pass version (small budget); null without a cascade.
+    first_image: bytes | None = column(pa.binary())
+    first_image_tokens: int | None = column(pa.int32())
+    score: float | None = column(pa.float64())
+    error: str | None = column(pa.string())  # why the candidate has no usable image
+
+
+PREPARED_CANDIDATE_TYPE = struct_type(PreparedCandidate)
+
+
+@dataclass
+class PreparedRow:
+    query_id: str | None = column(pa.string())
+    query: str | None = column(pa.string())
+    source_path: str | None = column(pa.string())
+    error: str | None = column(pa.string())  # why the whole query cannot be reranked
+    candidates: list[dict[str, Any]] | None = column(pa.list_(PREPARED_CANDIDATE_TYPE))
+
+
+PREPARED_COLUMNS = arrow_schema(PreparedRow)
+
+
+@dataclass
+class ResultRow:
+    query_id: str | None = column(pa.string())
+    doc_ids: list[str] | None = column(pa.list_(pa.string()))  # the reranked order
+    scores: list[float] | None = column(pa.list_(pa.float64()))  # rank-derived, 1.0 for the top
+    first_stage_doc_ids: list[str] | None = column(pa.list_(pa.string()))
+    first_stage_scores: list[float] | None = column(pa.list_(pa.float64()))
+    # Image tokens each candidate was given, aligned with first_stage_doc_ids (0: not shown).
+    candidate_image_tokens: list[int] | None = column(pa.list_(pa.int32()))
+    status: str | None = column(pa.string())  # vocabulary.STATUSES
+    flagged_doc_ids: list[str] | None = column(pa.list_(pa.string()))
+    flag_reasons: list[str] | None = column(pa.list_(pa.string()))
+    decided_by: list[str] | None = column(pa.list_(pa.string()))  # per final position: vocabulary.DECIDED_BY
+    reasoning: list[str] | None = column(pa.list_(pa.string()))  # the model's output per window (opt-in)
+    windows: int | None = column(pa.int32())
+    image_tokens: int | None = column(pa.int64())
+    prompt_tokens: int | None = column(pa.int64())
+    generated_tokens: int | None = column(pa.int64())
+    # Windows whose reasoning hit the thinking budget and were made to answer.
+    forced_answers: int | None = column(pa.int32())
+    model: str | None = column(pa.string())
+    run_id: str | None = column(pa.string())
+    source_path: str | None = column(pa.string())
+    query: str | None = column(pa.string())
+    reason: str | None = column(pa.string())  # why the query is a dead letter (status error)
+
+
+RESULT_COLUMNS = arrow_schema(ResultRow)
+# Ranked rows leave out what only dead letters need.
+RANKED_DROP = ("query", "reason")
+
+
+@dataclass
+class DeadLetter:
+    query_id: str | None = column(pa.string())
+    status: str | None = column(pa.string())
+    reason: str | None = column(pa.string())
+    source_path: str | None = column(pa.string())
+    query: str | None = column(pa.string())
+    first_stage_doc_ids: list[str] | None = column(pa.list_(pa.string()))
+    run_id: str | None = column(pa.string())
+    model: str | None = column(pa.string())
+
+
+DEAD_LETTER_KEEP = tuple(arrow_schema(DeadLetter).names)

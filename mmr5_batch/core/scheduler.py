@@ -1,0 +1,159 @@
+"""The async window scheduler: every query walks its own windows, all of them sharing one engine.
+
+`rerank_queries_async` is plain Python over an `AsyncEngine`, tested without
+Ray: every query gets a window plan and walks it on its own, each answer
+parsed, repaired and applied before its next window is sent. Many windows are
+in flight at once; a batch engine gets all windows that are ready together
+(`BatchingEngine`), vLLM's async engine takes each as it comes and keeps
+decoding. The Ray actor, the Python API and the benchmarks all call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mmr5_batch.core.batching import BatchingEngine
+from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
+from mmr5_batch.core.prompt import build_messages
+from mmr5_batch.core.ranking import Cascade, QueryState, WindowPlan, next_pass, plan_query, record, result_row
+from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, THINK_CLOSE
+
+__all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async"]
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """Everything about how windows are asked and answered, beside the rows themselves."""
+
+    window: int
+    stride: int
+    sampling: SamplingSettings
+    model_id: str
+    run_id: str = ""
+    top_k: int | None = None
+    keep_reasoning: bool = False
+    # Reasoning cut at this many tokens gets a forced answer; None: only max_new_tokens caps it.
+    think_tokens: int | None = None
+    # A forced answer may only be a permutation of the window's ids (answer_constraint.py).
+    constrain_answer: bool = False
+    # "fast" ranks each window from one forward pass (first-token scores of the ids).
+    mode: str = "reasoning"
+    cascade: Cascade | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, run_id: str = "") -> RankingSettings:
+        """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
+        model, ranking, cascade = config.model, config.ranking, config.cascade
+        return cls(
+            window=ranking.window,
+            stride=ranking.stride,
+            sampling=SamplingSettings.from_model_config(model),
+            model_id=model.name,
+            run_id=run_id,
+            top_k=ranking.top_k,
+            keep_reasoning=ranking.keep_reasoning,
+            think_tokens=model.think_tokens,
+            constrain_answer=model.constrain_answer,
+            mode=ranking.mode,
+            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if cascade.enabled else None,
+        )
+
+    @property
+    def plan(self) -> WindowPlan:
+        return WindowPlan(self.window, self.stride, self.top_k, self.cascade)
+
+
+def forced_prefix(text: str, restart_answer: bool = False) -> str | None:
+    """What to append to a cut-off output so the model must answer next; None when it already answered.
+
+    An answer already begun is left to finish, or, with `restart_answer` (the
+    answer constraint, which starts from an empty list), started over.
+    """
+    if ANSWER_STOP in text:
+        return None
+    if ANSWER_OPEN in text:
+        if not restart_answer:
+            return text  # the answer began: let it finish
+        return text[: text.rfind(ANSWER_OPEN)] + ANSWER_LIST_OPEN
+    return text + (ANSWER_LIST_OPEN if THINK_CLOSE in text else FORCED_ANSWER)
+
+
+def answer_tokens(window: int) -> int:
+    """Tokens a forced answer may take: a bracketed list of `window` ids and the closing tag, with room."""
+    return max(32, 4 * window + 16)
+
+
+def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
+    candidates = state.row["candidates"]
+    return EngineRequest(
+        messages=build_messages(state.row["query"], len(window_indices)),
+        images=tuple(candidates[index][state.image_field] for index in window_indices),
+        sampling=sampling,
+    )
+
+
+async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, settings: RankingSettings) -> Completion:
+    """One window's completion; with a thinking budget, a cut-off reasoning gets a forced answer (optionally constrained)."""
+    sampling = settings.sampling
+    if settings.mode == FAST:
+        request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_ids=len(indices))
+        return await engine.generate_async(request)
+    if settings.think_tokens is None:
+        return await engine.generate_async(_request(state, indices, sampling))
+    cap = min(settings.think_tokens, sampling.max_new_tokens)
+    first = await engine.generate_async(_request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens))))
+    prefix = forced_prefix(first.text, settings.constrain_answer) if first.error is None and first.finish_reason == "length" else None
+    if prefix is None:
+        return first
+    # The prompt grows by the reasoning so far; vLLM's prefix cache keeps the prefill of the part it has seen.
+    request = replace(
+        _request(state, indices, replace(sampling, max_new_tokens=answer_tokens(len(indices)), min_new_tokens=0)),
+        assistant_prefix=prefix,
+        constrain_answer=len(indices) if settings.constrain_answer else 0,
+    )
+    second = await engine.generate_async(request)
+    state.forced_answers += 1
+    return Completion(
+        text=prefix + second.text,
+        finish_reason=second.finish_reason,
+        prompt_tokens=first.prompt_tokens + second.prompt_tokens,
+        image_tokens=first.image_tokens,
+        generated_tokens=first.generated_tokens + second.generated_tokens,
+        error=second.error,
+    )
+
+
+async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings) -> None:
+    # Each query walks its own windows: its next window goes to the engine as
+    # soon as its previous answer is back, not when the slowest query of the
+    # batch finishes its window.
+    while True:
+        while state.active:
+            assert state.ranking is not None
+            indices = state.ranking.current_window()
+            completion = await _window(state, indices, engine, settings)
+            record(state, indices, completion)
+        if not next_pass(state, settings.plan):
+            return
+
+
+async def rerank_queries_async(
+    rows: Sequence[dict[str, Any]], engine: AsyncEngine, settings: RankingSettings | None = None, **fields: Any
+) -> list[dict[str, Any]]:
+    """Rerank prepared rows (`rows.PreparedRow`); one result row (`rows.ResultRow` as a dict) per input row, in order.
+
+    The settings come as a `RankingSettings` or as its fields (`window=5, stride=3, ...`).
+    """
+    settings = settings or RankingSettings(**fields)
+    states = [plan_query(dict(row), settings.plan) for row in rows]
+    await asyncio.gather(*(_rank_one(state, engine, settings) for state in states))
+    return [dataclasses.asdict(result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning)) for state in states]
+
+
+def rerank_queries(rows: Sequence[dict[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any) -> list[dict[str, Any]]:
+    """`rerank_queries_async` over a batch engine, outside any event loop: each round's windows share one call."""
+    return asyncio.run(rerank_queries_async(rows, BatchingEngine(engine), settings, **fields))

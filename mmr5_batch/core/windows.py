@@ -1,0 +1,87 @@
+"""Window plans for lists longer than the model's window.
+
+MM-R5 was trained on 5 candidates per prompt, so longer lists are reranked
+with a sliding window that moves bottom-up, as RankGPT and RankLLM do it: the
+last `window` items first, then `stride` positions higher each round, so the
+best items bubble up to the top. Each round depends on the previous one of
+the same query, but rounds of different queries are independent, which is
+what lets the actor send one round of a whole batch to the engine at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """Bottom-up `[start, end)` windows covering positions 0..length-1.
+
+    The last window always starts at 0 and is full size, so the top of the
+    list is compared too (RankGPT's loop can skip it when the stride does not
+    divide evenly).
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2, got {window}")
+    if not 1 <= stride <= window - 1:
+        raise ValueError(f"stride must be between 1 and window-1 ({window - 1}), got {stride}")
+    if length <= 0:
+        return []
+    if length <= window:
+        return [(0, length)]
+    plan = []
+    end = length
+    while end - window > 0:
+        plan.append((end - window, end))
+        end -= stride
+    plan.append((0, window))
+    return plan
+
+
+def first_stage_order(scores: Sequence[float | None]) -> list[int]:
+    """Candidate indices by first-stage score, highest first; input order when any score is missing.
+
+    The sort is stable, so ties keep their input order.
+    """
+    if any(score is None for score in scores):
+        return list(range(len(scores)))
+    return sorted(range(len(scores)), key=lambda index: -float(scores[index] or 0.0))
+
+
+@dataclass
+class SlidingWindowRanking:
+    """The reranking state of one query: its current order and the windows still to run.
+
+    `order` holds candidate indices; only its first `rerank_depth` positions
+    are reranked (`--top-k`), the rest keep their first-stage order.
+    """
+
+    order: list[int]
+    window: int
+    stride: int
+    rerank_depth: int | None = None
+    windows: list[tuple[int, int]] = field(init=False)
+    rounds_done: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        depth = len(self.order) if self.rerank_depth is None else min(self.rerank_depth, len(self.order))
+        # A single candidate needs no model call: there is nothing to compare.
+        self.windows = sliding_windows(depth, self.window, self.stride) if depth >= 2 else []
+
+    @property
+    def done(self) -> bool:
+        return self.rounds_done >= len(self.windows)
+
+    def current_window(self) -> list[int]:
+        """Candidate indices of the next window, in their current order."""
+        start, end = self.windows[self.rounds_done]
+        return self.order[start:end]
+
+    def apply(self, window_order: Sequence[int]) -> None:
+        """Reorder the current window by `window_order`, a permutation of its positions."""
+        start, end = self.windows[self.rounds_done]
+        current = self.order[start:end]
+        if sorted(window_order) != list(range(len(current))):
+            raise ValueError(f"window order {list(window_order)} is not a permutation of {len(current)} positions")
+        self.order[start:end] = [current[position] for position in window_order]
+        self.rounds_done += 1

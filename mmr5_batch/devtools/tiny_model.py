@@ -1,0 +1,169 @@
+"""A tiny random-weights Qwen2.5-VL checkpoint, built offline in seconds.
+
+It has MM-R5's real architecture (Qwen2.5-VL: windowed ViT, patch merger,
+M-RoPE text decoder) at toy sizes, a byte-level BPE tokenizer carrying
+Qwen's special tokens, the official Qwen2.5-VL chat template and image
+processor settings, so everything that loads MM-R5 (transformers here, vLLM
+on a GPU machine) loads it too. Its answers are random: it exercises the
+machinery, not the ranking quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Qwen/Qwen2.5-VL-7B-Instruct, which MM-R5 keeps).
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen2.5's special tokens, in Qwen's id order (ids differ in the tiny vocab).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Qwen2.5-VL-7B's image processor settings (preprocessor_config.json).
+IMAGE_PROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2_5_VLProcessor",
+    "do_resize": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "do_convert_rgb": True,
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+}
+
+# Text the tokenizer learns its merges from: the prompt, the answer format and
+# common English, so prompts tokenize into a realistic number of pieces.
+_TRAINING_TEXT = (
+    "Please rank the following images according to their relevance to the question. "
+    "<think> reasoning </think><answer>[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]</answer> Image 1 Image 2 Image 3 "
+    "the of and to in is was for on that with as by at from it an be this which or are have has "
+    "page document report revenue table figure chart section summary total year quarter annual "
+    "what how when where who why does did show shows most relevant because question answer id "
+)
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    from mmr5_batch.core.prompt import QUESTION_TEMPLATE, SYSTEM_PROMPT
+
+    corpus = [SYSTEM_PROMPT, QUESTION_TEMPLATE, _TRAINING_TEXT] * 4
+    tokenizer.train_from_iterator(corpus, trainer)
+    return tokenizer
+
+
+def _tiny_config(backend: Any) -> Any:
+    """A Qwen2.5-VL config at toy sizes, its special token ids from the trained tokenizer."""
+    from transformers import Qwen2_5_VLConfig
+
+    token_id = backend.token_to_id
+    # Head dims of 32 keep every attention kernel vLLM ships usable; the M-RoPE
+    # sections must add up to half the text head dim.
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": backend.get_vocab_size(),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
+            "bos_token_id": token_id("<|endoftext|>"),
+            "eos_token_id": token_id("<|im_end|>"),
+            "pad_token_id": token_id("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "out_hidden_size": 128,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLForConditionalGeneration
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+
+    backend = _train_tokenizer(vocab_size)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={},
+    )
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output)
+    token_id = backend.token_to_id
+
+    config = _tiny_config(backend)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
+    model.generation_config.pad_token_id = token_id("<|endoftext|>")
+    model.save_pretrained(output)
+
+    (output / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR_CONFIG, indent=2))
+    return output

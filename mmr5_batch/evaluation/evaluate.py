@@ -1,0 +1,103 @@
+"""`mmr5-batch evaluate`: did reranking help? Metrics of the reranked and the first-stage order, side by side.
+
+Ray Data reads the run's ranked rows and dead letters and scores every query
+against the qrels in parallel (`score_batch`); the driver folds the
+per-query metrics into micro means, macro means over `--group-by` groups
+and a breakdown by row status. A dead letter is scored with its first-stage
+order for both columns (what a user falls back to), under status `error`.
+Queries in the qrels but not in the run score 0 in the micro means (the
+protocol scores every question) and are counted; they join no group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+
+from mmr5_batch.core.vocabulary import ERROR
+from mmr5_batch.evaluation.metrics import macro, micro, query_metrics
+from mmr5_batch.evaluation.qrels import Qrels, load_qrels
+from mmr5_batch.storage.filesystems import Storage, join
+
+ORDERS = ("first_stage", "reranked")
+NO_GROUP = "<none>"
+
+
+def score_batch(batch: pa.Table, qrels: Qrels, ks: Sequence[int], group_by: str | None) -> pa.Table:
+    """Ray Data UDF: one row of metrics per result row that has qrels."""
+    names = set(batch.column_names)
+    out: dict[str, list] = defaultdict(list)
+    for row in batch.to_pylist():
+        relevance = qrels.get(row["query_id"])
+        if relevance is None:
+            continue
+        first = row.get("first_stage_doc_ids") or []
+        reranked = row.get("doc_ids") if "doc_ids" in names and row.get("doc_ids") is not None else first
+        out["query_id"].append(row["query_id"])
+        out["status"].append(row.get("status") or ERROR)
+        out["group"].append(str(row.get(group_by)) if group_by and row.get(group_by) is not None else NO_GROUP)
+        for order, ranked in (("first_stage", first), ("reranked", reranked)):
+            for name, value in query_metrics(ranked, relevance, ks).items():
+                out[f"{order}:{name}"].append(value)
+    return pa.table(dict(out)) if out else pa.table({"query_id": pa.array([], pa.string())})
+
+
+def _split(row: dict[str, Any], order: str) -> dict[str, float]:
+    prefix = f"{order}:"
+    return {name[len(prefix) :]: value for name, value in row.items() if name.startswith(prefix)}
+
+
+def evaluate_run(run: str, qrels_uri: str, ks: Sequence[int] = (1, 3, 5, 10), group_by: str | None = None, storage: Storage | None = None) -> dict[str, Any]:
+    import ray
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    storage = storage or Storage()
+    qrels = load_qrels(qrels_uri, storage)
+    files = [uri for folder in ("ranked", "dead_letter") for uri in storage.list_files(join(run, folder), ".parquet")]
+    if not files:
+        raise FileNotFoundError(f"no results under {run} (ranked/ or dead_letter/)")
+    fs, _ = storage.filesystem(files[0])
+    paths = [storage.filesystem(uri)[1] for uri in files]
+    dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)))
+    scored = dataset.map_batches(partial(score_batch, qrels=qrels, ks=tuple(ks), group_by=group_by), batch_format="pyarrow")
+    rows = [row for batch in scored.iter_batches(batch_format="pyarrow") for row in pa.table(batch).to_pylist() if len(row) > 1]
+
+    seen = {row["query_id"] for row in rows}
+    missing = sorted(set(qrels) - seen)
+    zeros = {name: 0.0 for name in query_metrics([], {"x": 1}, ks)}
+    report: dict[str, Any] = {"run": run, "qrels": qrels_uri, "k": list(ks), "group_by": group_by, "queries": len(rows), "missing_from_run": len(missing)}
+    report["micro"] = {order: micro([_split(row, order) for row in rows] + [zeros] * len(missing)) for order in ORDERS}
+    if group_by:
+        report["macro"] = {order: macro((row["group"], _split(row, order)) for row in rows) for order in ORDERS}
+        report["groups"] = sorted({row["group"] for row in rows})
+    by_status: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_status[row["status"]].append(row)
+    report["by_status"] = {
+        status: {"queries": len(members), **{order: micro([_split(row, order) for row in members]) for order in ORDERS}}
+        for status, members in sorted(by_status.items())
+    }
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    ks = report["k"]
+    names = ["mrr", *[f"{metric}@{k}" for metric in ("recall", "ndcg", "hit") for k in ks]]
+    lines = [f"run {report['run']}  qrels {report['qrels']}", f"queries {report['queries']}, in qrels but not in the run {report['missing_from_run']}", ""]
+    scopes = [("micro", report["micro"])] + ([(f"macro over {report['group_by']}", report["macro"])] if "macro" in report else [])
+    for title, values in scopes:
+        lines += [f"| {title} | first stage | reranked | change |", "|---|---:|---:|---:|"]
+        for name in names:
+            before, after = values["first_stage"].get(name, 0.0), values["reranked"].get(name, 0.0)
+            lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+        lines.append("")
+    recall = [f"recall@{k}" for k in ks]
+    lines += ["| status | queries | " + " | ".join(f"{name} first / reranked" for name in recall) + " |", "|---|---:|" + "---:|" * len(recall)]
+    for status, values in report["by_status"].items():
+        cells = [f"{values['first_stage'].get(name, 0):.3f} / {values['reranked'].get(name, 0):.3f}" for name in recall]
+        lines.append(f"| {status} | {values['queries']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Counting what a run wrote: per-shard counters, the exactly-once readback, the failure rules and the run summary.
+
+Stats are data: every shard's counters have the same keys (`COUNTERS`), the
+write tasks return them per source shard, and the end of the run reads every
+processed shard's rows back to decide whether each query is there exactly
+once (then the shard goes into the ledger).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from mmr5_batch.core.rows import SOURCE_PATH
+from mmr5_batch.core.vocabulary import ERROR, STATUSES
+from mmr5_batch.storage.filesystems import join
+
+# Fixed counter names: the same keys in every shard's stats and the summary.
+COUNTERS = ("queries", *STATUSES, "candidates", "flagged_candidates", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
+# The result columns the counters read (dead letters lack some: they count as 0).
+COUNTED_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
+
+
+def count_row(counters: dict[str, int], row: dict[str, Any]) -> None:
+    """Add one result row to a shard's counters."""
+    counters["queries"] += 1
+    counters[row["status"]] += 1
+    counters["candidates"] += len(row.get("first_stage_doc_ids") or [])
+    counters["flagged_candidates"] += len(row.get("flagged_doc_ids") or [])
+    for name in ("windows", "image_tokens", "prompt_tokens", "generated_tokens"):
+        counters[name] += row.get(name) or 0
+
+
+def shard_counters(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Counters per source shard for a table of result rows."""
+    stats: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    for row in table.select([*COUNTED_COLUMNS, SOURCE_PATH]).to_pylist():
+        count_row(stats[row[SOURCE_PATH] or "<unknown>"], row)
+    return dict(stats)
+
+
+def merge_counters(parts: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    merged: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    for part in parts:
+        for shard, counters in part.items():
+            for name, value in counters.items():
+                merged[shard][name] += value
+    return dict(sorted(merged.items()))
+
+
+def totals(per_shard: dict[str, dict[str, int]]) -> dict[str, int]:
+    return merge_counters({"all": counters} for counters in per_shard.values()).get("all", dict.fromkeys(COUNTERS, 0))
+
+
+def shard_summary(shard: Any, written: pa.Table | None) -> dict[str, Any]:
+    """Counters for one shard (a `planner.ShardPlan`) over everything written for it, and whether every query is there once."""
+    counters = dict.fromkeys(COUNTERS, 0)
+    ids: Counter[str | None] = Counter()
+    if written is not None:
+        for row in written.to_pylist():
+            count_row(counters, row)
+            ids[row["query_id"]] += 1
+    # Only planner dead letters may repeat an id (duplicated rows, id-less rows).
+    repeated = sum(count - 1 for query_id, count in ids.items() if count > 1 and query_id not in shard.unaddressable)
+    return {
+        "shard": shard.uri,
+        "fingerprint": shard.fingerprint,
+        "expected_queries": shard.queries,
+        "written_queries": counters["queries"],
+        "repeated_queries": repeated,
+        "complete": counters["queries"] == shard.queries and repeated == 0,
+        "counters": counters,
+    }
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What this run did, as the summary reports it."""
+
+    this_run: dict[str, int]  # counters over the rows this run wrote
+    planner_letters: int  # dead letters the planner wrote itself
+    shard_stats: dict[str, dict[str, Any]]  # shard URI -> its readback summary
+
+    @property
+    def processed(self) -> int:
+        return self.this_run["queries"] + self.planner_letters
+
+    @property
+    def errors(self) -> int:
+        return self.this_run[ERROR] + self.planner_letters
+
+    @property
+    def incomplete(self) -> list[str]:
+        return sorted(uri for uri, stats in self.shard_stats.items() if not stats["complete"])
+
+
+def failures(outcome: RunOutcome, bad_shards: int, total_shards: int, limit: float, output: str) -> list[str]:
+    """Why the run counts as failed (`--max-error-rate`, shards not accounted for); empty when it did not."""
+    found = []
+    error_rate = outcome.errors / outcome.processed if outcome.processed else 0.0
+    if error_rate > limit:
+        found.append(
+            f"{outcome.errors} of {outcome.processed} queries ({error_rate:.1%}) ended as dead letters, above --max-error-rate {limit:.1%}; "
+            f"see {join(output, 'dead_letter')}"
+        )
+    bad_rate = bad_shards / total_shards if total_shards else 0.0
+    if bad_rate > limit:
+        found.append(f"{bad_shards} of {total_shards} shards could not be read ({bad_rate:.1%}), above --max-error-rate {limit:.1%}")
+    if outcome.incomplete:
+        found.append(f"{len(outcome.incomplete)} shard(s) not fully accounted for: {outcome.incomplete[:3]}")
+    return found
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

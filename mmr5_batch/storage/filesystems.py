@@ -1,0 +1,165 @@
+"""Filesystems for inputs, outputs and image URIs (any fsspec URI): shard listing, atomic writes, reads.
+
+Local paths and URIs (`s3://...`, `gs://...`, `file://...`) go through
+fsspec; pyarrow and Ray Data get the same filesystem wrapped. S3 settings
+come from the job config when set (`storage`), else from the standard AWS
+chain, `AWS_ENDPOINT_URL` included. A `Storage` holds those settings and is
+small and picklable, so every Ray task resolves filesystems the same way.
+Credentials live only in it: nothing here prints or writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from mmr5_batch.errors import error_line
+
+S3_PROTOCOLS = ("s3", "s3a")
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+class InputNotFound(FileNotFoundError):
+    """The input path does not exist, cannot be listed, or holds no Parquet shards."""
+
+
+def protocol_of(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[part.strip("/") for part in parts]])
+
+
+def is_hidden(name: str) -> bool:
+    """Files and folders starting with '.' or '_' are ours (temporaries, ledger), never data."""
+    return name.rsplit("/", 1)[-1].startswith((".", "_"))
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How to reach storage: s3fs options from the job config (empty: the AWS chain decides)."""
+
+    s3_options: dict[str, Any] = field(default_factory=dict)
+
+    def filesystem(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The fsspec filesystem of a URI and the path within it."""
+        if protocol_of(uri) in S3_PROTOCOLS:
+            # The output prefix changes while the job runs: a cached listing
+            # would hide the files written since (and make them unopenable).
+            return url_to_fs(uri, use_listings_cache=False, **self.s3_options)
+        return url_to_fs(uri)
+
+    def list_shards(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+        """The Parquet shards under `uri` (a file or a prefix), sorted; raises InputNotFound naming the problem."""
+        try:
+            fs, path = self.filesystem(uri)
+            if not fs.exists(path):
+                raise InputNotFound(f"input not found: {uri}")
+            if fs.isfile(path):
+                return fs, [path]
+            found = fs.find(path)
+        except InputNotFound:
+            raise
+        except Exception as error:  # missing bucket, bad or expired credentials, unreachable endpoint
+            raise InputNotFound(f"cannot list input {uri}: {error_line(error)}") from None
+        shards = sorted(name for name in found if name.endswith(".parquet") and not _under_hidden(name, path))
+        if not shards:
+            raise InputNotFound(f"no .parquet files under {uri}")
+        return fs, shards
+
+    def uri(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
+        """A filesystem path as the URI users know (s3://bucket/key; local paths stay paths)."""
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return path if protocol in LOCAL_PROTOCOLS else f"{protocol}://{path}"
+
+    def read_bytes(self, uri: str) -> bytes:
+        fs, path = self.filesystem(uri)
+        return fs.cat_file(path)
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self.filesystem(uri)
+        return fs.exists(path)
+
+    def remove(self, uri: str) -> None:
+        fs, path = self.filesystem(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def list_files(self, uri: str, suffix: str = "") -> list[str]:
+        """Visible files under a prefix (URIs), sorted; none when it does not exist."""
+        fs, path = self.filesystem(uri)
+        if not fs.exists(path):
+            return []
+        return sorted(self.uri(fs, name) for name in fs.find(path) if name.endswith(suffix) and not _under_hidden(name, path))
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write all of `data` or nothing: readers never see a partial file.
+
+        Object stores publish an object only when its upload completes; on
+        file systems we write a hidden temporary and rename it into place.
+        """
+        fs, path = self.filesystem(uri)
+        parent = path.rsplit("/", 1)[0]
+        if protocol_of(uri) in LOCAL_PROTOCOLS:
+            fs.makedirs(parent, exist_ok=True)
+            temporary = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}.tmp"
+            with fs.open(temporary, "wb") as handle:
+                handle.write(data)
+            fs.mv(temporary, path)
+        else:
+            with fs.open(path, "wb") as handle:
+                handle.write(data)
+
+    def write_text(self, uri: str, text: str) -> None:
+        self.write_bytes(uri, text.encode())
+
+    def write_json(self, uri: str, payload: Any) -> None:
+        self.write_text(uri, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def write_parquet(self, table: Any, uri: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        self.write_bytes(uri, buffer.getvalue().to_pybytes())
+
+    def read_parquet_columns(self, uris: Iterable[str], columns: Sequence[str]) -> Any:
+        """The given columns of several Parquet files as one table (None when there are no files).
+
+        A file lacking some of the columns contributes nulls for them.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = []
+        for uri in uris:
+            fs, path = self.filesystem(uri)
+            with fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                present = [name for name in columns if name in parquet.schema_arrow.names]
+                tables.append(parquet.read(columns=present))
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _under_hidden(name: str, root: str) -> bool:
+    return any(part.startswith((".", "_")) for part in name[len(root) :].split("/") if part)
+
+
+def fingerprint(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Size plus ETag (object stores) or modification time (file systems): changes when the shard changes."""
+    info = fs.info(path)
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return f"{info.get('size')}:{str(version).strip(chr(34))}"

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmr5_batch.core.parsing import parse_ranking
+from mmr5_batch.core.vocabulary import FALLBACK, OK, REPAIRED
+
+
+@pytest.mark.parametrize(
+    "text, n, order, status",
+    [
+        ("<think>x</think><answer>[3, 1, 2]</answer>", 3, [2, 0, 1], OK),
+        ("<think>x</think><answer>[ 2,\n 1 ,\n3 ]</answer>", 3, [1, 0, 2], OK),
+        ("<think>x</think><answer>[Image 3, Image 1, Image 2]</answer>", 3, [2, 0, 1], OK),
+        ("<think>never closed <answer>[2, 3, 1]</answer>", 3, [1, 2, 0], OK),
+        ("<think>x</think><answer>[2, 1, 3]</answer> and then some chatter [1]", 3, [1, 0, 2], OK),
+        # duplicates keep their first occurrence, the missing id is appended
+        ("<answer>[1, 1, 2]</answer>", 3, [0, 1, 2], REPAIRED),
+        ("<answer>[3, 3, 1]</answer>", 3, [2, 0, 1], REPAIRED),
+        # out of range (0 and 9) dropped, missing appended in input order
+        ("<answer>[0, 9, 2]</answer>", 3, [1, 0, 2], REPAIRED),
+        ("<answer>[3]</answer>", 4, [2, 0, 1, 3], REPAIRED),
+        # truncated answer used as far as it goes
+        ("<think>x</think><answer>[4, 2", 4, [3, 1, 0, 2], REPAIRED),
+        ("<think>only reasoning, no answer</think>", 3, [0, 1, 2], FALLBACK),
+        ("<answer>[id_most_relevant, id_second_relevant, ...]</answer>", 3, [0, 1, 2], FALLBACK),
+        ("<answer>[7, 8]</answer>", 3, [0, 1, 2], FALLBACK),
+        ("", 2, [0, 1], FALLBACK),
+        ("[2, 1]", 2, [0, 1], FALLBACK),
+    ],
+)
+def test_parse_cases(text, n, order, status):
+    assert parse_ranking(text, n) == (order, status)
+
+
+def test_last_usable_answer_block_wins():
+    # an example echoed in the reasoning, then a corrected final answer
+    text = "<think>e.g. <answer>[1, 2, 3]</answer> but no</think><answer>[3, 2, 1]</answer>"
+    assert parse_ranking(text, 3) == ([2, 1, 0], OK)
+    # a trailing block without ids does not override a real answer
+    assert parse_ranking("<answer>[2, 1]</answer> <answer>[]</answer>", 2) == ([1, 0], OK)
+
+
+def test_attribute_access():
+    parsed = parse_ranking("<answer>[2, 1]</answer>", 2)
+    assert parsed.order == [1, 0] and parsed.status == OK
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("<>/[]answerthink, 0123456789Image\n")), max_size=80), st.integers(0, 12))
+def test_any_text_gives_a_permutation(text, n):
+    order, status = parse_ranking(text, n)
+    assert sorted(order) == list(range(n))
+    assert status in (OK, REPAIRED, FALLBACK)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-3, 15), max_size=15), st.integers(1, 12), st.text(max_size=20))
+def test_any_answer_list_gives_a_permutation(ids, n, noise):
+    text = f"<think>{noise}</think><answer>[{', '.join(map(str, ids))}]</answer>{noise}"
+    order, status = parse_ranking(text, n)
+    assert sorted(order) == list(range(n))
+    valid_first = list(dict.fromkeys(i - 1 for i in ids if 1 <= i <= n))
+    assert order[: len(valid_first)] == valid_first
+    if sorted(ids) == list(range(1, n + 1)):
+        assert status == OK

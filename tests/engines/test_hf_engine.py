@@ -1,0 +1,155 @@
+"""The hf backend on the tiny offline Qwen2.5-VL: batched, left-padded generation on CPU."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mmr5_batch.config import ModelConfig
+from mmr5_batch.core.images import prepare_image
+from mmr5_batch.core.prompt import build_messages
+from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
+from mmr5_batch.engines.hf import HFEngine, expand_image_pads
+from tests.conftest import grey_jpeg
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return HFEngine.from_config(ModelConfig(name=tiny_model_dir, device="cpu", max_batch_size=4))
+
+
+def request(question, sizes, sampling):
+    images = tuple(prepare_image(grey_jpeg(90, size), 64).data for size in sizes)
+    return EngineRequest(build_messages(question, len(images)), images, sampling)
+
+
+def test_batched_generation_with_mixed_image_sizes(engine):
+    sampling = SamplingSettings(max_new_tokens=6, min_new_tokens=6)
+    requests = [
+        request("short?", [(120, 160), (300, 200)], sampling),
+        request("a much longer question about the third quarter revenue?", [(56, 56), (200, 500), (400, 400)], sampling),
+        request("q", [(280, 280)], sampling),
+    ]
+    completions = engine.generate(requests)
+    assert len(completions) == 3
+    for completion in completions:
+        assert completion.error is None
+        assert completion.generated_tokens == 6 and completion.finish_reason == "length"
+        assert completion.image_tokens > 0
+        assert completion.prompt_tokens > completion.image_tokens
+    # the engine's image-token count is the CPU stage's count
+    sizes = [(56, 56), (200, 500), (400, 400)]
+    assert completions[1].image_tokens == sum(prepare_image(grey_jpeg(90, size), 64).tokens for size in sizes)
+
+
+def test_batching_beyond_max_batch_size(engine):
+    sampling = SamplingSettings(max_new_tokens=2, min_new_tokens=2)
+    completions = engine.generate([request(f"q{i}", [(100, 100)], sampling) for i in range(6)])
+    assert [c.generated_tokens for c in completions] == [2] * 6
+
+
+def test_a_broken_request_fails_alone(engine):
+    sampling = SamplingSettings(max_new_tokens=2, min_new_tokens=2)
+    good = request("q", [(100, 100)], sampling)
+    broken = EngineRequest(build_messages("q", 2), (grey_jpeg(10),), sampling)  # 2 placeholders, 1 image
+    completions = engine.generate([good, broken, good])
+    assert [c.error is None for c in completions] == [True, False, True]
+    assert "engine rejected the request" in completions[1].error
+
+
+def test_expand_image_pads():
+    assert expand_image_pads("a<|image_pad|>b<|image_pad|>", [2, 1]) == "a<|image_pad|><|image_pad|>b<|image_pad|>"
+    with pytest.raises(ValueError):
+        expand_image_pads("a<|image_pad|>", [1, 2])
+
+
+def test_missing_model_is_an_actionable_error(tmp_path):
+    with pytest.raises(EngineUnavailable, match="cannot load model"):
+        HFEngine.from_config(ModelConfig(name=str(tmp_path / "missing"), device="cpu"))
+
+
+def test_thinking_budget_forces_an_answer_on_the_tiny_model(engine):
+    """Random weights never close their reasoning: every window hits the budget and gets a forced answer."""
+    from mmr5_batch.core.batching import BatchingEngine
+    from mmr5_batch.core.scheduler import rerank_queries_async
+
+    row = {
+        "query_id": "q",
+        "query": "which page?",
+        "source_path": "s",
+        "error": None,
+        "candidates": [
+            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(40 * i + 10), 16).data, "image_tokens": 16, "score": 1 - i / 10, "error": None}
+            for i in range(3)
+        ],
+    }
+    import asyncio
+
+    [result] = asyncio.run(
+        rerank_queries_async(
+            [row],
+            BatchingEngine(engine),
+            window=3,
+            stride=2,
+            top_k=None,
+            sampling=SamplingSettings(max_new_tokens=64, min_new_tokens=2),
+            model_id="m",
+            run_id="r",
+            keep_reasoning=True,
+            think_tokens=3,
+        )
+    )
+    assert result["forced_answers"] == 1 and result["windows"] == 1
+    [text] = result["reasoning"]
+    assert "</think><answer>[" in text or "<answer>[" in text
+    # 3 thinking tokens, then at most the forced answer's allowance
+    assert 3 < result["generated_tokens"] <= 3 + 32
+    assert sorted(result["doc_ids"]) == ["d0", "d1", "d2"]
+
+
+def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
+    """The one-pass scores equal the log-softmax of generate's first-step logits at the id tokens."""
+    import torch
+
+    from mmr5_batch.core.vocabulary import FAST_PREFIX
+
+    base = request("which page?", [(120, 160), (200, 100), (90, 90)], SamplingSettings())
+    scored = EngineRequest(base.messages, base.images, base.sampling, assistant_prefix=FAST_PREFIX, score_ids=3)
+    [completion] = engine.generate([scored])
+    assert completion.error is None and len(completion.id_scores) == 3 and completion.generated_tokens == 0
+    inputs, _ = engine._encode([scored])
+    with torch.inference_mode():
+        out = engine.model.generate(
+            **inputs, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=engine.tokenizer.pad_token_id
+        )
+    first = torch.log_softmax(out.scores[0][0].float(), dim=-1)
+    expected = [float(first[token]) for token in engine.id_token_ids(3)]
+    assert completion.id_scores == pytest.approx(expected, abs=1e-4)
+    assert engine.render(scored).endswith("<|im_start|>assistant\n" + FAST_PREFIX)
+
+
+def test_a_constrained_forced_answer_is_a_full_permutation_on_the_tiny_model(engine):
+    """Random weights write anything; constrained, the forced answer is a well-formed permutation every time."""
+    from mmr5_batch.core.parsing import parse_ranking
+    from mmr5_batch.core.scheduler import answer_tokens
+    from mmr5_batch.core.vocabulary import OK
+
+    prefix = "<think>the pages look alike</think><answer>["
+    sampling = SamplingSettings(max_new_tokens=answer_tokens(4))
+    requests = [replace(request(f"which page {number}?", [(120, 160)] * 4, sampling), assistant_prefix=prefix, constrain_answer=4) for number in range(3)]
+    free = replace(request("which page?", [(120, 160)] * 4, sampling), assistant_prefix=prefix)
+    *constrained, unconstrained = engine.generate([*requests, free])
+    for completion in constrained:
+        assert completion.text.endswith("]</answer>"), completion.text
+        assert parse_ranking(prefix + completion.text, 4).status == OK
+    # The same prompt without the constraint: random weights do not write an answer.
+    assert parse_ranking(prefix + unconstrained.text, 4).status != OK
+
+
+def test_requests_with_different_sampling_share_a_call_per_setting(engine):
+    short, long = SamplingSettings(max_new_tokens=2, min_new_tokens=2), SamplingSettings(max_new_tokens=5, min_new_tokens=5)
+    requests = [request("a?", [(64, 64)], short), request("b?", [(64, 64)], long), request("c?", [(64, 64)], short)]
+    completions = engine.generate(requests)
+    assert [completion.generated_tokens for completion in completions] == [2, 5, 2]
+    assert all(completion.error is None for completion in completions)

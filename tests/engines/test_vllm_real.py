@@ -1,0 +1,109 @@
+"""The real vLLM engine on the tiny checkpoint, alone and through the whole pipeline.
+
+Runs wherever vLLM is installed: on a GPU machine with vLLM's CUDA build,
+or on a CPU machine with its CPU build (`make test-vllm-cpu` builds that
+environment, `.venv-vllm-cpu`, and runs this module in it). Skipped in the
+main environment, which has no vLLM; tests/engines/test_vllm_engine.py checks
+the same requests there at the engine boundary.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm-cpu, or a GPU machine)")
+platforms = pytest.importorskip("vllm.platforms")
+torch = pytest.importorskip("torch")
+ON_CPU = platforms.current_platform.is_cpu()
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(), reason="vLLM's GPU build and no CUDA GPU visible"),
+]
+
+from mmr5_batch.config import load_config  # noqa: E402
+from mmr5_batch.core.images import prepare_image  # noqa: E402
+from mmr5_batch.core.prompt import build_messages  # noqa: E402
+from mmr5_batch.devtools.demo_data import write_demo_dataset  # noqa: E402
+from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
+from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine  # noqa: E402
+from mmr5_batch.job.runner import run_job  # noqa: E402
+from tests.conftest import grey_jpeg, read_folder  # noqa: E402
+
+
+def real_config(tiny_model_dir, tmp_path, **overrides):
+    values = {
+        "input": str(tmp_path / "in"),
+        "output": str(tmp_path / "out"),
+        "model.name": tiny_model_dir,
+        "model.backend": "vllm",
+        "model.max_new_tokens": 16,
+        "model.min_new_tokens": 4,
+        "images.image_tokens": 64,
+        # No graph capture or torch.compile: a minute less per engine start on CPU; passed through as given.
+        "model.engine_kwargs": {"enforce_eager": True},
+        **({"model.device": "cpu", "model.cpu_kv_cache_gib": 1} if ON_CPU else {"model.gpu_memory_utilization": 0.3}),
+        **overrides,
+    }
+    return load_config(None, values)
+
+
+def window_requests(count):
+    images = tuple(prepare_image(grey_jpeg(level, (200, 300)), 64).data for level in (30, 90, 150))
+    sampling = SamplingSettings(max_new_tokens=16, min_new_tokens=4)
+    return [EngineRequest(build_messages(f"question {i}?", 3), images, sampling) for i in range(count)]
+
+
+def test_tiny_model_generates_through_real_vllm(tiny_model_dir, tmp_path):
+    engine = VLLMEngine.from_config(real_config(tiny_model_dir, tmp_path))
+    try:
+        completions = engine.generate(window_requests(8))
+    finally:
+        engine.llm.llm_engine.engine_core.shutdown()  # now, not from an exit hook after pytest closed its streams
+    assert len(completions) == 8
+    image_tokens = 3 * prepare_image(grey_jpeg(1, (200, 300)), 64).tokens
+    for completion in completions:
+        assert completion.error is None
+        assert 4 <= completion.generated_tokens <= 16
+        assert completion.prompt_tokens > image_tokens
+
+
+def test_tiny_model_generates_through_real_async_vllm(tiny_model_dir, tmp_path):
+    import asyncio
+
+    engine = AsyncVLLMEngine.from_config(real_config(tiny_model_dir, tmp_path))
+
+    async def submit_all():
+        return await asyncio.gather(*(engine.generate_async(request) for request in window_requests(8)))
+
+    try:
+        completions = asyncio.run(submit_all())
+    finally:
+        engine.engine.shutdown()
+    assert [completion.error for completion in completions] == [None] * 8
+    assert all(4 <= completion.generated_tokens <= 16 for completion in completions)
+
+
+@pytest.mark.parametrize("vllm_engine", ["async", "offline"])
+def test_whole_pipeline_on_vllm(ray_session, tiny_model_dir, tmp_path, vllm_engine):
+    write_demo_dataset(tmp_path / "in", queries=8, candidates=6, shards=2)
+    summary = run_job(real_config(tiny_model_dir, tmp_path, **{"model.vllm_engine": vllm_engine}))
+    assert summary["totals"]["queries"] == 8 and summary["totals"]["error"] == 0
+    assert summary["totals"]["windows"] == 16
+
+
+def test_thinking_budget_constraint_and_fast_mode_on_real_vllm(ray_session, tiny_model_dir, tmp_path):
+    write_demo_dataset(tmp_path / "in", queries=4, candidates=5, shards=1)
+    forced = run_job(real_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "output": str(tmp_path / "forced")}))
+    assert forced["totals"]["queries"] == 4 and forced["totals"]["error"] == 0
+    # Two tokens cannot hold a reasoning and an answer: every window was made to answer.
+    assert [row["forced_answers"] for row in read_folder(tmp_path / "forced" / "ranked")] == [1] * 4
+    constrained = run_job(
+        real_config(tiny_model_dir, tmp_path, **{"model.think_tokens": 2, "model.constrain_answer": True, "output": str(tmp_path / "constrained")})
+    )
+    # Random weights, constrained by vLLM's structured outputs: every forced answer is a whole permutation.
+    assert constrained["totals"]["ok"] == 4
+    for row in read_folder(tmp_path / "constrained" / "ranked"):
+        assert row["forced_answers"] == 1 and sorted(row["doc_ids"]) == sorted(row["first_stage_doc_ids"])
+        assert row["decided_by"] == ["model"] * 5
+    fast = run_job(real_config(tiny_model_dir, tmp_path, **{"ranking.mode": "fast", "output": str(tmp_path / "fast")}))
+    assert fast["totals"]["fast"] == 4 and fast["totals"]["generated_tokens"] == 0

@@ -1,0 +1,39 @@
+"""`plan`: input checks and the cost table, without Ray or a model."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmr5_batch.cli.main import main
+from mmr5_batch.core.cost_model import H200, WindowCost, gpu_seconds
+from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
+
+
+def test_cost_model_grows_with_prompt_and_answer():
+    small = gpu_seconds(WindowCost(prompt_tokens=1500, image_tokens=1200, generated_tokens=400), H200)
+    assert gpu_seconds(WindowCost(14000, 13860, 400), H200) > 5 * small > 0
+    assert gpu_seconds(WindowCost(1500, 1200, 2000), H200) > small
+
+
+def test_plan_reports_bad_shards_and_prices_ours_against_the_reference(tmp_path, make_grey_jpeg, capsys):
+    page = make_grey_jpeg(120, (1240, 1754))  # A4 at 150 dpi
+    rows = [
+        {"query_id": f"q{i}", "query": "which?", "candidates": [{"doc_id": f"d{j}", "image": page, "score": 1 - j / 10} for j in range(5)]} for i in range(4)
+    ]
+    rows.append({"query_id": "q0", "query": "again", "candidates": rows[0]["candidates"]})
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=GROUPED_INPUT_SCHEMA), tmp_path / "in" / "a.parquet")
+    (tmp_path / "in" / "b.parquet").write_bytes(b"junk")
+    assert main(["plan", "--input", str(tmp_path / "in"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards"]["bad"] == 1 and "b.parquet: cannot read as Parquet" in next(iter(report["bad_shards"].values()))
+    assert report["queries"] == 5 and report["planner_dead_letters"] == 2 and report["candidates_per_query"] == 5
+    ours, reference = report["settings"]
+    assert reference["image_tokens_per_query"] == 5 * 2772
+    assert reference["image_tokens_per_query"] >= 4 * ours["image_tokens_per_query"]
+    assert ours["gpu_seconds_per_query"] < reference["gpu_seconds_per_query"]
+    assert main(["plan", "--input", str(tmp_path / "in")]) == 0
+    assert "| MM-R5 reference: pages near native size |" in capsys.readouterr().out

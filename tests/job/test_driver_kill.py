@@ -1,0 +1,79 @@
+"""A driver SIGKILLed mid-run (with the local Ray it started), then the same command again, on local files and on S3.
+
+The rerun must finish only the remaining work, and the output must hold every
+input query exactly once. This module starts no Ray of its own: each driver
+subprocess starts one (with the S3 environment, when used) and takes it down
+when killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mmr5_batch.devtools.demo_data import write_demo_dataset
+from tests.support.fault_support import QUERIES, assert_exactly_once, job_values, wait_for, written_rows
+
+
+@pytest.fixture(params=["local", "s3"])
+def prefixes(request, tmp_path):
+    """(input, output) URIs holding the demo shards: a local folder, or a bucket on the loopback S3 server."""
+    write_demo_dataset(tmp_path / "in", queries=QUERIES, candidates=4, shards=3)
+    if request.param == "local":
+        return str(tmp_path / "in"), str(tmp_path / "out")
+    request.getfixturevalue("s3_endpoint")
+    import boto3
+    import s3fs
+
+    boto3.client("s3").create_bucket(Bucket="driver-kill")
+    s3fs.S3FileSystem().put(str(tmp_path / "in") + "/", "driver-kill/in/", recursive=True)
+    return "s3://driver-kill/in/", "s3://driver-kill/out"
+
+
+def read_summary(output: str) -> dict:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(output)
+    fs.invalidate_cache()
+    return json.loads(fs.cat_file(f"{root}/summary.json"))
+
+
+def test_killing_the_driver_then_rerunning(tmp_path, prefixes):
+    """No shared Ray here: the driver subprocess starts its own, and dies with it."""
+    source, output = prefixes
+    values = job_values(tmp_path, input=source, output=output)
+    (tmp_path / "job.yaml").write_text(json.dumps(_nested(values)))
+    command = [sys.executable, "-m", "mmr5_batch.cli.main", "rerank", "--config", str(tmp_path / "job.yaml")]
+    environment = {**os.environ, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen(command, start_new_session=True, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: written_rows(output) or driver.poll() is not None, "the first results", timeout=240)
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    done_before = len(written_rows(output))
+    assert 0 < done_before < QUERIES
+
+    rerun = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_exactly_once(output)
+    summary = read_summary(output)
+    assert summary["totals"]["queries"] == QUERIES - done_before  # only the remaining work
+    assert summary["processed_shards_now_hold"]["queries"] == QUERIES
+
+
+def _nested(values: dict) -> dict:
+    tree: dict = {}
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

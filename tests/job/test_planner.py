@@ -1,0 +1,94 @@
+"""Planning and accounting without Ray: shard keys, settings fingerprints, dropping done rows, planner dead letters."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+
+from mmr5_batch.config import load_config, public_dump
+from mmr5_batch.core.layouts import PAIRS
+from mmr5_batch.core.rows import DEAD_LETTER_KEEP
+from mmr5_batch.job.accounting import shard_summary
+from mmr5_batch.job.dead_letters import unaddressable_dead_letters
+from mmr5_batch.job.ledger import describe_difference, job_fingerprint, shard_key
+from mmr5_batch.job.planner import ShardPlan, _mark_unaddressable, drop_rows
+
+
+def test_shard_keys_are_stable_readable_and_distinct():
+    root = "bucket/in"
+    key = shard_key(root, "bucket/in/2026/11/part-0001.parquet")
+    assert key.startswith("2026__11__part-0001-") and key == shard_key(root, "bucket/in/2026/11/part-0001.parquet")
+    # "a/b" and "a__b" flatten alike; the hash of the full path keeps them apart.
+    assert shard_key(root, "bucket/in/a/b.parquet") != shard_key(root, "bucket/in/a__b.parquet")
+    assert shard_key("bucket/in/x.parquet", "bucket/in/x.parquet").startswith("x-")
+    assert "/" not in shard_key(root, "bucket/in/we ird/na:me.parquet")
+
+
+def test_fingerprint_changes_with_result_settings_only():
+    def fingerprint(**overrides):
+        return job_fingerprint(public_dump(load_config(None, {"input": "in", "output": "out", **overrides})))
+
+    base = fingerprint()
+    assert fingerprint(**{"execution.actors": 8, "execution.batch_size": 64}) == base
+    other = fingerprint(**{"images.image_tokens": 512})
+    assert other["digest"] != base["digest"]
+    assert describe_difference(base, other) == "images.image_tokens: 1024 -> 512"
+
+
+def test_done_rows_are_dropped_per_shard():
+    batch = pa.table({"path": ["a", "a", "b", "a"], "query_id": ["q1", "q2", "q1", None]})
+    kept = drop_rows(batch, {"a": frozenset({"q1", None})})
+    assert kept.to_pydict() == {"path": ["a", "b"], "query_id": ["q2", "q1"]}
+    assert drop_rows(batch, {}) is batch
+
+
+def grouped(query_id, docs=("d1", "d2"), extra="x"):
+    return {"query_id": query_id, "query": "q", "candidates": [{"doc_id": d, "score": 1.0 - i / 10} for i, d in enumerate(docs)], "domain": extra}
+
+
+def test_repeated_and_missing_ids_become_one_dead_letter_per_row():
+    a = ShardPlan("a", "s3://b/a", "a-1", "f", query_ids=["dup", "ok", None])
+    b = ShardPlan("b", "s3://b/b", "b-1", "f", query_ids=["dup", "fine"])
+    _mark_unaddressable([a, b], "grouped")
+    assert set(a.unaddressable) == {"dup", None} and set(b.unaddressable) == {"dup"}
+    table = pa.Table.from_pylist([grouped("dup"), grouped("ok"), grouped(None)])
+    letters = unaddressable_dead_letters(a, table, "run", "model").to_pylist()
+    assert [(l["query_id"], l["reason"]) for l in letters] == [
+        ("dup", "query_id appears 2 times in the input; none of them is reranked"),
+        (None, "missing query_id"),
+    ]
+    assert list(letters[0])[: len(DEAD_LETTER_KEEP)] == list(DEAD_LETTER_KEEP)
+    assert letters[0]["source_path"] == "s3://b/a" and letters[0]["first_stage_doc_ids"] == ["d1", "d2"] and letters[0]["domain"] == "x"
+
+
+def test_pairs_query_spread_over_shards_is_one_dead_letter_per_shard():
+    a = ShardPlan("a", "s3://b/a", "a-1", "f", layout=PAIRS, query_ids=["q", "q", "solo"])
+    b = ShardPlan("b", "s3://b/b", "b-1", "f", layout=PAIRS, query_ids=["q"])
+    _mark_unaddressable([a, b], PAIRS)
+    assert "spread over 2 shards" in a.unaddressable["q"] and "solo" not in a.unaddressable
+    rows = [{"query_id": "q", "query": "t", "doc_id": d, "score": s} for d, s in (("low", 0.1), ("high", 0.9))]
+    [letter] = unaddressable_dead_letters(
+        a, pa.Table.from_pylist([*rows, {"query_id": "solo", "query": "t", "doc_id": "x", "score": 1.0}]), "r", "m"
+    ).to_pylist()
+    assert letter["query_id"] == "q" and letter["first_stage_doc_ids"] == ["high", "low"]
+    assert a.queries == 2  # q and solo
+
+
+def test_a_shard_is_complete_when_every_query_is_written_once():
+    shard = ShardPlan("a", "a", "a-1", "f", query_ids=["q1", "q2", "dup", "dup"], unaddressable={"dup": "repeated"})
+    written = pa.table(
+        {
+            "query_id": ["q1", "q2", "dup", "dup"],
+            "status": ["ok", "error", "error", "error"],
+            "first_stage_doc_ids": [["a", "b"], ["a"], [], []],
+            "windows": [1, None, None, None],
+        }
+    )
+    stats = shard_summary(shard, written)
+    assert stats["complete"] and stats["counters"]["queries"] == 4 and stats["counters"]["error"] == 3
+    assert stats["counters"]["candidates"] == 3 and stats["counters"]["windows"] == 1
+    twice = pa.concat_tables([written, written.slice(0, 1)])
+    assert shard_summary(shard, twice)["repeated_queries"] == 1 and not shard_summary(shard, twice)["complete"]
+    assert not shard_summary(shard, written.slice(0, 3))["complete"]
+    assert Counter(shard.query_ids)["dup"] == 2
