@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from mmr5_batch.api.inputs import candidate_rows
 from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.core.engine_protocol import AsyncEngine
-from mmr5_batch.core.preparation import PrepareSettings, prepare_row
+from mmr5_batch.core.preparation import PrepareSettings, prepare_row_safely
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.errors import QueryFailed
@@ -143,7 +143,7 @@ class Reranker:
         for index, item in enumerate(queries):
             query_id, query, candidates = _unpack(item, index)
             rows, fetched = candidate_rows(candidates, self.storage)
-            prepared.append(prepare_row({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched))
+            prepared.append(prepare_row_safely({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched))
             given.append([row["doc_id"] for row in rows])
         settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
         results = self._run(rerank_queries_async(prepared, self.engine, settings))

@@ -30,6 +30,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     for reason in summary["bad_shards"].values():
         lines.append(f"  bad shard: {reason}")
+    ignored = summary.get("ignored_files") or {}
+    if ignored.get("count"):
+        lines.append(f"ignored {ignored['count']} file(s) that are not data ('_' or '.' names, not .parquet): {', '.join(ignored['first'][:5])}")
     if summary["planner_dead_letters"]:
         lines.append(f"dead letters from planning (missing or repeated query_id): {summary['planner_dead_letters']}")
     return "\n".join(lines)

@@ -8,9 +8,11 @@ exactly-once job takes a `JobConfig`, which is one too.
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import re
 import uuid
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmr5_batch.config.sections import (
     CascadeConfig,
@@ -24,6 +26,22 @@ from mmr5_batch.config.sections import (
 )
 from mmr5_batch.core.images import MIN_IMAGE_TOKENS
 from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _segments(uri: str) -> tuple[str, ...]:
+    """A path or URI as comparable segments: local paths made absolute and normalised, URIs split after the scheme."""
+    if "://" in uri and not uri.startswith("file://"):
+        scheme, rest = uri.split("://", 1)
+        return (scheme.lower() + "://", *[part for part in rest.split("/") if part])
+    path = os.path.normpath(os.path.abspath(uri.removeprefix("file://")))
+    return tuple(part for part in path.split("/") if part)
+
+
+def _within(inner: str, outer: str) -> bool:
+    inner_parts, outer_parts = _segments(inner), _segments(outer)
+    return inner_parts[: len(outer_parts)] == outer_parts
 
 
 class RerankerConfig(Section):
@@ -62,6 +80,20 @@ class JobConfig(RerankerConfig):
         ),
     )
     relabel: RelabelConfig = Field(default_factory=RelabelConfig, description="Per-candidate rows for relabeling (off by default).")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_a_name(cls, run_id: str | None) -> str | None:
+        # It names files and folders under the output prefix: no separators, no dot segments, no newlines.
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"{run_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return run_id
+
+    @model_validator(mode="after")
+    def _output_outside_input(self) -> JobConfig:
+        if self.input and self.output and _within(self.output, self.input):
+            raise ValueError(f"output {self.output!r} is the input or inside it: the next run would read its own results as input")
+        return self
 
     def with_run_id(self) -> JobConfig:
         if self.run_id:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
 
@@ -110,12 +110,24 @@ class ImageConfig(Section):
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the shrunk images sent to the model.")
     allowed_uri_prefixes: list[str] = Field(
         default_factory=list,
-        description="URI prefixes candidates' image_uri may point into (e.g. 's3://bucket/pages/'); none are allowed by default.",
+        description=(
+            "URI prefixes candidates' image_uri may point into (e.g. 's3://bucket/pages/'); none are allowed by default. "
+            "Compared on whole, decoded path segments, with scheme, host and port exactly (README: Security)."
+        ),
     )
     fetch_concurrency: int = Field(8, ge=1, description="image_uri fetches in flight at once per CPU task.")
     fetch_retries: int = Field(
         3, ge=0, description="Retries of an image_uri fetch after a transient error (connection, timeout, throttling); none for missing or forbidden."
     )
+
+    @field_validator("allowed_uri_prefixes")
+    @classmethod
+    def _prefixes_name_a_host(cls, prefixes: list[str]) -> list[str]:
+        for prefix in prefixes:
+            scheme, separator, rest = prefix.partition("://")
+            if separator and scheme.lower() != "file" and not rest.split("/", 1)[0]:
+                raise ValueError(f"{prefix!r} names no bucket or host: give one, e.g. '{scheme}://bucket/pages/' (a prefix admits one host)")
+        return prefixes
 
 
 class StorageConfig(Section):

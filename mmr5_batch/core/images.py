@@ -66,7 +66,7 @@ def fit_to_token_budget(width: int, height: int, max_tokens: int) -> FittedSize:
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     if max(width, height) / min(width, height) > PAD_RATIO:
-        raise ImageError(f"image {width}x{height}: aspect ratio above {PAD_RATIO} (pad it first: pad_to_ratio)")
+        raise ImageError(f"image {width}x{height}: aspect ratio above {PAD_RATIO} (fit its padded_size instead)")
     scale = min(1.0, math.sqrt(max_tokens * GRID * GRID / (width * height)))
     new_width, new_height = _on_grid(width * scale), _on_grid(height * scale)
     while image_tokens(new_width, new_height) > max_tokens:  # flooring both sides rarely overshoots; guard anyway
@@ -75,16 +75,22 @@ def fit_to_token_budget(width: int, height: int, max_tokens: int) -> FittedSize:
         else:
             new_height -= GRID
     if image_tokens(new_width, new_height) < MIN_IMAGE_TOKENS:
-        # Tiny images go up to the model's minimum, keeping the aspect ratio roughly.
-        new_height, new_width = smart_resize(
-            height, width, factor=GRID, min_pixels=MIN_IMAGE_TOKENS * GRID * GRID, max_pixels=max(MIN_IMAGE_TOKENS, max_tokens) * GRID * GRID
-        )
+        new_width, new_height = _smallest_allowed(width, height, max_tokens)
     # The processor keeps a size that is on its grid and within its bounds: confirm with its own math.
-    assert smart_resize(new_height, new_width, factor=GRID, min_pixels=MIN_IMAGE_TOKENS * GRID * GRID, max_pixels=max_tokens * GRID * GRID) == (
-        new_height,
-        new_width,
-    )
+    kept = smart_resize(new_height, new_width, factor=GRID, min_pixels=MIN_IMAGE_TOKENS * GRID * GRID, max_pixels=max_tokens * GRID * GRID)
+    if kept != (new_height, new_width):
+        raise ImageError(f"image {width}x{height}: no size within {max_tokens} tokens that the processor keeps (it makes {kept[1]}x{kept[0]})")
     return FittedSize(new_width, new_height)
+
+
+def _smallest_allowed(width: int, height: int, max_tokens: int) -> tuple[int, int]:
+    """For tiny images or budgets: the grid size of at least the model's minimum tokens (and at most the budget)
+    closest to the picture's aspect ratio, the smaller on a tie. (smart_resize's own answer can fall below
+    the minimum, which the processor would then enlarge past the budget.)"""
+    most = max(MIN_IMAGE_TOKENS, min(max_tokens, 2 * MIN_IMAGE_TOKENS))
+    shapes = [(across, down) for across in range(1, most + 1) for down in range(1, most + 1) if MIN_IMAGE_TOKENS <= across * down <= most]
+    across, down = min(shapes, key=lambda shape: (abs(math.log(shape[0] / shape[1]) - math.log(width / height)), shape[0] * shape[1]))
+    return across * GRID, down * GRID
 
 
 def _on_grid(length: float) -> int:
@@ -97,7 +103,7 @@ PAD_RATIO = MAX_ASPECT_RATIO // 2 - 1
 
 
 def padded_size(width: int, height: int, max_ratio: int = PAD_RATIO) -> tuple[int, int]:
-    """The size of a picture after `pad_to_ratio`: unchanged unless it is a strip longer than `max_ratio`:1."""
+    """The size of a picture padded with white to at most `max_ratio`:1: unchanged unless it is a strip longer than that."""
     if max(width, height) / max(1, min(width, height)) <= max_ratio:
         return width, height
     if width > height:
@@ -105,13 +111,19 @@ def padded_size(width: int, height: int, max_ratio: int = PAD_RATIO) -> tuple[in
     return math.ceil(height / max_ratio), height
 
 
-def pad_to_ratio(picture: Image.Image, max_ratio: int = PAD_RATIO) -> Image.Image:
-    """A very long or tall strip padded with white so that the processor accepts it (the content is kept whole)."""
-    size = padded_size(*picture.size, max_ratio=max_ratio)
-    if size == picture.size:
-        return picture
-    canvas = Image.new(picture.mode, size, "white")
-    canvas.paste(picture, (0, 0))
+def _strip_on_canvas(strip: Image.Image, padded: tuple[int, int], max_tokens: int) -> Image.Image:
+    """A strip longer than PAD_RATIO:1, shrunk and padded straight to its fit within `max_tokens`.
+
+    Padding at full size first would cost the padded area: a 1 x 150,000 px
+    strip (a few hundred bytes of PNG) padded to 98:1 is 150,000 x 1,531 px,
+    0.7 GB of RGB. Shrinking the strip first keeps every step within the
+    output's size (plus the source's own pixels).
+    """
+    target = fit_to_token_budget(padded[0], padded[1], max_tokens)
+    scale = min(target.width / padded[0], target.height / padded[1])
+    shrunk = strip.resize((max(1, round(strip.width * scale)), max(1, round(strip.height * scale))), Image.Resampling.BOX)
+    canvas = Image.new(strip.mode, (target.width, target.height), "white")
+    canvas.paste(shrunk, (0, 0))
     return canvas
 
 
@@ -189,7 +201,9 @@ def decode_for(data: bytes, max_tokens: int) -> tuple[np.ndarray, tuple[int, int
                         return pixels, full_size
                 if source.width >= 2 * target.width and source.height >= 2 * target.height:
                     source.draft("RGB", (target.width, target.height))  # 1/2, 1/4 or 1/8 scale
-            picture = pad_to_ratio(source.convert("L" if grey else "RGB"))
+            picture = source.convert("L" if grey else "RGB")
+            if full_size != source.size:
+                picture = _strip_on_canvas(picture, full_size, max_tokens)
             pixels = np.asarray(picture)
             return (pixels[:, :, None] if grey else pixels), full_size
     except ImageError:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, RESULT_COLUMNS
+from mmr5_batch.core.arrow_types import type_problem
+from mmr5_batch.core.rows import CANDIDATE_FIELDS, GROUPED_INPUT_SCHEMA, PAIRS_INPUT_SCHEMA, READ_PATH, RESULT_COLUMNS
 
 GROUPED = "grouped"
 PAIRS = "pairs"
@@ -66,3 +67,36 @@ def append_passthrough(table: pa.Table, source: pa.Table, own: set[str] | frozen
         if name not in own:
             table = table.append_column(source.schema.field(name), source.column(name))
     return table
+
+
+# A candidate needs a doc_id and one of image / image_uri (detect_layout checks which); the rest may be absent.
+OPTIONAL_CANDIDATE_FIELDS = frozenset({"image", "image_uri", "text", "score"})
+
+
+def layout_schema(layout: str) -> pa.Schema:
+    return GROUPED_INPUT_SCHEMA if layout == GROUPED else PAIRS_INPUT_SCHEMA
+
+
+def input_type_problem(schema: pa.Schema, layout: str, shard: str) -> str | None:
+    """Why a shard's own columns cannot be read losslessly as the layout's input schema, or None."""
+    for field in layout_schema(layout):
+        if field.name not in schema.names:
+            continue  # optional pairs columns; required ones were checked by detect_layout
+        problem = type_problem(schema.field(field.name).type, field.type, field.name, OPTIONAL_CANDIDATE_FIELDS, integers_as_strings=True)
+        if problem:
+            return f"{shard}: {problem}"
+    return None
+
+
+def passthrough_problem(name: str, actual: pa.DataType, canonical: pa.DataType) -> str | None:
+    """Why a passthrough column of type `actual` cannot be read as the run's type for it without loss, or None."""
+    if pa.types.is_null(actual) or pa.types.is_null(canonical):
+        return None
+    if type_problem(actual, canonical, name) or type_problem(canonical, actual, name):
+        return f"passthrough column '{name}' is {actual} here but {canonical} in the other shards"
+    return None
+
+
+def run_schema(layout: str, passthrough: dict[str, pa.DataType]) -> pa.Schema:
+    """The one schema every shard of a run is read as: the layout's columns, then the passthrough columns."""
+    return pa.schema([*layout_schema(layout), *(pa.field(name, arrow_type) for name, arrow_type in passthrough.items())])

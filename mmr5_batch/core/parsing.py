@@ -1,20 +1,30 @@
-"""Turning a model answer into a ranking, whatever the model wrote.
+"""Turning a model answer into a ranking, whatever the model wrote; nothing here raises on any text.
 
 `parse_ranking(text, n)` always returns a permutation of range(n) and a
-status: `ok` when the answer was a well-formed permutation, `repaired` when an
-answer was found but needed fixing, `fallback` when no usable answer was found
+status: `ok` when the answer was a well-formed permutation, `repaired` when a
+ranking was found but needed fixing, `fallback` when no ranking was found
 (the input order is kept). Ids in the answer are 1-based, as in the prompt.
 
-Which answer wins when there are several `<answer>` blocks: the LAST block
-that names at least one id in range. Models that restate or correct
-themselves end with their final word, and an example answer echoed inside the
-reasoning (`[id_most_relevant, ...]`) names no ids, so it never wins.
+Which answer counts, as MM-R5's RL reward and its script read it (they take
+the first `<answer>[...]</answer>` after the reasoning):
 
-Tolerated: whitespace and newlines inside the list, ids written `Image 3` or
-`id 3`, a missing `</think>`, a missing `</answer>` or `]` (a truncated
-answer is used as far as it goes), text after the answer. MM-R5's own
-script keeps duplicate ids (so `[1,1,2]` of 3 gives 4 entries); here only the
-first occurrence of an id counts.
+1. the FIRST complete answer outside the reasoning: an `<answer>` block after
+   `</think>` (or anywhere when there is no `<think>`; a `<think>` never
+   closed ends at the first `<answer>`) whose content is a ranking list
+   closed by `]` naming at least one id in range;
+2. else the first such block whose list was cut off (no `]`: the output hit
+   its token limit), used as far as it goes (`repaired`);
+3. else `fallback`. Answers inside the reasoning (an example the model
+   echoes, a draft it revises) never count.
+
+A ranking list is `[3, 1, 2]`: items separated by commas, each an id, or
+`Image 3` / `id 3` / `image id 3`; whitespace and newlines anywhere. A list
+with any other item (`[id_most_relevant, ...]`, words) is not a ranking,
+and neither is prose ("of the 3 images, 2 is best"): prose is a fallback.
+Duplicates keep their first occurrence, out-of-range ids (0, 9, a run of a
+thousand digits) are dropped, missing ids are appended in input order
+(MM-R5's own script keeps duplicates, so `[1,1,2]` of 3 gives 4 entries;
+here it is a permutation, status `repaired`).
 """
 
 from __future__ import annotations
@@ -22,11 +32,16 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from mmr5_batch.core.vocabulary import ANSWER_CLOSE, ANSWER_OPEN, FALLBACK, OK, REPAIRED
+from mmr5_batch.core.vocabulary import ANSWER_CLOSE, ANSWER_OPEN, FALLBACK, OK, REPAIRED, THINK_CLOSE, THINK_OPEN
 
 _ANSWER_OPEN = re.compile(re.escape(ANSWER_OPEN), re.IGNORECASE)
 _ANSWER_CLOSE = re.compile(re.escape(ANSWER_CLOSE), re.IGNORECASE)
-_INTEGER = re.compile(r"-?\d+")
+_THINK_OPEN = re.compile(re.escape(THINK_OPEN), re.IGNORECASE)
+_THINK_CLOSE = re.compile(re.escape(THINK_CLOSE), re.IGNORECASE)
+# One list item: an id, optionally written "Image 3", "id 3", "image id 3", "#3".
+_ITEM = re.compile(r"\s*(?:image\s*id|image|id)?\s*#?\s*(-?\d+)\s*", re.IGNORECASE)
+# Ids longer than this are out of range for any window (and never reach int()).
+_MAX_ID_DIGITS = 6
 
 
 class ParsedRanking(NamedTuple):
@@ -36,24 +51,53 @@ class ParsedRanking(NamedTuple):
     status: str
 
 
+def _outside_reasoning(text: str) -> int:
+    """Where the reasoning ends: after the first `</think>`; at the first `<answer>` when `<think>` is never closed; 0 without `<think>`."""
+    opened = _THINK_OPEN.search(text)
+    if opened is None:
+        return 0
+    closed = _THINK_CLOSE.search(text, opened.end())
+    if closed is not None:
+        return closed.end()
+    answer = _ANSWER_OPEN.search(text, opened.end())
+    return answer.start() if answer is not None else len(text)
+
+
 def answer_blocks(text: str) -> list[str]:
-    """The contents of every `<answer>` block, in order; an unclosed block runs to the next one or the end."""
-    starts = [m.end() for m in _ANSWER_OPEN.finditer(text)]
+    """The contents of every `<answer>` block after the reasoning, in order; an unclosed block runs to the next one or the end."""
+    text = text[_outside_reasoning(text) :]
+    starts = [match.end() for match in _ANSWER_OPEN.finditer(text)]
     blocks = []
-    for i, start in enumerate(starts):
-        limit = starts[i + 1] if i + 1 < len(starts) else len(text)
+    for index, start in enumerate(starts):
+        limit = starts[index + 1] if index + 1 < len(starts) else len(text)
         close = _ANSWER_CLOSE.search(text, start, limit)
         blocks.append(text[start : close.start() if close else limit])
     return blocks
 
 
-def answer_ids(block: str) -> list[int]:
-    """The integers of an answer block's list, in written order (1-based as written)."""
-    open_bracket = block.find("[")
-    if open_bracket >= 0:
-        close_bracket = block.find("]", open_bracket)
-        block = block[open_bracket + 1 : close_bracket if close_bracket >= 0 else len(block)]
-    return [int(token) for token in _INTEGER.findall(block)]
+def ranking_list(block: str) -> tuple[list[int], bool] | None:
+    """The 1-based ids of a block's ranking list and whether the list was closed; None when the block holds no ranking list.
+
+    An id too long to be in range becomes 0 (dropped by the repair), so no text reaches int() with thousands of digits.
+    """
+    stripped = block.strip()
+    if not stripped.startswith("["):
+        return None
+    close = stripped.find("]")
+    inner = stripped[1:close] if close >= 0 else stripped[1:]
+    if close >= 0 and stripped[close + 1 :].strip():
+        return None  # words after the list: prose that happens to start with a bracket
+    items = inner.split(",")
+    if items and not items[-1].strip() and (close < 0 or len(items) > 1):
+        items = items[:-1]  # a trailing comma, or a list cut off right after one
+    ids = []
+    for item in items:
+        match = _ITEM.fullmatch(item)
+        if match is None:
+            return None
+        digits = match.group(1).lstrip("-")
+        ids.append(0 if match.group(1).startswith("-") or len(digits) > _MAX_ID_DIGITS else int(digits))
+    return ids, close >= 0
 
 
 def repair_order(ids: list[int], n: int) -> ParsedRanking:
@@ -74,8 +118,16 @@ def parse_ranking(text: str, n: int) -> ParsedRanking:
     """The ranking a model answer gives over `n` candidates (see the module docstring for the rules)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    for block in reversed(answer_blocks(text or "")):
-        ids = answer_ids(block)
-        if any(1 <= candidate_id <= n for candidate_id in ids):
+    truncated = None
+    for block in answer_blocks(text or ""):
+        found = ranking_list(block)
+        if found is None or not any(1 <= candidate_id <= n for candidate_id in found[0]):
+            continue
+        ids, closed = found
+        if closed:
             return repair_order(ids, n)
+        if truncated is None:
+            truncated = ids
+    if truncated is not None:
+        return ParsedRanking(repair_order(truncated, n).order, REPAIRED)
     return ParsedRanking(list(range(n)), FALLBACK)

@@ -20,6 +20,7 @@ from mmr5_batch.core.budgets import candidate_budgets
 from mmr5_batch.core.images import ImageError, prepare_images
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
 from mmr5_batch.core.windows import first_stage_order
+from mmr5_batch.errors import error_line
 
 # image_uri -> its bytes, or the reason it could not be read.
 Fetched = Mapping[str, "bytes | str"]
@@ -93,6 +94,9 @@ def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSe
         return "empty query (or conflicting query texts for one query_id in the pairs layout)"
     if not candidates:
         return "no candidates"
+    nulls = [position for position, candidate in enumerate(candidates, 1) if not isinstance(candidate, Mapping)]
+    if nulls:
+        return f"candidate(s) {nulls} are null"
     doc_ids = [candidate.get("doc_id") for candidate in candidates]
     missing = [position for position, doc_id in enumerate(doc_ids, 1) if not doc_id]
     if missing:
@@ -121,7 +125,7 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
             error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
     if error is not None:
         # Keep the first-stage list (without images) so the dead letter says what was asked.
-        prepared = [{"doc_id": c.get("doc_id"), "score": c.get("score"), "error": None} | _NO_IMAGE for c in candidates]
+        prepared = [{"doc_id": c.get("doc_id"), "score": c.get("score"), "error": None} | _NO_IMAGE for c in candidates if isinstance(c, Mapping)]
     return {
         "query_id": row.get("query_id"),
         "query": row.get("query"),
@@ -129,6 +133,20 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
         "error": error,
         "candidates": prepared,
     }
+
+
+def prepare_row_safely(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None) -> dict[str, Any]:
+    """`prepare_row`, with anything unforeseen in the row turned into that row's reason instead of the batch's failure."""
+    try:
+        return prepare_row(row, settings, fetched)
+    except Exception as error:
+        return {
+            "query_id": row.get("query_id") if isinstance(row.get("query_id"), str) else None,
+            "query": row.get("query") if isinstance(row.get("query"), str) else None,
+            SOURCE_PATH: row.get(READ_PATH),
+            "error": f"cannot prepare the row: {error_line(error)}",
+            "candidates": [],
+        }
 
 
 def uris_to_fetch(rows: Sequence[Mapping[str, Any]]) -> list[str]:

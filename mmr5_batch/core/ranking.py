@@ -140,7 +140,7 @@ def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
     return labels + [FLAGGED] * flagged
 
 
-def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool) -> ResultRow:
+def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool, backend: str = "") -> ResultRow:
     """The query's result: its final order, or an error with the reason (a dead letter)."""
     row = state.row
     candidates = row["candidates"] or []
@@ -156,6 +156,7 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
         generated_tokens=state.generated_tokens,
         forced_answers=state.forced_answers,
         model=model_id,
+        backend=backend or None,
         run_id=run_id,
         source_path=row.get(SOURCE_PATH),
         query=row["query"],

@@ -130,6 +130,8 @@ class ResultRow:
     # Windows whose reasoning hit the thinking budget and were made to answer.
     forced_answers: int | None = column(pa.int32())
     model: str | None = column(pa.string())
+    # Which engine ran the model: hf, vllm, or scripted-test (no model: plumbing tests).
+    backend: str | None = column(pa.string())
     run_id: str | None = column(pa.string())
     source_path: str | None = column(pa.string())
     query: str | None = column(pa.string())
@@ -151,6 +153,7 @@ class DeadLetter:
     first_stage_doc_ids: list[str] | None = column(pa.list_(pa.string()))
     run_id: str | None = column(pa.string())
     model: str | None = column(pa.string())
+    backend: str | None = column(pa.string())
 
 
 DEAD_LETTER_KEEP = tuple(arrow_schema(DeadLetter).names)

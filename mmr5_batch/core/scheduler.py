@@ -21,6 +21,7 @@ from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, Eng
 from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.core.ranking import Cascade, QueryState, WindowPlan, next_pass, plan_query, record, result_row
 from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, THINK_CLOSE
+from mmr5_batch.errors import error_line
 
 __all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async"]
 
@@ -34,6 +35,7 @@ class RankingSettings:
     sampling: SamplingSettings
     model_id: str
     run_id: str = ""
+    backend: str = ""
     top_k: int | None = None
     keep_reasoning: bool = False
     # Reasoning cut at this many tokens gets a forced answer; None: only max_new_tokens caps it.
@@ -53,6 +55,7 @@ class RankingSettings:
             stride=ranking.stride,
             sampling=SamplingSettings.from_model_config(model),
             model_id=model.name,
+            backend=model.backend,
             run_id=run_id,
             top_k=ranking.top_k,
             keep_reasoning=ranking.keep_reasoning,
@@ -87,6 +90,21 @@ def answer_tokens(window: int) -> int:
     return max(32, 4 * window + 16)
 
 
+class _EngineCallFailed(Exception):
+    """An exception raised by the engine call itself (not by handling one query's answer)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _generate(engine: AsyncEngine, request: EngineRequest) -> Completion:
+    try:
+        return await engine.generate_async(request)
+    except Exception as error:
+        raise _EngineCallFailed(error) from error
+
+
 def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
     candidates = state.row["candidates"]
     return EngineRequest(
@@ -101,11 +119,11 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
     sampling = settings.sampling
     if settings.mode == FAST:
         request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_ids=len(indices))
-        return await engine.generate_async(request)
+        return await _generate(engine, request)
     if settings.think_tokens is None:
-        return await engine.generate_async(_request(state, indices, sampling))
+        return await _generate(engine, _request(state, indices, sampling))
     cap = min(settings.think_tokens, sampling.max_new_tokens)
-    first = await engine.generate_async(_request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens))))
+    first = await _generate(engine, _request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens))))
     prefix = forced_prefix(first.text, settings.constrain_answer) if first.error is None and first.finish_reason == "length" else None
     if prefix is None:
         return first
@@ -115,7 +133,7 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
         assistant_prefix=prefix,
         constrain_answer=len(indices) if settings.constrain_answer else 0,
     )
-    second = await engine.generate_async(request)
+    second = await _generate(engine, request)
     state.forced_answers += 1
     return Completion(
         text=prefix + second.text,
@@ -131,14 +149,22 @@ async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSet
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window.
-    while True:
-        while state.active:
-            assert state.ranking is not None
-            indices = state.ranking.current_window()
-            completion = await _window(state, indices, engine, settings)
-            record(state, indices, completion)
-        if not next_pass(state, settings.plan):
-            return
+    window = 0
+    try:
+        while True:
+            while state.active:
+                assert state.ranking is not None
+                window += 1
+                indices = state.ranking.current_window()
+                completion = await _window(state, indices, engine, settings)
+                record(state, indices, completion)
+            if not next_pass(state, settings.plan):
+                return
+    except _EngineCallFailed as failed:
+        # The engine itself broke: every query of the batch is affected, so the batch fails and Ray retries it.
+        raise failed.error from None
+    except Exception as error:  # anything else is about this query: its dead letter, not the batch's failure
+        state.fail(f"window {window}: {error_line(error)}")
 
 
 async def rerank_queries_async(
@@ -151,7 +177,7 @@ async def rerank_queries_async(
     settings = settings or RankingSettings(**fields)
     states = [plan_query(dict(row), settings.plan) for row in rows]
     await asyncio.gather(*(_rank_one(state, engine, settings) for state in states))
-    return [dataclasses.asdict(result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning)) for state in states]
+    return [dataclasses.asdict(result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning, settings.backend)) for state in states]
 
 
 def rerank_queries(rows: Sequence[dict[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any) -> list[dict[str, Any]]:

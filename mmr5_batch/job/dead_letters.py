@@ -25,7 +25,7 @@ from mmr5_batch.storage.filesystems import join
 UNADDRESSABLE_FILE = "part-unaddressable.parquet"
 
 
-def unaddressable_dead_letters(shard: ShardPlan, table: pa.Table, run_id: str, model: str) -> pa.Table:
+def unaddressable_dead_letters(shard: ShardPlan, table: pa.Table, run_id: str, model: str, backend: str = "") -> pa.Table:
     """Dead letters for a shard's unaddressable rows: one per row (grouped), one per query_id (pairs)."""
     ids = table["query_id"].to_pylist()
     keep = [(query_id if query_id and query_id.strip() else None) in shard.unaddressable for query_id in ids]
@@ -36,16 +36,18 @@ def unaddressable_dead_letters(shard: ShardPlan, table: pa.Table, run_id: str, m
             query_id = row["query_id"] if row["query_id"] and row["query_id"].strip() else None
             # Pair rows without an id cannot be grouped: each is its own dead letter.
             grouped[(query_id, len(grouped)) if query_id is None else query_id].append(row)
-        letters = [_letter(group[0], [r.get("doc_id") for r in group], [r.get("score") for r in group], shard, run_id, model) for group in grouped.values()]
+        letters = [
+            _letter(group[0], [r.get("doc_id") for r in group], [r.get("score") for r in group], shard, run_id, model, backend) for group in grouped.values()
+        ]
     else:
         letters = []
         for row in rows:
-            candidates = row.get("candidates") or []
-            letters.append(_letter(row, [c.get("doc_id") for c in candidates], [c.get("score") for c in candidates], shard, run_id, model))
+            candidates = [candidate for candidate in row.get("candidates") or [] if candidate]
+            letters.append(_letter(row, [c.get("doc_id") for c in candidates], [c.get("score") for c in candidates], shard, run_id, model, backend))
     return pa.Table.from_pylist(letters)
 
 
-def _letter(row: dict, doc_ids: list, scores: list, shard: ShardPlan, run_id: str, model: str) -> dict:
+def _letter(row: dict, doc_ids: list, scores: list, shard: ShardPlan, run_id: str, model: str, backend: str) -> dict:
     query_id = row.get("query_id") if row.get("query_id") and row["query_id"].strip() else None
     own = {"query_id", "query", "candidates", *CANDIDATE_FIELDS}
     letter = DeadLetter(
@@ -57,12 +59,13 @@ def _letter(row: dict, doc_ids: list, scores: list, shard: ShardPlan, run_id: st
         first_stage_doc_ids=[doc_ids[index] for index in first_stage_order(scores)],
         run_id=run_id,
         model=model,
+        backend=backend or None,
     )
     # Passthrough columns follow the dead letter's own.
     return dataclasses.asdict(letter) | {name: value for name, value in row.items() if name not in own}
 
 
-def write_unaddressable(plan: InputPlan, state: OutputState, run_id: str, model: str) -> int:
+def write_unaddressable(plan: InputPlan, state: OutputState, run_id: str, model: str, backend: str = "") -> int:
     """Write each shard's planner dead letters once (a rerun finds the file and leaves it); rows written."""
     written = 0
     for shard in plan.to_run:
@@ -73,7 +76,7 @@ def write_unaddressable(plan: InputPlan, state: OutputState, run_id: str, model:
             continue
         with plan.filesystem.open(shard.path, "rb") as handle:
             table = pq.read_table(handle)
-        letters = unaddressable_dead_letters(shard, table, run_id, model)
+        letters = unaddressable_dead_letters(shard, table, run_id, model, backend)
         state.storage.write_parquet(letters, uri)
         written += letters.num_rows
     return written

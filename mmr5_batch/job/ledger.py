@@ -6,6 +6,10 @@ whole or not at all, so the query_ids written for a shard are exactly the
 queries of that shard that are done, whatever killed the previous run. A run
 reads them and processes only the rest.
 
+Before a shard's first row is written, `_ledger/started/<shard key>.json`
+records which content (fingerprint) is being processed: a shard rewritten
+between a crash and the resume has its old rows deleted and starts over.
+
 The ledger (`_ledger/shards/<shard key>.json`) records shards whose every
 query is written, with the shard's fingerprint (size plus ETag or mtime): a
 later run over the same prefix skips them without reading them, and
@@ -16,12 +20,16 @@ settings into the same prefix is refused, since its rows would mix with these.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+
+import pyarrow as pa
 
 from mmr5_batch.evaluation.relabel import PAIRS_FOLDER
 from mmr5_batch.storage.filesystems import Storage, join
@@ -43,7 +51,9 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
         "input": public_config["input"],
         "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")}
         # Only when on, so that outputs written before the setting existed keep their fingerprint.
-        | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {}),
+        | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {})
+        # hf and vLLM run the same model; the scripted test engine is no model, its rows never mix with a model's.
+        | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {}),
         "ranking": public_config["ranking"],
         "cascade": public_config["cascade"],
         "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
@@ -90,6 +100,7 @@ class OutputState:
     def forget_shard(self, key: str) -> None:
         """Delete a shard's ledger entry first, then its rows: a crash in between leaves rows a rerun finds and keeps."""
         self.storage.remove(join(self.output, LEDGER, "shards", f"{key}.json"))
+        self.storage.remove(join(self.output, LEDGER, "started", f"{key}.json"))
         for name in (*RESULT_FOLDERS, PAIRS_FOLDER):
             self.storage.remove(self.folder(name, key))
 
@@ -113,6 +124,34 @@ class OutputState:
     def written_ids(self, key: str) -> Counter[str]:
         table = self.written(key)
         return Counter(table["query_id"].to_pylist()) if table is not None else Counter()
+
+    def check_writable(self) -> None:
+        """Write and remove a probe object, so an output that cannot take writes fails before any work."""
+        probe = join(self.output, LEDGER, f".probe-{uuid.uuid4().hex[:8]}")
+        self.storage.write_text(probe, "probe\n")
+        self.storage.remove(probe)
+
+    def mark_started(self, key: str, fingerprint: str) -> None:
+        """Record which content of a shard this run processes, before any of its rows are written."""
+        self.storage.write_json(join(self.output, LEDGER, "started", f"{key}.json"), {"fingerprint": fingerprint})
+
+    def started_fingerprint(self, key: str) -> str | None:
+        """The fingerprint an earlier, unfinished run processed this shard with (None: no such run)."""
+        if not self.output:
+            return None
+        uri = join(self.output, LEDGER, "started", f"{key}.json")
+        return self.storage.read_json(uri).get("fingerprint") if self.storage.exists(uri) else None
+
+    def passthrough_types(self) -> pa.Schema | None:
+        """The passthrough columns' types established by earlier runs into this prefix (Arrow IPC, base64)."""
+        uri = join(self.output, LEDGER, "passthrough_schema.json")
+        if not self.output or not self.storage.exists(uri):
+            return None
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.storage.read_json(uri)["arrow_ipc"])))
+
+    def record_passthrough_types(self, schema: pa.Schema) -> None:
+        encoded = base64.b64encode(schema.serialize().to_pybytes()).decode()
+        self.storage.write_json(join(self.output, LEDGER, "passthrough_schema.json"), {"columns": [str(field) for field in schema], "arrow_ipc": encoded})
 
     def job(self) -> dict[str, Any] | None:
         uri = join(self.output, LEDGER, "job.json")

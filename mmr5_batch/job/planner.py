@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmr5_batch.core.layouts import GROUPED, InputSchemaError, detect_layout
-from mmr5_batch.core.rows import READ_PATH
+from mmr5_batch.core.arrow_types import conform_array
+from mmr5_batch.core.layouts import GROUPED, InputSchemaError, detect_layout, input_type_problem, passthrough_problem, run_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.ledger import OutputState, shard_key
 from mmr5_batch.storage.filesystems import InputNotFound, Storage, fingerprint
@@ -39,6 +39,7 @@ class ShardPlan:
     query_ids: list[str | None] = field(default_factory=list)  # one per row (grouped) or per pair row (pairs)
     done: Counter[str] = field(default_factory=Counter)  # query_id -> result rows already written
     unaddressable: dict[str | None, str] = field(default_factory=dict)  # query_id -> why it is dead-lettered by the planner
+    schema: pa.Schema | None = None  # the file's own schema (read as the run's schema, `InputPlan.schema`)
 
     @property
     def queries(self) -> int:
@@ -60,6 +61,8 @@ class InputPlan:
     skipped: list[ShardPlan]  # done in an earlier run and unchanged
     changed: list[ShardPlan]  # in the ledger with another fingerprint: old rows deleted, reprocessed
     bad: dict[str, str]  # shard URI -> why it was skipped
+    schema: pa.Schema = field(default_factory=lambda: pa.schema([]))  # what every shard is read as (its own columns cast losslessly)
+    ignored: list[str] = field(default_factory=list)  # files under the input that are not data ('_' or '.' names, not .parquet)
 
     @property
     def shards(self) -> int:
@@ -71,22 +74,51 @@ def _inspect(fs: Any, shard: ShardPlan) -> str | None:
     try:
         with fs.open(shard.path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
-            shard.layout = detect_layout(parquet.schema_arrow, shard.uri).layout
+            shard.schema = parquet.schema_arrow
+            shard.layout = detect_layout(shard.schema, shard.uri).layout
+            problem = input_type_problem(shard.schema, shard.layout, shard.uri)
+            if problem:
+                return problem
             ids = parquet.read(columns=["query_id"])["query_id"]
     except InputSchemaError as error:
         return str(error)
     except Exception as error:  # not Parquet, truncated, unreadable
         return f"{shard.uri}: cannot read as Parquet: {error_line(error)}"
-    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
-        return f"{shard.uri}: column query_id must be a string, got {ids.type}"
-    shard.query_ids = [value if value and value.strip() else None for value in ids.to_pylist()]
+    values = conform_array(ids.combine_chunks(), pa.string()).to_pylist()  # integer ids read as strings
+    shard.query_ids = [value if value and value.strip() else None for value in values]
     return None
+
+
+def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], established: pa.Schema | None = None) -> pa.Schema:
+    """One schema for the run: the layout's columns and each passthrough column's type (as earlier runs into the
+    output wrote it, else the type in most shards); a shard
+    whose passthrough column cannot be read as that type losslessly moves to `bad`."""
+    seen: dict[str, Counter[pa.DataType]] = defaultdict(Counter)
+    for shard in to_run:
+        assert shard.schema is not None
+        for name in detect_layout(shard.schema, shard.uri).passthrough:
+            seen[name][shard.schema.field(name).type] += 1
+    # Each column's type in most shards (the first seen among equals); all-null columns have no say.
+    canonical = {name: max(types, key=lambda arrow_type: (not pa.types.is_null(arrow_type), types[arrow_type])) for name, types in seen.items()}
+    # Types earlier runs into this output wrote stand: their shards are not read again to vote.
+    for column in established or []:
+        if not pa.types.is_null(column.type):
+            canonical[column.name] = column.type
+    for shard in list(to_run):
+        assert shard.schema is not None
+        for name in detect_layout(shard.schema, shard.uri).passthrough:
+            problem = passthrough_problem(name, shard.schema.field(name).type, canonical[name])
+            if problem:
+                bad[shard.uri] = f"{shard.uri}: {problem}"
+                to_run.remove(shard)
+                break
+    return run_schema(layout, canonical)
 
 
 def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     """The shards and rows this run processes; raises JobError when nothing can run at all."""
     try:
-        fs, paths = storage.list_shards(config.input)
+        fs, paths, ignored = storage.list_input(config.input)
     except InputNotFound as error:
         raise JobError(str(error)) from None
     _, root = storage.filesystem(config.input)
@@ -100,6 +132,11 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
         entry = None if config.overwrite else state.ledger_entry(shard.key)
         if entry is not None and entry.get("fingerprint") == shard.fingerprint:
             return shard, None, entry
+        if entry is None and not config.overwrite:
+            started = state.started_fingerprint(shard.key)
+            if started is not None and started != shard.fingerprint:
+                # Rewritten since an interrupted run began it: its rows are of the old content.
+                entry = {"fingerprint": started}
         return shard, _inspect(fs, shard), entry
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -123,6 +160,7 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     for shard in [shard for shard in to_run if shard.layout != layout]:
         bad[shard.uri] = f"{shard.uri}: uses the {shard.layout} layout while the other shards use {layout}"
         to_run.remove(shard)
+    schema = _run_schema(to_run, layout, bad, None if config.overwrite else _reading_output(state, state.passthrough_types))
     if not to_run and not skipped:
         raise JobError("no readable shard: " + "; ".join(bad.values()))
 
@@ -135,7 +173,7 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
             )
             for shard, done in zip(to_run, written):
                 shard.done = done
-    return InputPlan(root, fs, layout, to_run, skipped, [shard for shard in to_run if shard.path in changed_paths], bad)
+    return InputPlan(root, fs, layout, to_run, skipped, [shard for shard in to_run if shard.path in changed_paths], bad, schema, ignored)
 
 
 def _reading_output(state: OutputState, read: Any) -> Any:
@@ -173,24 +211,6 @@ def _mark_unaddressable(shards: list[ShardPlan], layout: str) -> None:
                     )
 
 
-def rows_to_drop(plan: InputPlan) -> dict[str, frozenset[str | None]]:
-    """Per shard path, the query_ids the pipeline must not process: done already, or dead-lettered by the planner."""
-    drop = {}
-    for shard in plan.to_run:
-        ids = frozenset(shard.done) | frozenset(shard.unaddressable)
-        if ids:
-            drop[shard.path] = ids
-    return drop
-
-
-def drop_rows(batch: pa.Table, drop: dict[str, frozenset[str | None]]) -> pa.Table:
-    """Ray Data UDF: remove rows whose (path, query_id) is in `drop` (missing ids count as None)."""
-    if not drop or batch.num_rows == 0:
-        return batch
-    paths = batch[READ_PATH].to_pylist()
-    ids = batch["query_id"].to_pylist()
-    keep = []
-    for path, query_id in zip(paths, ids):
-        query_id = query_id if query_id and query_id.strip() else None
-        keep.append(query_id not in drop.get(path, ()))
-    return batch.filter(pa.array(keep, type=pa.bool_()))
+def rows_to_drop(shard: ShardPlan) -> frozenset[str | None]:
+    """The query_ids of a shard the pipeline must not process: done already, or dead-lettered by the planner."""
+    return frozenset(shard.done) | frozenset(shard.unaddressable)

@@ -7,8 +7,8 @@ problem that stops everything (no input, no readable shard, an output
 prefix holding another job's results, no GPU) stops the job with one line
 (`JobError`) before the output prefix changes. Then:
 
-    read_parquet (with source paths) -> drop rows already done
-    -> the rerank step (stages/step.py: prepare, rerank)
+    read the shards (shard_reader.py: each as the run's schema, rows already
+    done dropped) -> the rerank step (stages/step.py: prepare, rerank)
     -> write (datasink: ranked rows and dead letters per source shard)
 
 and finally every processed shard's written rows are read back and counted:
@@ -21,15 +21,18 @@ import logging
 import os
 import time
 import uuid
-from functools import partial
 from typing import Any
 
+import pyarrow as pa
+
 from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config, public_dump
+from mmr5_batch.core.layouts import layout_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.accounting import COUNTED_COLUMNS, COUNTERS, RunOutcome, failures, merge_counters, now_iso, shard_summary, totals
 from mmr5_batch.job.dead_letters import write_unaddressable
 from mmr5_batch.job.ledger import OutputState, describe_difference, job_fingerprint
-from mmr5_batch.job.planner import InputPlan, ShardPlan, drop_rows, plan_input, rows_to_drop
+from mmr5_batch.job.planner import InputPlan, plan_input
+from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
 from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors
@@ -53,31 +56,26 @@ def check_same_job(state: OutputState, fingerprint: dict[str, Any], overwrite: b
         )
 
 
-def _has_work(shard: ShardPlan) -> bool:
-    """Rows of the shard neither written already nor dead-lettered by the planner."""
-    skip = set(shard.done) | set(shard.unaddressable)
-    return any((query_id not in skip) for query_id in shard.query_ids)
-
-
 def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, placement: ActorPlacement) -> RerankOutputDatasink:
-    import ray
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
     relabel = config.relabel
     pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
     sink = RerankOutputDatasink(config.output, attempt, shards, storage, pairs)
     # A shard whose every query is written (or dead-lettered by the planner) is not read at all.
-    paths = [shard.path for shard in plan.to_run if _has_work(shard)]
-    if not paths:
+    dataset = read_shards(plan, storage)
+    if dataset is None:
         return sink
-    dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(plan.filesystem)), include_paths=True)
-    drop = rows_to_drop(plan)
-    if drop:
-        dataset = dataset.map_batches(partial(drop_rows, drop=drop), batch_format="pyarrow")
     step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement)
     step(dataset).write_datasink(sink)
     return sink
+
+
+def _passthrough(plan: InputPlan, state: OutputState, overwrite: bool) -> pa.Schema:
+    """The passthrough columns' types written so far and by this run (which keeps the earlier ones)."""
+    own = set(layout_schema(plan.layout).names)
+    fields = {field.name: field for field in (state.passthrough_types() if not overwrite else None) or []}
+    fields.update({field.name: field for field in plan.schema if field.name not in own})
+    return pa.schema(list(fields.values()))
 
 
 def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None = None, **settings: Any) -> dict[str, Any]:
@@ -99,6 +97,8 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     check_same_job(state, fingerprint, config.overwrite)
     for reason in plan.bad.values():
         log.warning("skipping shard: %s", reason)
+    if plan.ignored:
+        log.info("ignored %d file(s) under the input that are not data ('_' or '.' names, not .parquet): %s", len(plan.ignored), plan.ignored[:5])
     # Which code runs: in a submitted job, the uploaded working dir's or the image's.
     log.info("mmr5-batch %s from %s", __version__, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     log.info(
@@ -115,6 +115,11 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
     log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
 
+    try:  # the last check, and the first write: the prefix exists from here on
+        state.check_writable()
+    except Exception as error:  # a file where a folder should be, read-only, full, no permission
+        raise JobError(f"cannot write to output {config.output}: {error_line(error)}") from None
+
     # Everything is checked: now the output prefix may change.
     if config.overwrite:
         state.clear()
@@ -122,9 +127,11 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
         state.forget_shard(shard.key)
     for shard in plan.to_run:
         state.remove_orphan_pairs(shard.key)
+        state.mark_started(shard.key, shard.fingerprint)
     state.record_job(fingerprint)
+    state.record_passthrough_types(_passthrough(plan, state, config.overwrite))
     storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
-    planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name)
+    planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
 
     sink = _run_pipeline(config, plan, storage, attempt, placement)
     wall = time.monotonic() - started
@@ -169,6 +176,8 @@ def _account(
             "bad": len(plan.bad),
         },
         "bad_shards": plan.bad,
+        # Files under the input that are not data: names starting with '_' or '.', or not ending in .parquet.
+        "ignored_files": {"count": len(plan.ignored), "first": plan.ignored[:20]},
         "wall_seconds": round(wall, 3),
         "queries_per_second": round(outcome.processed / wall, 3) if wall > 0 else 0.0,
         "totals": outcome.this_run,

@@ -20,52 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from mmr5_batch.core.arrow_types import type_problem
 from mmr5_batch.errors import ContractError
-
-
-def _kind(arrow_type: pa.DataType) -> str:
-    types = pa.types
-    if types.is_string(arrow_type) or types.is_large_string(arrow_type) or types.is_string_view(arrow_type):
-        return "string"
-    if types.is_binary(arrow_type) or types.is_large_binary(arrow_type) or types.is_binary_view(arrow_type):
-        return "binary"
-    if types.is_integer(arrow_type):
-        return "integer"
-    if types.is_floating(arrow_type):
-        return "float"
-    if types.is_list(arrow_type) or types.is_large_list(arrow_type) or types.is_list_view(arrow_type):
-        return "list"
-    if types.is_struct(arrow_type):
-        return "struct"
-    if types.is_boolean(arrow_type):
-        return "boolean"
-    return str(arrow_type)
-
-
-def type_problem(actual: pa.DataType, expected: pa.DataType, where: str, optional_fields: frozenset[str] = frozenset()) -> str | None:
-    """Why `actual` cannot be read as `expected` (naming the column or struct field), or None when it can."""
-    if pa.types.is_null(actual):
-        return None
-    kind, wanted = _kind(actual), _kind(expected)
-    if wanted == "float" and kind == "integer":
-        return None
-    if kind != wanted:
-        return f"column '{where}' must be {expected}, got {actual}"
-    if kind == "list":
-        return type_problem(actual.value_type, expected.value_type, f"{where}[]", optional_fields)
-    if kind == "struct":
-        present = {actual.field(index).name: actual.field(index).type for index in range(actual.num_fields)}
-        for index in range(expected.num_fields):
-            field = expected.field(index)
-            path = f"{where}.{field.name}"
-            if field.name not in present:
-                if field.name in optional_fields:
-                    continue
-                return f"column '{path}' is missing (the struct has {sorted(present)})"
-            problem = type_problem(present[field.name], field.type, path, optional_fields)
-            if problem:
-                return problem
-    return None
 
 
 @dataclass(frozen=True)

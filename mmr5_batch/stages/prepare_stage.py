@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmr5_batch.core.layouts import append_passthrough
-from mmr5_batch.core.preparation import PrepareSettings, group_pairs, prepare_row, uris_to_fetch
+from mmr5_batch.core.preparation import PrepareSettings, group_pairs, prepare_row_safely, uris_to_fetch
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PREPARED_COLUMNS, READ_PATH, PreparedRow, to_table
 from mmr5_batch.stages.contracts import StageContract
 from mmr5_batch.storage.fetching import fetch_for_preparation
@@ -57,7 +57,7 @@ def prepare_batch(batch: pa.Table, settings: PrepareSettings, fetch: FetchSettin
     own = set(PREPARE.reads.names)
     rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
     fetched = fetch_for_preparation(fetch.storage, uris_to_fetch(rows), fetch.allowed_uri_prefixes, fetch.concurrency, fetch.retries)
-    table = to_table([prepare_row(row, settings, fetched) for row in rows], PreparedRow)
+    table = to_table([prepare_row_safely(row, settings, fetched) for row in rows], PreparedRow)
     PREPARE.check_output(table.schema)
     return append_passthrough(table, batch, own)
 

@@ -1,8 +1,9 @@
 """Fetching candidates' image_uri: the allow-list, retries of transient errors, bounded concurrency.
 
 A URI comes from the data, so it is read only when it lies within a prefix
-the config allows; every failure becomes the candidate's reason, never the
-task's failure.
+the config allows (allow_list.py), and HTTP redirects are checked again
+(http.py); every failure becomes the candidate's reason, never the task's
+failure.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from mmr5_batch.errors import error_line
-from mmr5_batch.storage.filesystems import Storage
-
-
-class UriNotAllowed(ValueError):
-    """An image_uri outside the prefixes the job config allows."""
-
+from mmr5_batch.storage.allow_list import UriNotAllowed, allowed_location
+from mmr5_batch.storage.filesystems import Storage, protocol_of
+from mmr5_batch.storage.http import read_http
 
 # Errors that say the object is missing, forbidden or malformed: retrying cannot help.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -40,11 +38,6 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (OSError, TimeoutError, ConnectionError))
 
 
-def check_allowed(uri: str, allowed_prefixes: Sequence[str]) -> None:
-    if not any(uri.startswith(prefix) for prefix in allowed_prefixes):
-        raise UriNotAllowed(f"image_uri {uri!r} is outside the allowed prefixes {list(allowed_prefixes)} (set images.allowed_uri_prefixes in the job config)")
-
-
 def fetch_with_retries(read: Callable[[], bytes], retries: int, backoff_s: float = 0.2) -> bytes:
     """`read()`, retried after transient errors with exponential backoff; permanent errors raise at once."""
     for attempt in range(retries + 1):
@@ -63,8 +56,10 @@ def fetch_images(storage: Storage, uris: Sequence[str], allowed_prefixes: Sequen
 
     def one(uri: str) -> bytes | Exception:
         try:
-            check_allowed(uri, allowed_prefixes)
-            return fetch_with_retries(lambda: storage.read_bytes(uri), retries)
+            location = allowed_location(uri, allowed_prefixes)  # what is checked is what is read
+            if protocol_of(location) in ("http", "https"):
+                return fetch_with_retries(lambda: read_http(location, allowed_prefixes), retries)
+            return fetch_with_retries(lambda: storage.read_bytes(location), retries)
         except Exception as error:  # becomes the candidate's flag, never the task's failure
             return error
 

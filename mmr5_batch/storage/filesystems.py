@@ -56,22 +56,30 @@ class Storage:
             return url_to_fs(uri, use_listings_cache=False, **self.s3_options)
         return url_to_fs(uri)
 
-    def list_shards(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-        """The Parquet shards under `uri` (a file or a prefix), sorted; raises InputNotFound naming the problem."""
+    def list_input(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str], list[str]]:
+        """The Parquet shards under `uri` (a file or a prefix), sorted, and the files ignored there (hidden, or not
+        `.parquet`); raises InputNotFound naming the problem."""
         try:
             fs, path = self.filesystem(uri)
             if not fs.exists(path):
                 raise InputNotFound(f"input not found: {uri}")
             if fs.isfile(path):
-                return fs, [path]
+                return fs, [path], []
             found = fs.find(path)
         except InputNotFound:
             raise
         except Exception as error:  # missing bucket, bad or expired credentials, unreachable endpoint
             raise InputNotFound(f"cannot list input {uri}: {error_line(error)}") from None
         shards = sorted(name for name in found if name.endswith(".parquet") and not _under_hidden(name, path))
+        chosen = set(shards)
+        ignored = sorted(self.uri(fs, name) for name in found if name not in chosen)
         if not shards:
-            raise InputNotFound(f"no .parquet files under {uri}")
+            raise InputNotFound(f"no .parquet files under {uri}" + (f" ({len(ignored)} other files ignored: {ignored[:3]})" if ignored else ""))
+        return fs, shards, ignored
+
+    def list_shards(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+        """The Parquet shards under `uri` (see `list_input`)."""
+        fs, shards, _ = self.list_input(uri)
         return fs, shards
 
     def uri(self, fs: fsspec.AbstractFileSystem, path: str) -> str:

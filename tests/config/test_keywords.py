@@ -43,3 +43,26 @@ def test_bad_keywords_are_one_line(settings, message):
     with pytest.raises(ConfigError, match=message) as raised:
         config_from_keywords(RerankerConfig, **settings)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"run_id": "../escape"}, "run_id"),
+        ({"run_id": "two\nlines"}, "run_id"),
+        ({"run_id": ""}, "run_id"),
+        ({"output": "/data/in"}, "is the input or inside it"),
+        ({"output": "/data/in/results"}, "is the input or inside it"),
+        ({"output": "file:///data/in/x/../results"}, "is the input or inside it"),
+        ({"input": "s3://b/in", "output": "s3://b/in/out"}, "is the input or inside it"),
+    ],
+)
+def test_job_fields_that_would_write_where_they_must_not_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_keywords(JobConfig, {"input": "/data/in", "output": "/data/out"}, **settings)
+
+
+def test_good_job_fields_pass():
+    config = config_from_keywords(JobConfig, input="/data/in", output="/data/in_results", run_id="2026-12-01.nightly_1")
+    assert config.run_id == "2026-12-01.nightly_1"
+    assert config_from_keywords(JobConfig, input="s3://b/in", output="s3://b/out").output == "s3://b/out"

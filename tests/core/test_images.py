@@ -179,3 +179,47 @@ def test_one_decode_serves_several_budgets_exactly_as_separate_preparations():
     assert together[0].data == apart[0].data
     small_together, small_apart = (Image.open(io.BytesIO(p.data)).convert("RGB") for p in (together[1], apart[1]))
     assert mean_difference(small_together, small_apart) < 3.0  # from the 1024 decode rather than a 1/8 one
+
+
+STRIP_MEMORY = """
+import io, resource, sys
+from PIL import Image
+from mmr5_batch.core.images import fit_to_token_budget, prepare_image
+fit_to_token_budget(100, 100, 64)  # transformers' resize math imported before measuring
+buffer = io.BytesIO()
+Image.new("RGB", tuple(map(int, sys.argv[1:3])), "black").save(buffer, format="PNG")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+prepared = prepare_image(buffer.getvalue(), 1024)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(len(buffer.getvalue()), prepared.width, prepared.height, prepared.tokens, grown // 1024)
+"""
+
+
+@pytest.mark.parametrize("size", [(1, 150_000), (150_000, 1), (3, 120_000)])
+def test_a_tiny_file_describing_a_long_strip_is_prepared_in_small_memory(size):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STRIP_MEMORY, *map(str, size)], capture_output=True, text=True, check=True)
+    file_bytes, width, height, tokens, grown_mb = map(int, done.stdout.split())
+    assert file_bytes < 2_000  # a few hundred bytes on disk
+    assert 0 < tokens <= 1024 and max(width, height) / min(width, height) <= 200
+    # Padding at full size first took 0.65-2 GB here; now the output's size bounds it.
+    assert grown_mb < 64, f"peak memory grew by {grown_mb} MB"
+
+
+@pytest.mark.parametrize("size, budget", [((120, 160), 4), ((20, 20), 1024), ((10, 300), 4), ((300, 10), 6), ((1, 1), 4), ((90, 60), 5)])
+def test_tiny_budgets_and_images_get_a_size_the_processor_keeps(size, budget):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    fitted = fit_to_token_budget(*size, budget)
+    assert 4 <= fitted.tokens <= max(4, budget)
+    # What vLLM's processor does with min_pixels 3136 and max_pixels = budget x 784: nothing.
+    assert smart_resize(fitted.height, fitted.width, factor=28, min_pixels=3136, max_pixels=max(4, budget) * 784) == (fitted.height, fitted.width)
+    assert prepare_image(grey_jpeg_bytes(size), budget).tokens == fitted.tokens
+
+
+def grey_jpeg_bytes(size):
+    from tests.conftest import grey_jpeg
+
+    return grey_jpeg(90, size)

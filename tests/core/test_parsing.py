@@ -35,12 +35,35 @@ def test_parse_cases(text, n, order, status):
     assert parse_ranking(text, n) == (order, status)
 
 
-def test_last_usable_answer_block_wins():
-    # an example echoed in the reasoning, then a corrected final answer
+def test_the_first_complete_answer_after_the_reasoning_wins():
+    # an example echoed in the reasoning never counts; the answer after it does
     text = "<think>e.g. <answer>[1, 2, 3]</answer> but no</think><answer>[3, 2, 1]</answer>"
     assert parse_ranking(text, 3) == ([2, 1, 0], OK)
-    # a trailing block without ids does not override a real answer
-    assert parse_ranking("<answer>[2, 1]</answer> <answer>[]</answer>", 2) == ([1, 0], OK)
+    # MM-R5's script and reward take the first answer: a later restatement does not override it
+    assert parse_ranking("</think><answer>[2, 1, 3]</answer> wait: <answer>[3, 1, 2]</answer>", 3) == ([1, 0, 2], OK)
+    # a complete answer beats an earlier or later incomplete fragment
+    assert parse_ranking("<answer>[3, 1</answer><answer>[2, 3, 1]</answer>", 3) == ([1, 2, 0], OK)
+    assert parse_ranking("<answer>[2, 3, 1]</answer><answer>[3", 3) == ([1, 2, 0], OK)
+    # a block without a ranking list does not stop the search
+    assert parse_ranking("<answer>[]</answer><answer>[2, 1]</answer>", 2) == ([1, 0], OK)
+
+
+def test_prose_is_not_a_ranking():
+    for text in (
+        "<think>x</think><answer>Of the 3 images, 2 is the most relevant.</answer>",
+        "<answer>Image 2 is best, then 1</answer>",
+        "<answer>[2, 1] because image 2 has the table</answer>",
+        "<answer>[the second, the first]</answer>",
+    ):
+        assert parse_ranking(text, 3) == ([0, 1, 2], FALLBACK), text
+
+
+def test_huge_numbers_never_raise():
+    huge = "9" * 5000
+    assert parse_ranking(f"<answer>[{huge}, 2, 1]</answer>", 2) == ([1, 0], REPAIRED)
+    assert parse_ranking(f"<answer>[-{huge}]</answer>", 2) == ([0, 1], FALLBACK)
+    assert parse_ranking(f"<answer>{huge}</answer>", 2) == ([0, 1], FALLBACK)
+    assert parse_ranking(f"<answer>[{huge}", 2) == ([0, 1], FALLBACK)
 
 
 def test_attribute_access():
@@ -66,3 +89,16 @@ def test_any_answer_list_gives_a_permutation(ids, n, noise):
     assert order[: len(valid_first)] == valid_first
     if sorted(ids) == list(range(1, n + 1)):
         assert status == OK
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.from_regex(r"-?[0-9]{1,6000}", fullmatch=True) | st.integers(-3, 12).map(str), max_size=8),
+    st.integers(0, 9),
+    st.text(max_size=30),
+)
+def test_any_numbers_however_large_give_a_permutation(ids, n, noise):
+    # Written as digit strings: Python itself refuses to convert ints of over 4,300 digits.
+    text = f"{noise}<answer>[{', '.join(ids)}]</answer>{noise}<answer>{' '.join(ids)}"
+    order, status = parse_ranking(text, n)
+    assert sorted(order) == list(range(n)) and status in (OK, REPAIRED, FALLBACK)

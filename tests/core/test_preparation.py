@@ -41,3 +41,18 @@ def test_bad_rows_get_a_query_level_reason(row, reason):
     prepared = prepare_row(row, settings(duplicate_query_ids={"dup": "query_id appears 2 times in the input"}))
     assert reason in prepared["error"]
     assert all(c["image"] is None for c in prepared["candidates"])
+
+
+def test_a_null_candidate_is_the_rows_reason_not_a_crash(make_grey_jpeg):
+    row = {"query_id": "q1", "query": "q", "candidates": [candidate("a", make_grey_jpeg(10)), None]}
+    prepared = prepare_row(row, settings())
+    assert prepared["error"] == "candidate(s) [2] are null"
+    assert [c["doc_id"] for c in prepared["candidates"]] == ["a"]
+
+
+def test_anything_unforeseen_becomes_the_rows_reason():
+    from mmr5_batch.core.preparation import prepare_row_safely
+
+    row = {"query_id": "q1", "query": "q", "candidates": [{"doc_id": "a", "image": 12345, "score": 1.0}]}  # bytes expected
+    prepared = prepare_row_safely(row, settings())
+    assert prepared["query_id"] == "q1" and prepared["error"].startswith(("cannot prepare the row: ", "no usable candidate"))

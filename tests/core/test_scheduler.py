@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from mmr5_batch.core.batching import BatchingEngine
+from mmr5_batch.core.engine_protocol import Completion
 from mmr5_batch.core.scheduler import rerank_queries, rerank_queries_async
 from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
 from mmr5_batch.engines import SamplingSettings
@@ -248,3 +249,34 @@ def test_without_cascade_positions_are_decided_by_the_model_or_the_first_stage()
     row = prepared("a", [200, 190, 180, 170, 160, 10], errors=[None, None, None, None, None, "undecodable image: x"])
     [result], _ = run([row], window=3, stride=2, top_k=4)
     assert result["decided_by"] == ["model"] * 4 + ["first_stage", "flagged"]
+
+
+def test_an_exception_while_ranking_one_query_is_that_querys_dead_letter():
+    from mmr5_batch.core import ranking
+
+    original = ranking.parse_ranking
+
+    def parse_or_explode(text, n):
+        if "EXPLODE" in text:
+            raise OverflowError("a parser bug on this answer")
+        return original(text, n)
+
+    class Scripted:
+        """Answers every query; one query's answer carries the marker the broken parser trips on."""
+
+        engine = ScriptedTestEngine(think="EXPLODE")
+
+        async def generate_async(self, request):
+            completion = self.engine.generate([request])[0]
+            if "#explode" not in str(request.messages):
+                completion = Completion(completion.text.replace("EXPLODE", "fine"), completion.finish_reason)
+            return completion
+
+    rows = [prepared("good", [10, 200, 100]), prepared("bad", [10, 20], query="q #explode")]
+    ranking.parse_ranking = parse_or_explode
+    try:
+        results = asyncio.run(rerank_queries_async(rows, Scripted(), window=5, stride=3, sampling=SamplingSettings(), model_id="m"))
+    finally:
+        ranking.parse_ranking = original
+    assert results[0]["status"] == "ok" and results[0]["doc_ids"][0] == "d0"
+    assert results[1]["status"] == "error" and results[1]["reason"] == "window 1: OverflowError: a parser bug on this answer"

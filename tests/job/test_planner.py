@@ -12,7 +12,8 @@ from mmr5_batch.core.rows import DEAD_LETTER_KEEP
 from mmr5_batch.job.accounting import shard_summary
 from mmr5_batch.job.dead_letters import unaddressable_dead_letters
 from mmr5_batch.job.ledger import describe_difference, job_fingerprint, shard_key
-from mmr5_batch.job.planner import ShardPlan, _mark_unaddressable, drop_rows
+from mmr5_batch.job.planner import ShardPlan, _mark_unaddressable
+from mmr5_batch.job.shard_reader import drop_query_ids
 
 
 def test_shard_keys_are_stable_readable_and_distinct():
@@ -36,11 +37,10 @@ def test_fingerprint_changes_with_result_settings_only():
     assert describe_difference(base, other) == "images.image_tokens: 1024 -> 512"
 
 
-def test_done_rows_are_dropped_per_shard():
-    batch = pa.table({"path": ["a", "a", "b", "a"], "query_id": ["q1", "q2", "q1", None]})
-    kept = drop_rows(batch, {"a": frozenset({"q1", None})})
-    assert kept.to_pydict() == {"path": ["a", "b"], "query_id": ["q2", "q1"]}
-    assert drop_rows(batch, {}) is batch
+def test_done_rows_are_dropped():
+    table = pa.table({"query_id": ["q1", "q2", " ", None]})
+    assert drop_query_ids(table, frozenset({"q1", None})).to_pydict() == {"query_id": ["q2"]}
+    assert drop_query_ids(table, frozenset()) is table
 
 
 def grouped(query_id, docs=("d1", "d2"), extra="x"):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from mmr5_batch.core.arrow_types import type_problem
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PREPARED_COLUMNS
 from mmr5_batch.errors import ContractError
-from mmr5_batch.stages.contracts import StageContract, type_problem
+from mmr5_batch.stages.contracts import StageContract
 from mmr5_batch.stages.prepare_stage import PREPARE, prepare_batch
 from mmr5_batch.stages.rerank_stage import RERANK
 

@@ -8,7 +8,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from mmr5_batch.config import config_to_yaml, load_config, public_dump
-from mmr5_batch.storage.fetching import UriNotAllowed, fetch_images, fetch_with_retries, is_transient
+from mmr5_batch.storage.allow_list import UriNotAllowed
+from mmr5_batch.storage.fetching import fetch_images, fetch_with_retries, is_transient
 from mmr5_batch.storage.filesystems import InputNotFound, Storage
 
 
@@ -82,7 +83,7 @@ def test_retries_run_out():
 
 def test_fetching_is_concurrent_but_bounded(flaky):
     uris = [f"flaky://pages/p{i}.jpg" for i in range(12)] * 2  # duplicates fetched once
-    fetched = fetch_images(Storage(), uris, ["flaky://"], concurrency=3, retries=0)
+    fetched = fetch_images(Storage(), uris, ["flaky://pages"], concurrency=3, retries=0)
     assert len(fetched) == 12 and all(isinstance(value, bytes) for value in fetched.values())
     assert 1 < FlakyMemoryFileSystem.most_in_flight <= 3
 

@@ -1,0 +1,158 @@
+"""Bad input cannot take the job down: a mix of good and bad shards, rewritten shards, unwritable outputs, null candidates.
+
+Every row of the README's bad-shard table on one multi-shard input: bad
+shards recorded with their reason and skipped, good ones written exactly
+once (including shards that need a lossless cast), files that are not data
+reported as ignored, the error-rate exit code, and a rerun that adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmr5_batch.cli import main
+from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PAIRS_INPUT_SCHEMA
+from tests.conftest import grey_jpeg, read_folder
+
+FLAGS = ["--backend", "scripted-test", "--actors", "1", "--batch-size", "4", "--image-tokens", "16"]
+SCHEMA = GROUPED_INPUT_SCHEMA.append(pa.field("domain", pa.string()))
+
+
+def rows(prefix: str, count: int = 2) -> list[dict]:
+    return [
+        {
+            "query_id": f"{prefix}{index}",
+            "query": "which page?",
+            "candidates": [
+                {"doc_id": f"d{doc}", "image": grey_jpeg(40 * doc + 20), "image_uri": None, "text": None, "score": 1.0 - doc / 10} for doc in range(3)
+            ],
+            "domain": "test",
+        }
+        for index in range(count)
+    ]
+
+
+def write(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def candidates_of(table_rows: list[dict], **overrides) -> list[dict]:
+    return [{**row, "candidates": [{**candidate, **overrides} for candidate in row["candidates"]]} for row in table_rows]
+
+
+def mixed_input(folder: Path) -> dict[str, int]:
+    """Good shards (query count by file name) and bad ones (by the words their reason must hold)."""
+    write(folder / "good-a.parquet", pa.Table.from_pylist(rows("a"), schema=SCHEMA))
+    write(folder / "sub" / "good-b.parquet", pa.Table.from_pylist(rows("b", 3), schema=SCHEMA))
+    write(folder / "odd?name.parquet", pa.Table.from_pylist(rows("q"), schema=SCHEMA))  # a glob character in the name
+    # Lossless casts: integer ids, an extra candidate field, no image_uri/text fields at all.
+    integer_ids = [
+        {
+            "query_id": 100 + i,
+            "query": "which?",
+            "candidates": [{"doc_id": doc, "image": grey_jpeg(60 * doc), "score": float(doc), "bbox": [1, 2]} for doc in range(2)],
+            "domain": "test",
+        }
+        for i in range(2)
+    ]
+    write(folder / "integer-ids.parquet", pa.Table.from_pylist(integer_ids))
+    # Bad shards.
+    write(folder / "string-score.parquet", pa.Table.from_pylist(candidates_of(rows("s"), score="0.5")))
+    write(folder / "domain-int.parquet", pa.Table.from_pylist([{**row, "domain": 7} for row in rows("i")]))
+    write(folder / "no-query.parquet", pa.Table.from_pylist(rows("n"), schema=SCHEMA).drop_columns(["query"]))
+    pairs = [{"query_id": "p", "query": "q", "doc_id": "d", "image": grey_jpeg(9), "image_uri": None, "text": None, "score": 1.0}]
+    write(folder / "pairs.parquet", pa.Table.from_pylist(pairs, schema=PAIRS_INPUT_SCHEMA))
+    write(folder / "reserved.parquet", pa.Table.from_pylist([{**row, "status": "x"} for row in rows("r")]))
+    (folder / "not-parquet.parquet").write_bytes(b"this is not parquet at all")
+    (folder / "empty.parquet").write_bytes(b"")
+    # Not data: reported as ignored.
+    write(folder / "_SUCCESS.parquet", pa.Table.from_pylist(rows("h"), schema=SCHEMA))
+    write(folder / ".hidden.parquet", pa.Table.from_pylist(rows("h"), schema=SCHEMA))
+    write(folder / "_tmp" / "inside.parquet", pa.Table.from_pylist(rows("h"), schema=SCHEMA))
+    (folder / "notes.txt").write_text("not data")
+    return {"good-a": 2, "good-b": 3, "odd?name": 2, "integer-ids": 2}
+
+
+BAD = {
+    "string-score": "column 'candidates[].score' must be double, got string",
+    "domain-int": "passthrough column 'domain' is int64 here but string",
+    "no-query": "missing column(s) ['query']",
+    "pairs": "uses the pairs layout",
+    "reserved": "clash with output columns",
+    "not-parquet": "cannot read as Parquet",
+    "empty": "cannot read as Parquet",
+}
+
+
+def test_a_mix_of_good_and_bad_shards(ray_session, tmp_path, capsys):
+    good = mixed_input(tmp_path / "in")
+    out = tmp_path / "out"
+    code = main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS])
+    summary = json.loads((out / "summary.json").read_text())
+    # 7 of 11 shards bad is far above --max-error-rate: exit 3, after writing everything.
+    assert code == 3 and "shards could not be read" in summary["failed"]
+    reasons = {Path(uri).stem: reason for uri, reason in summary["bad_shards"].items()}
+    assert set(reasons) == set(BAD)
+    for name, words in BAD.items():
+        assert words in reasons[name], (name, reasons[name])
+    ranked = read_folder(out / "ranked")
+    assert Counter(row["query_id"] for row in ranked) == Counter(
+        f"{prefix}{i}" for prefix, count in (("a", 2), ("b", 3), ("q", 2)) for i in range(count)
+    ) + Counter({"100": 1, "101": 1})
+    assert read_folder(out / "dead_letter") == []
+    assert all(row["backend"] == "scripted-test" for row in ranked)
+    by_id = {row["query_id"]: row for row in ranked}
+    assert by_id["100"]["doc_ids"] == ["0", "1"] and by_id["100"]["first_stage_doc_ids"] == ["1", "0"]
+    assert summary["shards"] == {"total": 11, "processed": 4, "skipped_done_earlier": 0, "reprocessed_changed": 0, "bad": 7}
+    ignored = summary["ignored_files"]
+    assert ignored["count"] == 4 and {Path(uri).name for uri in ignored["first"]} == {"_SUCCESS.parquet", ".hidden.parquet", "inside.parquet", "notes.txt"}
+    assert "ignored 4 file(s)" in capsys.readouterr().out
+    assert sum(good.values()) == len(ranked)
+
+    # A rerun adds nothing: the good shards are in the ledger, the bad ones are still bad.
+    files = sorted(path.name for path in out.rglob("*.parquet"))
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 3
+    again = json.loads((out / "summary.json").read_text())
+    assert again["shards"]["skipped_done_earlier"] == 4 and again["shards"]["processed"] == 0 and again["totals"]["queries"] == 0
+    assert sorted(path.name for path in out.rglob("*.parquet")) == files
+
+
+def test_a_shard_rewritten_after_a_crash_starts_over(ray_session, tmp_path):
+    shard = tmp_path / "in" / "s.parquet"
+    write(shard, pa.Table.from_pylist(rows("old", 3), schema=SCHEMA))
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    # As if the run had died before its accounting: rows written, no ledger entry.
+    for entry in (out / "_ledger" / "shards").glob("*.json"):
+        entry.unlink()
+    write(shard, pa.Table.from_pylist(rows("new", 2), schema=SCHEMA))
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    assert sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["new0", "new1"]
+
+
+def test_a_null_candidate_is_one_dead_letter(ray_session, tmp_path):
+    good = rows("g", 2)
+    broken = {**rows("x", 1)[0], "query_id": "nullcand"}
+    broken["candidates"] = [*broken["candidates"], None]
+    write(tmp_path / "in" / "s.parquet", pa.Table.from_pylist([*good, broken], schema=SCHEMA))
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--max-error-rate", "0.5"]) == 0
+    [letter] = read_folder(out / "dead_letter")
+    assert letter["query_id"] == "nullcand" and letter["reason"] == "candidate(s) [4] are null"
+    assert sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["g0", "g1"]
+
+
+def test_an_unwritable_output_is_one_line_and_exit_2(ray_session, tmp_path, capsys):
+    write(tmp_path / "in" / "s.parquet", pa.Table.from_pylist(rows("g", 1), schema=SCHEMA))
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "a-file" / "out"), *FLAGS]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith(f"mmr5-batch: error: cannot write to output {tmp_path / 'a-file' / 'out'}: ")
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "out"), *FLAGS]) == 2
+    assert "is the input or inside it" in capsys.readouterr().err
