@@ -233,6 +233,14 @@ class ExecutionConfig(Section):
             "(set it to the GPU worker group's maximum). Unset: the GPUs the cluster has when the job starts."
         ),
     )
+    lease_seconds: float = Field(
+        600.0,
+        ge=10,
+        description=(
+            "One job per output prefix: the running job renews its lease (_ledger/lease.json) every quarter of this; "
+            "a lease not renewed for this long (its job died) is taken over by the next run."
+        ),
+    )
     actor_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each rerank actor needs, so actors land only on nodes that offer them (e.g. {'reranker': 1}).",

@@ -21,9 +21,9 @@ settings into the same prefix is refused, since its rows would mix with these.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import re
-import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +36,9 @@ from mmr5_batch.storage.filesystems import Storage, join
 
 RESULT_FOLDERS = ("ranked", "dead_letter")
 LEDGER = "_ledger"
+CLEARING = "clearing.json"
+# What the ledger knows about results (cleared with them); its lease and the record of finished runs stay.
+LEDGER_STATE = ("shards", "started", "job.json", "passthrough_schema.json")
 
 
 def shard_key(root: str, shard: str) -> str:
@@ -125,11 +128,9 @@ class OutputState:
         table = self.written(key)
         return Counter(table["query_id"].to_pylist()) if table is not None else Counter()
 
-    def check_writable(self) -> None:
-        """Write and remove a probe object, so an output that cannot take writes fails before any work."""
-        probe = join(self.output, LEDGER, f".probe-{uuid.uuid4().hex[:8]}")
-        self.storage.write_text(probe, "probe\n")
-        self.storage.remove(probe)
+    def finished_runs(self) -> list[str]:
+        """The run summaries under `_ledger/runs/`: a new one means a job finished into this prefix."""
+        return self.storage.list_files(join(self.output, LEDGER, "runs"), ".json") if self.output else []
 
     def mark_started(self, key: str, fingerprint: str) -> None:
         """Record which content of a shard this run processes, before any of its rows are written."""
@@ -161,5 +162,22 @@ class OutputState:
         self.storage.write_json(join(self.output, LEDGER, "job.json"), fingerprint)
 
     def clear(self) -> None:
-        for name in (*RESULT_FOLDERS, PAIRS_FOLDER, LEDGER, "stats"):
+        """Remove every earlier result (`--overwrite`), crash-safe: a marker first, the ledger before the rows.
+
+        While `_ledger/clearing.json` exists the prefix counts as being
+        cleared: any later run finishes the clearing before planning, so a
+        crash at any step never leaves a ledger naming shards whose rows are
+        gone, nor old rows taken for done. The lease and the record of
+        finished runs stay.
+        """
+        marker = join(self.output, LEDGER, CLEARING)
+        self.storage.write_json(marker, {"cleared_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        for name in LEDGER_STATE:
+            self.storage.remove(join(self.output, LEDGER, name))
+        for name in ("stats", PAIRS_FOLDER, *RESULT_FOLDERS):
             self.storage.remove(join(self.output, name))
+        self.storage.remove(marker)
+
+    def clearing_unfinished(self) -> bool:
+        """An `--overwrite` run died while clearing: what is left must not count as results."""
+        return bool(self.output) and self.storage.exists(join(self.output, LEDGER, CLEARING))

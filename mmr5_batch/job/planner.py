@@ -140,7 +140,7 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
         return shard, _inspect(fs, shard), entry
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        looked = _reading_output(state, lambda: list(pool.map(look, shards)))
+        looked = reading_output(state, lambda: list(pool.map(look, shards)))
 
     to_run: list[ShardPlan] = []
     skipped: list[ShardPlan] = []
@@ -160,7 +160,7 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     for shard in [shard for shard in to_run if shard.layout != layout]:
         bad[shard.uri] = f"{shard.uri}: uses the {shard.layout} layout while the other shards use {layout}"
         to_run.remove(shard)
-    schema = _run_schema(to_run, layout, bad, None if config.overwrite else _reading_output(state, state.passthrough_types))
+    schema = _run_schema(to_run, layout, bad, None if config.overwrite else reading_output(state, state.passthrough_types))
     if not to_run and not skipped:
         raise JobError("no readable shard: " + "; ".join(bad.values()))
 
@@ -168,7 +168,7 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     changed_paths = {shard.path for shard in changed}
     if not config.overwrite:
         with ThreadPoolExecutor(max_workers=16) as pool:
-            written = _reading_output(
+            written = reading_output(
                 state, lambda: list(pool.map(lambda shard: Counter() if shard.path in changed_paths else state.written_ids(shard.key), to_run))
             )
             for shard, done in zip(to_run, written):
@@ -176,7 +176,7 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     return InputPlan(root, fs, layout, to_run, skipped, [shard for shard in to_run if shard.path in changed_paths], bad, schema, ignored)
 
 
-def _reading_output(state: OutputState, read: Any) -> Any:
+def reading_output(state: OutputState, read: Any) -> Any:
     """Run `read`; an output prefix that cannot be read (bucket, credentials, endpoint) is one JobError line."""
     try:
         return read()

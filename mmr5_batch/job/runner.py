@@ -30,6 +30,7 @@ from mmr5_batch.core.layouts import layout_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.accounting import COUNTED_COLUMNS, COUNTERS, RunOutcome, failures, merge_counters, now_iso, shard_summary, totals
 from mmr5_batch.job.dead_letters import write_unaddressable
+from mmr5_batch.job.lease import OutputLease
 from mmr5_batch.job.ledger import OutputState, describe_difference, job_fingerprint
 from mmr5_batch.job.planner import InputPlan, plan_input
 from mmr5_batch.job.shard_reader import read_shards
@@ -93,8 +94,46 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     storage = Storage(config.storage.s3_options())
     state = OutputState(storage, config.output)
     fingerprint = job_fingerprint(public_dump(config))
+    runs_before = _finished_runs_or_none(state)
     plan = plan_input(config, storage, state)
+    if not config.overwrite and state.clearing_unfinished():
+        log.warning("an earlier --overwrite run stopped while clearing %s: this run finishes the clearing first", config.output)
+        config = config.model_copy(update={"overwrite": True})
+        plan = plan_input(config, storage, state)
     check_same_job(state, fingerprint, config.overwrite)
+    _log_plan(config, plan)
+    started = time.monotonic()
+    ensure_ray(config.execution.address)
+    placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
+    log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
+
+    lease = OutputLease(storage, config.output, attempt, config.run_id or "", config.execution.lease_seconds)
+    try:  # the last check, and the first write: the prefix exists from here on
+        lease.acquire()
+    except JobError:
+        raise
+    except Exception as error:  # a file where a folder should be, read-only, full, no permission
+        raise JobError(f"cannot write to output {config.output}: {error_line(error)}") from None
+    try:
+        if runs_before is None or state.finished_runs() != runs_before:
+            # Another job finished into this prefix while this one planned: plan again on what it wrote.
+            plan = plan_input(config, storage, state)
+            check_same_job(state, fingerprint, config.overwrite)
+        summary = _write(config, plan, state, fingerprint, attempt, placement, started)
+    finally:
+        lease.release()
+    return summary
+
+
+def _finished_runs_or_none(state: OutputState) -> list[str] | None:
+    """The finished runs in the output before planning; None where it cannot be read (planning then says why)."""
+    try:
+        return state.finished_runs()
+    except Exception:
+        return None
+
+
+def _log_plan(config: JobConfig, plan: InputPlan) -> None:
     for reason in plan.bad.values():
         log.warning("skipping shard: %s", reason)
     if plan.ignored:
@@ -110,17 +149,12 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
         len(plan.skipped),
         len(plan.bad),
     )
-    started = time.monotonic()
-    ensure_ray(config.execution.address)
-    placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
-    log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
 
-    try:  # the last check, and the first write: the prefix exists from here on
-        state.check_writable()
-    except Exception as error:  # a file where a folder should be, read-only, full, no permission
-        raise JobError(f"cannot write to output {config.output}: {error_line(error)}") from None
 
-    # Everything is checked: now the output prefix may change.
+def _write(
+    config: JobConfig, plan: InputPlan, state: OutputState, fingerprint: dict[str, Any], attempt: str, placement: ActorPlacement, started: float
+) -> dict[str, Any]:
+    """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
     if config.overwrite:
         state.clear()
     for shard in plan.changed:
@@ -130,10 +164,10 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
         state.mark_started(shard.key, shard.fingerprint)
     state.record_job(fingerprint)
     state.record_passthrough_types(_passthrough(plan, state, config.overwrite))
-    storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
+    state.storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
 
-    sink = _run_pipeline(config, plan, storage, attempt, placement)
+    sink = _run_pipeline(config, plan, state.storage, attempt, placement)
     wall = time.monotonic() - started
     return _account(config, plan, state, sink, attempt, wall, planner_letters)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mmr5_batch.cli import main
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PAIRS_INPUT_SCHEMA
@@ -156,3 +157,54 @@ def test_an_unwritable_output_is_one_line_and_exit_2(ray_session, tmp_path, caps
     assert error[-1].startswith(f"mmr5-batch: error: cannot write to output {tmp_path / 'a-file' / 'out'}: ")
     assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "out"), *FLAGS]) == 2
     assert "is the input or inside it" in capsys.readouterr().err
+
+
+def test_a_second_job_into_a_held_prefix_is_refused_and_an_expired_lease_taken_over(ray_session, tmp_path, capsys):
+    import datetime as dt
+
+    write(tmp_path / "in" / "s.parquet", pa.Table.from_pylist(rows("g", 2), schema=SCHEMA))
+    out = tmp_path / "out"
+    lease = out / "_ledger" / "lease.json"
+    lease.parent.mkdir(parents=True)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    lease.write_text(json.dumps({"owner": "other", "run_id": "nightly-7", "host": "h", "pid": 1, "heartbeat_at": "t", "expires_at": soon.isoformat()}))
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 2
+    assert "is in use by run nightly-7" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(path.name for path in out.rglob("*")) == ["_ledger", "lease.json"]  # nothing else touched
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    lease.write_text(json.dumps({"owner": "other", "run_id": "nightly-7", "expires_at": past.isoformat()}))
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    assert not lease.exists() and sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["g0", "g1"]
+
+
+@pytest.mark.parametrize("crash_after", [0, 1, 2, 3, 4, 5, 6, 7, 8])
+def test_overwrite_survives_a_crash_at_every_step_of_clearing(ray_session, tmp_path, monkeypatch, crash_after):
+    from mmr5_batch.storage.filesystems import Storage
+
+    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
+    write(tmp_path / "in" / "b.parquet", pa.Table.from_pylist(rows("b", 2), schema=SCHEMA))
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+
+    calls = {"removes": 0}
+    original = Storage.remove
+
+    def remove_then_crash(self, uri):
+        if calls["removes"] == crash_after:
+            raise KeyboardInterrupt("crash injected while clearing")
+        calls["removes"] += 1
+        return original(self, uri)
+
+    monkeypatch.setattr(Storage, "remove", remove_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--overwrite", "--window", "3", "--stride", "2"])
+    monkeypatch.setattr(Storage, "remove", original)
+    # The interrupted run's lease would block the next one until it expires: as if it had expired.
+    (out / "_ledger" / "lease.json").unlink(missing_ok=True)
+
+    # The next plain run with the new settings: every query exactly once, none skipped for rows that are gone.
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--window", "3", "--stride", "2"]) == 0
+    ranked = read_folder(out / "ranked")
+    assert sorted(row["query_id"] for row in ranked) == ["a0", "a1", "b0", "b1"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shards"]["processed"] + summary["shards"]["skipped_done_earlier"] == 2

@@ -181,3 +181,19 @@ def test_rejected_credentials_are_one_clear_line_without_the_secret(ray_session,
     message = str(failure.value)
     assert message.startswith(f"cannot list input s3://{bucket}/in/: PermissionError:") and "\n" not in message
     assert "wrong-secret-value" not in message
+
+
+def test_the_lease_on_an_s3_prefix_is_a_conditional_create(s3):
+    from mmr5_batch.job.lease import OutputLease
+    from mmr5_batch.storage.filesystems import Storage
+
+    _, bucket = s3
+    first = OutputLease(Storage(), f"s3://{bucket}/out", "a", "run-a")
+    first.acquire()
+    try:
+        with pytest.raises(JobError, match="in use by run run-a"):
+            OutputLease(Storage(), f"s3://{bucket}/out", "b", "run-b").acquire()
+    finally:
+        first.release()
+    with OutputLease(Storage(), f"s3://{bucket}/out", "b", "run-b") as second:
+        assert second.holder()["owner"] == "b"
