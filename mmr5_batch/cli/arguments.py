@@ -114,6 +114,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     evaluate.add_argument("--qrels", required=True, help="TREC qrels, or Parquet/JSONL with query_id, doc_id, relevance")
     evaluate.add_argument("--k", default="1,3,5,10", help="cut-offs, comma-separated")
     evaluate.add_argument("--group-by", help="a passthrough column to macro-average over (e.g. domain)")
+    evaluate.add_argument(
+        "--protocol", choices=["standard", "mmdocir"], default="standard", help="metric definitions: ours, or MMDocIR's exact ones (fixed domains, MRR@k)"
+    )
+    evaluate.add_argument("--domains", help="mmdocir protocol: the fixed domains, comma-separated (default: domains.txt beside --qrels)")
     evaluate.add_argument("--json", help="where to write the report (default RUN/evaluation.json)")
     evaluate.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
     return parser.parse_args(argv)

@@ -117,7 +117,8 @@ def evaluate(args: argparse.Namespace) -> int:
     storage = Storage()
     try:
         ensure_ray(args.address)
-        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage)
+        domains = [name.strip() for name in args.domains.split(",") if name.strip()] if args.domains else None
+        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage, protocol=args.protocol, domains=domains)
     except (QrelsError, FileNotFoundError) as error:
         return fail(str(error))
     storage.write_json(args.json or join(args.run, "evaluation.json"), report)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.evaluation.metrics import macro, micro, query_metrics
-from mmr5_batch.evaluation.qrels import Qrels, load_qrels
+from mmr5_batch.evaluation.qrels import Qrels, QrelsError, load_qrels
 from mmr5_batch.storage.filesystems import Storage, join
 
 ORDERS = ("first_stage", "reranked")
@@ -51,12 +51,42 @@ def _split(row: dict[str, Any], order: str) -> dict[str, float]:
     return {name[len(prefix) :]: value for name, value in row.items() if name.startswith(prefix)}
 
 
-def evaluate_run(run: str, qrels_uri: str, ks: Sequence[int] = (1, 3, 5, 10), group_by: str | None = None, storage: Storage | None = None) -> dict[str, Any]:
+PROTOCOLS = {
+    "standard": "micro over queries (in qrels but not in the run: 0); macro over the --group-by groups present; MRR uncut",
+    "mmdocir": "MMDocIR's: macro over its fixed domains (a domain without queries counts 0); MRR@k cut at k",
+}
+
+
+def mmdocir_domains(qrels_uri: str, storage: Storage) -> list[str]:
+    """The fixed domains `convert mmdocir` wrote beside its qrels (domains.txt)."""
+    uri = qrels_uri.rsplit("/", 1)[0] + "/domains.txt" if "/" in qrels_uri else "domains.txt"
+    try:
+        text = storage.read_bytes(uri).decode()
+    except FileNotFoundError:
+        raise QrelsError(f"--protocol mmdocir needs the benchmark's domains: {uri} (written by `convert mmdocir`) or --domains") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def evaluate_run(
+    run: str,
+    qrels_uri: str,
+    ks: Sequence[int] = (1, 3, 5, 10),
+    group_by: str | None = None,
+    storage: Storage | None = None,
+    protocol: str = "standard",
+    domains: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Metrics of the run's reranked and first-stage orders against the qrels, by `protocol` (see PROTOCOLS)."""
+    if protocol not in PROTOCOLS:
+        raise QrelsError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     import ray
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     storage = storage or Storage()
     qrels = load_qrels(qrels_uri, storage)
+    if protocol == "mmdocir":
+        group_by = group_by or "domain"
+        domains = list(domains) if domains else mmdocir_domains(qrels_uri, storage)
     files = [uri for folder in ("ranked", "dead_letter") for uri in storage.list_files(join(run, folder), ".parquet")]
     if not files:
         raise FileNotFoundError(f"no results under {run} (ranked/ or dead_letter/)")
@@ -69,11 +99,20 @@ def evaluate_run(run: str, qrels_uri: str, ks: Sequence[int] = (1, 3, 5, 10), gr
     seen = {row["query_id"] for row in rows}
     missing = sorted(set(qrels) - seen)
     zeros = {name: 0.0 for name in query_metrics([], {"x": 1}, ks)}
-    report: dict[str, Any] = {"run": run, "qrels": qrels_uri, "k": list(ks), "group_by": group_by, "queries": len(rows), "missing_from_run": len(missing)}
+    report: dict[str, Any] = {
+        "run": run,
+        "qrels": qrels_uri,
+        "protocol": protocol,
+        "protocol_definition": PROTOCOLS[protocol],
+        "k": list(ks),
+        "group_by": group_by,
+        "queries": len(rows),
+        "missing_from_run": len(missing),
+    }
     report["micro"] = {order: micro([_split(row, order) for row in rows] + [zeros] * len(missing)) for order in ORDERS}
     if group_by:
-        report["macro"] = {order: macro((row["group"], _split(row, order)) for row in rows) for order in ORDERS}
-        report["groups"] = sorted({row["group"] for row in rows})
+        report["macro"] = {order: macro(((row["group"], _split(row, order)) for row in rows), domains) for order in ORDERS}
+        report["groups"] = list(domains) if domains else sorted({row["group"] for row in rows})
     by_status: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_status[row["status"]].append(row)
@@ -86,8 +125,14 @@ def evaluate_run(run: str, qrels_uri: str, ks: Sequence[int] = (1, 3, 5, 10), gr
 
 def format_report(report: dict[str, Any]) -> str:
     ks = report["k"]
-    names = ["mrr", *[f"{metric}@{k}" for metric in ("recall", "ndcg", "hit") for k in ks]]
-    lines = [f"run {report['run']}  qrels {report['qrels']}", f"queries {report['queries']}, in qrels but not in the run {report['missing_from_run']}", ""]
+    metrics = ("recall", "mrr") if report.get("protocol") == "mmdocir" else ("recall", "ndcg", "hit")
+    names = (["mrr"] if report.get("protocol") != "mmdocir" else []) + [f"{metric}@{k}" for metric in metrics for k in ks]
+    lines = [
+        f"run {report['run']}  qrels {report['qrels']}",
+        f"protocol {report.get('protocol', 'standard')}: {report.get('protocol_definition', PROTOCOLS['standard'])}",
+        f"queries {report['queries']}, in qrels but not in the run {report['missing_from_run']}",
+        "",
+    ]
     scopes = [("micro", report["micro"])] + ([(f"macro over {report['group_by']}", report["macro"])] if "macro" in report else [])
     for title, values in scopes:
         lines += [f"| {title} | first stage | reranked | change |", "|---|---:|---:|---:|"]

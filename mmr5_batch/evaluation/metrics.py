@@ -3,7 +3,8 @@
 - recall@k = |top-k ∩ relevant| / |relevant| (fractional with several gold pages)
 - hit@k = 1 when any relevant document is in the top k
 - nDCG@k with graded gains (the qrels' relevance) and a log2 discount
-- MRR = 1 / rank of the first relevant document (0 when none is ranked)
+- MRR = 1 / rank of the first relevant document (0 when none is ranked);
+  MRR@k the same within the top k (0 beyond), as MMDocIR's evaluation cuts it
 
 Micro is the mean over queries; macro the unweighted mean over groups (e.g.
 domains) of each group's mean.
@@ -53,6 +54,7 @@ def query_metrics(ranked: Sequence[str], relevance: Mapping[str, float], ks: Seq
     """All metrics of one ranked list against its qrels."""
     values = {"mrr": reciprocal_rank(ranked, relevance)}
     for k in ks:
+        values[f"mrr@{k}"] = reciprocal_rank(ranked[:k], relevance)
         values[f"recall@{k}"] = recall_at_k(ranked, relevance, k)
         values[f"ndcg@{k}"] = ndcg_at_k(ranked, relevance, k)
         values[f"hit@{k}"] = hit_at_k(ranked, relevance, k)
@@ -70,9 +72,16 @@ def micro(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return {name: total / count for name, total in sums.items()} if count else {}
 
 
-def macro(rows: Iterable[tuple[str, Mapping[str, float]]]) -> dict[str, float]:
-    """Unweighted mean over groups of each group's micro mean; rows are (group, metrics)."""
+def macro(rows: Iterable[tuple[str, Mapping[str, float]]], fixed_groups: Sequence[str] | None = None) -> dict[str, float]:
+    """Unweighted mean over groups of each group's micro mean; rows are (group, metrics).
+
+    With `fixed_groups` (MMDocIR's protocol: its ten domains) the mean is over
+    exactly those groups, and a group without any row counts 0 for every metric.
+    """
     groups: dict[str, list[Mapping[str, float]]] = defaultdict(list)
     for group, row in rows:
         groups[group].append(row)
-    return micro(micro(members) for members in groups.values())
+    if fixed_groups is None:
+        return micro(micro(members) for members in groups.values())
+    names = {name for members in groups.values() for row in members for name in row}
+    return micro(micro(groups[group]) if groups.get(group) else dict.fromkeys(names, 0.0) for group in fixed_groups)

@@ -37,6 +37,9 @@ CONVERTED_SCHEMA = (
 )
 
 
+DOMAINS_FILE = "domains.txt"
+
+
 class ConvertError(ValueError):
     """Input files that do not look like MMDocIR's; the message names the file and what is wrong."""
 
@@ -94,7 +97,8 @@ def convert_mmdocir(pages: str, annotations: str, run: str, output: str, top_k: 
         count = last_row - first_row + 1
         for index, item in enumerate(items):
             query_id = question_id(doc_name, index)
-            ranked = sorted(scores.get(query_id, []), key=lambda pair: -pair[1])
+            # Ties go to the lower page index, as MMDocIR's own search breaks them.
+            ranked = sorted(scores.get(query_id, []), key=lambda pair: (-pair[1], _page_order(pair[0], doc_name)))
             candidates: list[tuple[int, float]] = []
             for doc_id, score in ranked:
                 page = int(doc_id) if doc_id.isdigit() else _page_of(doc_id, doc_name)
@@ -130,6 +134,8 @@ def convert_mmdocir(pages: str, annotations: str, run: str, output: str, top_k: 
         chunk = rows[start : start + shard_size]
         pq.write_table(pa.Table.from_pylist(chunk, schema=CONVERTED_SCHEMA), folder / "input" / f"part-{start // shard_size:05d}.parquet")
     (folder / "qrels.trec").write_text("\n".join(qrels_lines) + "\n")
+    # The benchmark's fixed domains, for `evaluate --protocol mmdocir` (a domain the run lacks counts 0).
+    (folder / DOMAINS_FILE).write_text("\n".join(sorted({str(domain) for _, domain, _, _ in documents if domain})) + "\n")
     return {
         "documents": len(documents),
         "questions": len(rows),
@@ -139,6 +145,11 @@ def convert_mmdocir(pages: str, annotations: str, run: str, output: str, top_k: 
         "input": str(folder / "input"),
         "qrels": str(folder / "qrels.trec"),
     }
+
+
+def _page_order(doc_id: str, doc_name: str) -> int:
+    page = int(doc_id) if doc_id.isdigit() else _page_of(doc_id, doc_name)
+    return page if page is not None else 1 << 30
 
 
 def _page_of(doc_id: str, doc_name: str) -> int | None:

@@ -29,7 +29,7 @@ def test_ndcg_mrr_and_hit_by_hand():
     assert ndcg_at_k(["a", "a", "b"], gold, 3) < 1.0  # a repeated id earns nothing twice
     assert reciprocal_rank(ranked, gold) == 0.5 and reciprocal_rank(["x"], gold) == 0.0
     assert hit_at_k(ranked, gold, 1) == 0.0 and hit_at_k(ranked, gold, 2) == 1.0
-    assert set(query_metrics(ranked, gold, [1, 5])) == {"mrr", "recall@1", "ndcg@1", "hit@1", "recall@5", "ndcg@5", "hit@5"}
+    assert set(query_metrics(ranked, gold, [1, 5])) == {"mrr", "mrr@1", "recall@1", "ndcg@1", "hit@1", "mrr@5", "recall@5", "ndcg@5", "hit@5"}
 
 
 def test_micro_is_over_queries_and_macro_over_group_means():
@@ -53,3 +53,13 @@ def test_qrels_forms(tmp_path):
         from_records([{"qid": "q"}], "x.parquet")
     with pytest.raises(QrelsError, match="qrels not found"):
         load_qrels(str(tmp_path / "none.txt"))
+
+
+def test_mrr_at_k_is_cut_at_k_and_fixed_groups_count_absent_ones_as_zero():
+    from mmr5_batch.evaluation.metrics import macro, query_metrics
+
+    values = query_metrics(["a", "b", "gold"], {"gold": 1}, [1, 3])
+    assert values["mrr"] == pytest.approx(1 / 3) and values["mrr@3"] == pytest.approx(1 / 3) and values["mrr@1"] == 0.0
+    rows = [("x", {"recall@1": 1.0}), ("x", {"recall@1": 0.0}), ("y", {"recall@1": 1.0})]
+    assert macro(rows) == {"recall@1": 0.75}
+    assert macro(rows, ["x", "y", "z", "w"]) == {"recall@1": pytest.approx(1.5 / 4)}

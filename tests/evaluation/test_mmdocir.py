@@ -95,6 +95,48 @@ def test_convert_rerank_evaluate_relabel(ray_session, replica, capsys):
     pairs = [p for path in sorted((replica / "out" / "pairs").rglob("*.parquet")) for p in pq.read_table(path).to_pylist()]
     assert len(pairs) == 4 * 4 and sum(p["label"] for p in pairs) == 4
 
+    # MMDocIR's own protocol: macro over its fixed domains (from domains.txt; a third one absent from the run counts 0).
+    assert (replica / "converted" / "domains.txt").read_text().split("\n")[:2] == ["Academic paper", "Financial report"]
+    qrels = str(replica / "converted" / "qrels.trec")
+    assert main(["evaluate", "--run", str(replica / "out"), "--qrels", qrels, "--k", "1,3", "--protocol", "mmdocir", "--json", str(replica / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "protocol mmdocir: MMDocIR's" in printed and "mrr@1" in printed
+    official = json.loads((replica / "m.json").read_text())
+    assert official["protocol"] == "mmdocir" and official["groups"] == ["Academic paper", "Financial report"]
+    assert official["macro"]["reranked"]["recall@1"] == pytest.approx(report["macro"]["reranked"]["recall@1"])
+    domains = "Academic paper,Financial report,News"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(replica / "out"),
+                "--qrels",
+                qrels,
+                "--k",
+                "1,3",
+                "--protocol",
+                "mmdocir",
+                "--domains",
+                domains,
+                "--json",
+                str(replica / "n.json"),
+            ]
+        )
+        == 0
+    )
+    with_absent = json.loads((replica / "n.json").read_text())
+    assert with_absent["macro"]["reranked"]["recall@1"] == pytest.approx(official["macro"]["reranked"]["recall@1"] * 2 / 3)
+
+
+def test_convert_breaks_score_ties_by_page_index(replica, capsys):
+    (replica / "ties.trec").write_text("\n".join(f"report-a/q0 Q0 {page} 1 0.5 tied" for page in (3, 0, 2, 4, 1)) + "\n")
+    args = ["convert", "mmdocir", "--pages", str(replica / "MMDocIR_pages.parquet"), "--annotations", str(replica / "MMDocIR_annotations.jsonl")]
+    assert main([*args, "--run", str(replica / "ties.trec"), "--output", str(replica / "ties"), "--top-k", "3"]) == 0
+    capsys.readouterr()
+    [row] = [r for r in pq.read_table(replica / "ties" / "input").to_pylist() if r["query_id"] == "report-a/q0"]
+    assert [c["doc_id"] for c in row["candidates"]] == ["report-a/p0", "report-a/p1", "report-a/p2"]
+
 
 def test_convert_names_the_bad_file(replica, capsys):
     (replica / "bad.jsonl").write_text('{"doc_name": "x"}\n')
