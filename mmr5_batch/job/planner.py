@@ -164,7 +164,6 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     if not to_run and not skipped:
         raise JobError("no readable shard: " + "; ".join(bad.values()))
 
-    _mark_unaddressable(to_run, layout)
     changed_paths = {shard.path for shard in changed}
     if not config.overwrite:
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -173,6 +172,8 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
             )
             for shard, done in zip(to_run, written):
                 shard.done = done
+    # After `done` is known: a copy already written stands (see _mark_unaddressable).
+    _mark_unaddressable(to_run, layout)
     return InputPlan(root, fs, layout, to_run, skipped, [shard for shard in to_run if shard.path in changed_paths], bad, schema, ignored)
 
 
@@ -194,7 +195,7 @@ def _mark_unaddressable(shards: list[ShardPlan], layout: str) -> None:
                 if query_id is None:
                     shard.unaddressable[None] = "missing query_id"
                 elif seen[query_id] > 1:
-                    shard.unaddressable[query_id] = f"query_id appears {seen[query_id]} times in the input; none of them is reranked"
+                    _mark_repeated(shard, query_id, seen[query_id], shards)
     else:
         homes: dict[str, set[str]] = defaultdict(set)
         for shard in shards:
@@ -209,6 +210,16 @@ def _mark_unaddressable(shards: list[ShardPlan], layout: str) -> None:
                     shard.unaddressable[query_id] = (
                         f"query_id's rows are spread over {len(homes[query_id])} shards {sorted(homes[query_id])}; a query's rows must be in one shard"
                     )
+
+
+def _mark_repeated(shard: ShardPlan, query_id: str, copies: int, shards: list[ShardPlan]) -> None:
+    """A query_id in several rows: the first written copy stands (an earlier, interrupted run wrote it) and the
+    others become dead letters naming it; when none is written yet, every copy is one (which is right is ambiguous)."""
+    holders = [other.uri for other in shards if other.done.get(query_id)]
+    if not holders:
+        shard.unaddressable[query_id] = f"query_id appears {copies} times in the input; none of them is reranked"
+    elif not shard.done.get(query_id):
+        shard.unaddressable[query_id] = f"query_id appears {copies} times in the input; the copy already written for {holders[0]} stands, this one is not reranked"
 
 
 def rows_to_drop(shard: ShardPlan) -> frozenset[str | None]:

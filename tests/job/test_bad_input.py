@@ -208,3 +208,19 @@ def test_overwrite_survives_a_crash_at_every_step_of_clearing(ray_session, tmp_p
     assert sorted(row["query_id"] for row in ranked) == ["a0", "a1", "b0", "b1"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shards"]["processed"] + summary["shards"]["skipped_done_earlier"] == 2
+
+
+def test_a_query_id_repeated_after_a_crash_keeps_its_first_written_copy(ray_session, tmp_path):
+    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    for entry in (out / "_ledger" / "shards").glob("*.json"):  # as if the run died before its accounting
+        entry.unlink()
+    write(tmp_path / "in" / "b.parquet", pa.Table.from_pylist([*rows("a", 1), *rows("b", 1)], schema=SCHEMA))  # a0 again
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--max-error-rate", "0.5"]) == 0
+    ranked, dead = read_folder(out / "ranked"), read_folder(out / "dead_letter")
+    assert sorted(row["query_id"] for row in ranked) == ["a0", "a1", "b0"]
+    [letter] = dead
+    assert letter["query_id"] == "a0" and "already written for" in letter["reason"] and letter["source_path"].endswith("b.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["incomplete_shards"] == [] and summary["failed"] is None

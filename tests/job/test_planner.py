@@ -92,3 +92,15 @@ def test_a_shard_is_complete_when_every_query_is_written_once():
     assert shard_summary(shard, twice)["repeated_queries"] == 1 and not shard_summary(shard, twice)["complete"]
     assert not shard_summary(shard, written.slice(0, 3))["complete"]
     assert Counter(shard.query_ids)["dup"] == 2
+
+
+def test_the_first_written_copy_of_a_repeated_id_stands():
+    from collections import Counter
+
+    a = ShardPlan("a", "s3://b/a", "a-1", "f", query_ids=["q", "x"], done=Counter({"q": 1}))
+    b = ShardPlan("b", "s3://b/b", "b-1", "f", query_ids=["q", "y"])
+    c = ShardPlan("c", "s3://b/c", "c-1", "f", query_ids=["y"])
+    _mark_unaddressable([a, b, c], "grouped")
+    assert "q" not in a.unaddressable  # written earlier: it stands
+    assert "the copy already written for s3://b/a stands" in b.unaddressable["q"]
+    assert "appears 2 times" in b.unaddressable["y"] and "appears 2 times" in c.unaddressable["y"]  # none written: all out
