@@ -75,8 +75,9 @@ class JobConfig(RerankerConfig):
     overwrite: bool = Field(
         False,
         description=(
-            "Reprocess everything: delete the earlier results in the output prefix first. Without it a run resumes: "
-            "only shards and queries not already written are processed."
+            "Reprocess everything: the earlier results in the output prefix stop counting at once and each shard's are "
+            "deleted once its replacement is complete. Without it a run resumes: only shards and queries not already "
+            "written are processed."
         ),
     )
     relabel: RelabelConfig = Field(default_factory=RelabelConfig, description="Per-candidate rows for relabeling (off by default).")

@@ -22,7 +22,8 @@ from mmr5_batch.job.ledger import OutputState
 from mmr5_batch.job.planner import InputPlan, ShardPlan
 from mmr5_batch.storage.filesystems import join
 
-UNADDRESSABLE_FILE = "part-unaddressable.parquet"
+# One file per shard, named by the run that wrote it; a later run finds it (any run id) and leaves it.
+UNADDRESSABLE_PREFIX = "part-unaddressable"
 
 
 def unaddressable_dead_letters(shard: ShardPlan, table: pa.Table, run_id: str, model: str, backend: str = "") -> pa.Table:
@@ -71,9 +72,9 @@ def write_unaddressable(plan: InputPlan, state: OutputState, run_id: str, model:
     for shard in plan.to_run:
         if not shard.unaddressable:
             continue
-        uri = join(state.folder("dead_letter", shard.key), UNADDRESSABLE_FILE)
-        if state.storage.exists(uri):
+        if any(uri.rsplit("/", 1)[-1].startswith(UNADDRESSABLE_PREFIX) for uri in state.result_files("dead_letter", shard.key)):
             continue
+        uri = join(state.folder("dead_letter", shard.key), f"{UNADDRESSABLE_PREFIX}-{run_id}.parquet" if run_id else f"{UNADDRESSABLE_PREFIX}.parquet")
         with plan.filesystem.open(shard.path, "rb") as handle:
             table = pq.read_table(handle)
         letters = unaddressable_dead_letters(shard, table, run_id, model, backend)

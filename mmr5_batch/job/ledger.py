@@ -21,12 +21,11 @@ settings into the same prefix is refused, since its rows would mix with these.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -36,8 +35,8 @@ from mmr5_batch.storage.filesystems import Storage, join
 
 RESULT_FOLDERS = ("ranked", "dead_letter")
 LEDGER = "_ledger"
-CLEARING = "clearing.json"
-# What the ledger knows about results (cleared with them); its lease and the record of finished runs stay.
+SUPERSEDED = "superseded.json"
+# What the ledger knows about results (forgotten by --overwrite); its lease and the record of finished runs stay.
 LEDGER_STATE = ("shards", "started", "job.json", "passthrough_schema.json")
 
 
@@ -87,6 +86,46 @@ class OutputState:
 
     storage: Storage
     output: str
+    # An --overwrite in progress (`_ledger/superseded.json`): its id, settings and the result files it replaces.
+    _overwrite: dict[str, Any] | None = field(default=None, repr=False)
+    _overwrite_read: bool = field(default=False, repr=False)
+
+    def overwrite(self) -> dict[str, Any] | None:
+        """The --overwrite in progress, if any: while it is, the ledger's older entries and the superseded files do not count."""
+        if not self._overwrite_read:
+            uri = join(self.output, LEDGER, SUPERSEDED)
+            self._overwrite = self.storage.read_json(uri) if self.output and self.storage.exists(uri) else None
+            self._overwrite_read = True
+        return self._overwrite
+
+    def superseded(self) -> frozenset[str]:
+        overwrite = self.overwrite()
+        return frozenset(overwrite["files"]) if overwrite else frozenset()
+
+    def record_overwrite(self, overwrite: dict[str, Any] | None) -> None:
+        """Start, update or (None) end an --overwrite; one write, so it takes effect all at once."""
+        uri = join(self.output, LEDGER, SUPERSEDED)
+        if overwrite is None:
+            self.storage.remove(uri)
+        else:
+            self.storage.write_json(uri, overwrite)
+        self._overwrite, self._overwrite_read = overwrite, True
+
+    def _current(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`entry` unless an --overwrite is in progress that it predates."""
+        overwrite = self.overwrite()
+        if entry is None or overwrite is None or entry.get("overwrite_id") == overwrite["overwrite_id"]:
+            return entry
+        return None
+
+    def _tagged(self, entry: dict[str, Any]) -> dict[str, Any]:
+        overwrite = self.overwrite()
+        return entry | {"overwrite_id": overwrite["overwrite_id"]} if overwrite else entry
+
+    def result_files(self, name: str, key: str) -> list[str]:
+        """A shard's files in one result folder, superseded ones left out."""
+        superseded = self.superseded()
+        return [uri for uri in self.storage.list_files(self.folder(name, key), ".parquet") if uri not in superseded]
 
     def folder(self, name: str, key: str) -> str:
         return join(self.output, name, key)
@@ -95,10 +134,10 @@ class OutputState:
         if not self.output:  # `plan` without an output prefix: nothing done anywhere
             return None
         uri = join(self.output, LEDGER, "shards", f"{key}.json")
-        return self.storage.read_json(uri) if self.storage.exists(uri) else None
+        return self._current(self.storage.read_json(uri) if self.storage.exists(uri) else None)
 
     def record_shard(self, key: str, entry: dict[str, Any]) -> None:
-        self.storage.write_json(join(self.output, LEDGER, "shards", f"{key}.json"), entry)
+        self.storage.write_json(join(self.output, LEDGER, "shards", f"{key}.json"), self._tagged(entry))
 
     def forget_shard(self, key: str) -> None:
         """Delete a shard's ledger entry first, then its rows: a crash in between leaves rows a rerun finds and keeps."""
@@ -111,8 +150,8 @@ class OutputState:
         """Delete pairs files of a shard whose ranked file was never written (a crashed task); how many."""
         from mmr5_batch.evaluation.relabel import orphan_pairs
 
-        committed = {uri.rsplit("/", 1)[-1] for uri in self.storage.list_files(self.folder("ranked", key), ".parquet")}
-        orphans = orphan_pairs(self.storage.list_files(self.folder(PAIRS_FOLDER, key), ".parquet"), committed)
+        committed = {uri.rsplit("/", 1)[-1] for uri in self.result_files("ranked", key)}
+        orphans = orphan_pairs(self.result_files(PAIRS_FOLDER, key), committed)
         for uri in orphans:
             self.storage.remove(uri)
         return len(orphans)
@@ -121,7 +160,7 @@ class OutputState:
         """The given columns of every result row written for a shard (ranked and dead letters), or None."""
         if not self.output:
             return None
-        files = [uri for name in RESULT_FOLDERS for uri in self.storage.list_files(self.folder(name, key), ".parquet")]
+        files = [uri for name in RESULT_FOLDERS for uri in self.result_files(name, key)]
         return self.storage.read_parquet_columns(files, columns)
 
     def written_ids(self, key: str) -> Counter[str]:
@@ -134,50 +173,34 @@ class OutputState:
 
     def mark_started(self, key: str, fingerprint: str) -> None:
         """Record which content of a shard this run processes, before any of its rows are written."""
-        self.storage.write_json(join(self.output, LEDGER, "started", f"{key}.json"), {"fingerprint": fingerprint})
+        self.storage.write_json(join(self.output, LEDGER, "started", f"{key}.json"), self._tagged({"fingerprint": fingerprint}))
 
     def started_fingerprint(self, key: str) -> str | None:
         """The fingerprint an earlier, unfinished run processed this shard with (None: no such run)."""
         if not self.output:
             return None
         uri = join(self.output, LEDGER, "started", f"{key}.json")
-        return self.storage.read_json(uri).get("fingerprint") if self.storage.exists(uri) else None
+        entry = self._current(self.storage.read_json(uri) if self.storage.exists(uri) else None)
+        return entry.get("fingerprint") if entry else None
 
     def passthrough_types(self) -> pa.Schema | None:
         """The passthrough columns' types established by earlier runs into this prefix (Arrow IPC, base64)."""
         uri = join(self.output, LEDGER, "passthrough_schema.json")
-        if not self.output or not self.storage.exists(uri):
-            return None
-        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.storage.read_json(uri)["arrow_ipc"])))
+        entry = self._current(self.storage.read_json(uri) if self.output and self.storage.exists(uri) else None)
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(entry["arrow_ipc"]))) if entry else None
 
     def record_passthrough_types(self, schema: pa.Schema) -> None:
         encoded = base64.b64encode(schema.serialize().to_pybytes()).decode()
-        self.storage.write_json(join(self.output, LEDGER, "passthrough_schema.json"), {"columns": [str(field) for field in schema], "arrow_ipc": encoded})
+        entry = {"columns": [str(column) for column in schema], "arrow_ipc": encoded}
+        self.storage.write_json(join(self.output, LEDGER, "passthrough_schema.json"), self._tagged(entry))
 
     def job(self) -> dict[str, Any] | None:
+        """The settings of the results here: an --overwrite in progress's, else the last job's."""
+        overwrite = self.overwrite()
+        if overwrite is not None:
+            return overwrite["fingerprint"]
         uri = join(self.output, LEDGER, "job.json")
         return self.storage.read_json(uri) if self.storage.exists(uri) else None
 
     def record_job(self, fingerprint: dict[str, Any]) -> None:
         self.storage.write_json(join(self.output, LEDGER, "job.json"), fingerprint)
-
-    def clear(self) -> None:
-        """Remove every earlier result (`--overwrite`), crash-safe: a marker first, the ledger before the rows.
-
-        While `_ledger/clearing.json` exists the prefix counts as being
-        cleared: any later run finishes the clearing before planning, so a
-        crash at any step never leaves a ledger naming shards whose rows are
-        gone, nor old rows taken for done. The lease and the record of
-        finished runs stay.
-        """
-        marker = join(self.output, LEDGER, CLEARING)
-        self.storage.write_json(marker, {"cleared_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
-        for name in LEDGER_STATE:
-            self.storage.remove(join(self.output, LEDGER, name))
-        for name in ("stats", PAIRS_FOLDER, *RESULT_FOLDERS):
-            self.storage.remove(join(self.output, name))
-        self.storage.remove(marker)
-
-    def clearing_unfinished(self) -> bool:
-        """An `--overwrite` run died while clearing: what is left must not count as results."""
-        return bool(self.output) and self.storage.exists(join(self.output, LEDGER, CLEARING))

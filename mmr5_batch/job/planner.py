@@ -219,7 +219,9 @@ def _mark_repeated(shard: ShardPlan, query_id: str, copies: int, shards: list[Sh
     if not holders:
         shard.unaddressable[query_id] = f"query_id appears {copies} times in the input; none of them is reranked"
     elif not shard.done.get(query_id):
-        shard.unaddressable[query_id] = f"query_id appears {copies} times in the input; the copy already written for {holders[0]} stands, this one is not reranked"
+        shard.unaddressable[query_id] = (
+            f"query_id appears {copies} times in the input; the copy already written for {holders[0]} stands, this one is not reranked"
+        )
 
 
 def rows_to_drop(shard: ShardPlan) -> frozenset[str | None]:

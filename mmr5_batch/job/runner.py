@@ -32,6 +32,7 @@ from mmr5_batch.job.accounting import COUNTED_COLUMNS, COUNTERS, RunOutcome, fai
 from mmr5_batch.job.dead_letters import write_unaddressable
 from mmr5_batch.job.lease import OutputLease
 from mmr5_batch.job.ledger import OutputState, describe_difference, job_fingerprint
+from mmr5_batch.job.overwrite import delete_superseded, finish_overwrite, supersede_results
 from mmr5_batch.job.planner import InputPlan, plan_input
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
@@ -96,10 +97,6 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     fingerprint = job_fingerprint(public_dump(config))
     runs_before = _finished_runs_or_none(state)
     plan = plan_input(config, storage, state)
-    if not config.overwrite and state.clearing_unfinished():
-        log.warning("an earlier --overwrite run stopped while clearing %s: this run finishes the clearing first", config.output)
-        config = config.model_copy(update={"overwrite": True})
-        plan = plan_input(config, storage, state)
     check_same_job(state, fingerprint, config.overwrite)
     _log_plan(config, plan)
     started = time.monotonic()
@@ -156,7 +153,7 @@ def _write(
 ) -> dict[str, Any]:
     """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
     if config.overwrite:
-        state.clear()
+        supersede_results(state, fingerprint)
     for shard in plan.changed:
         state.forget_shard(shard.key)
     for shard in plan.to_run:
@@ -173,7 +170,8 @@ def _write(
 
 
 def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, finished: str) -> dict[str, dict[str, Any]]:
-    """Each processed shard's rows as written, counted; complete shards go into the ledger."""
+    """Each processed shard's rows as written, counted; complete shards go into the ledger (their superseded
+    files, an --overwrite's old results, are deleted first)."""
     shard_stats = {}
     for shard in plan.to_run:
         stats = shard_summary(shard, state.written(shard.key, COUNTED_COLUMNS))
@@ -181,7 +179,10 @@ def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, finished:
         shard_stats[shard.uri] = stats
         state.storage.write_json(join(config.output, "stats", f"{shard.key}.json"), stats)
         if stats["complete"]:
+            delete_superseded(state, [shard.key])
             state.record_shard(shard.key, stats)
+    if all(stats["complete"] for stats in shard_stats.values()):
+        finish_overwrite(state)  # shards gone from the input or unreadable now: their old results go too
     return shard_stats
 
 

@@ -8,6 +8,7 @@ reported as ignored, the error-rate exit code, and a rerun that adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -177,37 +178,55 @@ def test_a_second_job_into_a_held_prefix_is_refused_and_an_expired_lease_taken_o
     assert not lease.exists() and sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["g0", "g1"]
 
 
-@pytest.mark.parametrize("crash_after", [0, 1, 2, 3, 4, 5, 6, 7, 8])
-def test_overwrite_survives_a_crash_at_every_step_of_clearing(ray_session, tmp_path, monkeypatch, crash_after):
+@pytest.mark.parametrize("crash_at", [0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13])
+def test_overwrite_keeps_results_until_replaced_through_a_crash_at_any_step(ray_session, tmp_path, monkeypatch, capsys, crash_at):
     from mmr5_batch.storage.filesystems import Storage
 
     write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
     write(tmp_path / "in" / "b.parquet", pa.Table.from_pylist(rows("b", 2), schema=SCHEMA))
     out = tmp_path / "out"
     assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    queries = ["a0", "a1", "b0", "b1"]
 
-    calls = {"removes": 0}
-    original = Storage.remove
+    # Crash the --overwrite run at its crash_at-th write or delete on the driver (clearing, ledger, accounting).
+    steps = {"done": 0}
+    write_bytes, remove = Storage.write_bytes, Storage.remove
 
-    def remove_then_crash(self, uri):
-        if calls["removes"] == crash_after:
-            raise KeyboardInterrupt("crash injected while clearing")
-        calls["removes"] += 1
-        return original(self, uri)
+    def step(original):
+        def crashing(self, *args):
+            if steps["done"] == crash_at and "lease" not in str(args[0]):
+                raise KeyboardInterrupt(f"crash injected at step {crash_at}")
+            steps["done"] += 1
+            return original(self, *args)
 
-    monkeypatch.setattr(Storage, "remove", remove_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--overwrite", "--window", "3", "--stride", "2"])
-    monkeypatch.setattr(Storage, "remove", original)
-    # The interrupted run's lease would block the next one until it expires: as if it had expired.
-    (out / "_ledger" / "lease.json").unlink(missing_ok=True)
+        return crashing
 
-    # The next plain run with the new settings: every query exactly once, none skipped for rows that are gone.
-    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--window", "3", "--stride", "2"]) == 0
+    monkeypatch.setattr(Storage, "write_bytes", step(write_bytes))
+    monkeypatch.setattr(Storage, "remove", step(remove))
+    new_settings = ["--window", "3", "--stride", "2"]
+    with contextlib.suppress(KeyboardInterrupt):
+        main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--overwrite", *new_settings])
+    monkeypatch.setattr(Storage, "write_bytes", write_bytes)
+    monkeypatch.setattr(Storage, "remove", remove)
+    # Nothing complete was destroyed before its replacement: every query still has a row (old or new).
+    assert set(row["query_id"] for row in read_folder(out / "ranked")) == set(queries)
+    (out / "_ledger" / "lease.json").unlink(missing_ok=True)  # as if the dead run's lease had expired
+
+    # The next plain run with the new settings finishes the overwrite: every query exactly once, old rows gone.
+    # (Crashed before the overwrite's first write, it never began: the old results stand and say so.)
+    began = (out / "_ledger" / "superseded.json").exists() or json.loads((out / "_ledger" / "job.json").read_text())["settings"]["ranking"]["window"] == 3
+    code = main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, *new_settings])
+    if not began:
+        assert code == 2 and "holds results of a run with other settings" in capsys.readouterr().err
+        code = main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, *new_settings, "--overwrite"])
+    assert code == 0
     ranked = read_folder(out / "ranked")
-    assert sorted(row["query_id"] for row in ranked) == ["a0", "a1", "b0", "b1"]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["shards"]["processed"] + summary["shards"]["skipped_done_earlier"] == 2
+    assert sorted(row["query_id"] for row in ranked) == queries
+    assert not (out / "_ledger" / "superseded.json").exists()
+    assert json.loads((out / "summary.json").read_text())["failed"] is None
+    # And a run after that adds nothing.
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, *new_settings]) == 0
+    assert json.loads((out / "summary.json").read_text())["shards"]["skipped_done_earlier"] == 2
 
 
 def test_a_query_id_repeated_after_a_crash_keeps_its_first_written_copy(ray_session, tmp_path):
