@@ -1,5 +1,1 @@
-"""The `mmr5-batch` command line."""
-
-from mmr5_batch.cli.main import main
-
-__all__ = ["main"]
+"""The `mmr5-batch` command line (main.py), a thin caller of the library; `python -m mmr5_batch.cli` runs it too."""

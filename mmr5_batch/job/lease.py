@@ -4,8 +4,9 @@
 create; S3: a put with `If-None-Match: *`), so of two jobs started at once
 exactly one gets it; the other stops with one line naming the holder. The
 holder renews the heartbeat in a background thread and removes the lease at
-the end. A job that died leaves its lease behind until it expires; a later
-run then takes it over (removing the stale lease, then creating its own:
+the end. A job that died leaves its lease behind until it expires (at once
+when it ran on the same host and its process is gone); a later run then
+takes it over (removing the stale lease, then creating its own:
 a race between two such runs is again decided by the conditional create).
 """
 
@@ -30,6 +31,19 @@ LEASE_FILE = "_ledger/lease.json"
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _holder_is_gone(held: dict[str, Any]) -> bool:
+    """A holder on this very host whose process no longer exists (a killed driver) need not be waited for."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @dataclass
@@ -86,13 +100,13 @@ class OutputLease:
             held = self.holder()
             if held is None:
                 continue  # released in between: try again
-            if dt.datetime.fromisoformat(held["expires_at"]) > _now():
+            if dt.datetime.fromisoformat(held["expires_at"]) > _now() and not _holder_is_gone(held):
                 raise JobError(
                     f"output {self.output} is in use by run {held.get('run_id')} (owner {held.get('owner')}, host {held.get('host')}, "
                     f"pid {held.get('pid')}, last heartbeat {held.get('heartbeat_at')}, expires {held['expires_at']}); "
                     "wait for it to finish, or choose another output"
                 )
-            log.warning("taking over the expired lease of run %s (expired %s)", held.get("run_id"), held["expires_at"])
+            log.warning("taking over the lease of run %s (expires %s; its process is gone or it expired)", held.get("run_id"), held["expires_at"])
             self.storage.remove(self.uri)
         raise JobError(f"output {self.output}: could not take the lease ({self.uri}) after three tries")
 

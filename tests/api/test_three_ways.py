@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 import mmr5_batch.job.runner as runner
 from mmr5_batch import Reranker, build_reranker, run_job
-from mmr5_batch.cli import main
+from mmr5_batch.cli.main import main
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
 from mmr5_batch.stages.step import RerankStep
 from tests.conftest import grey_jpeg, read_folder

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmr5_batch.cli import main
+from mmr5_batch.cli.main import main
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PAIRS_INPUT_SCHEMA
 from tests.conftest import grey_jpeg, read_folder
 

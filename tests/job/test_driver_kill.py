@@ -48,7 +48,7 @@ def test_killing_the_driver_then_rerunning(tmp_path, prefixes):
     source, output = prefixes
     values = job_values(tmp_path, input=source, output=output)
     (tmp_path / "job.yaml").write_text(json.dumps(_nested(values)))
-    command = [sys.executable, "-m", "mmr5_batch.cli.main", "rerank", "--config", str(tmp_path / "job.yaml")]
+    command = [sys.executable, "-m", "mmr5_batch.cli", "rerank", "--config", str(tmp_path / "job.yaml")]
     environment = {**os.environ, "RAY_ADDRESS": ""}
     driver = subprocess.Popen(command, start_new_session=True, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

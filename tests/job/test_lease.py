@@ -56,3 +56,21 @@ def test_renewing_pushes_the_expiry_and_notices_a_lost_lease(tmp_path):
     finally:
         held.release()
     assert json.loads(path.read_text())["owner"] == "thief"  # not ours: left alone
+
+
+def test_a_lease_whose_process_is_gone_on_this_host_is_taken_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    path = tmp_path / "out" / LEASE_FILE
+    path.parent.mkdir(parents=True)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+    record = {"owner": "killed", "run_id": "r", "host": socket.gethostname(), "pid": int(gone.stdout), "expires_at": soon.isoformat()}
+    path.write_text(json.dumps(record))
+    with lease(tmp_path / "out", "next"):
+        assert json.loads(path.read_text())["owner"] == "next"
+    path.write_text(json.dumps(record | {"host": "another-host"}))  # elsewhere: wait for the expiry
+    with pytest.raises(JobError, match="in use by run r"):
+        lease(tmp_path / "out", "next").acquire()
