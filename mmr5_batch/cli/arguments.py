@@ -53,55 +53,78 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# Switches: a flag that sets a boolean config field to true.
+SWITCHES: dict[str, tuple[str, str]] = {
+    "--keep-reasoning": ("ranking.keep_reasoning", "keep the model output per window"),
+    "--overwrite": ("overwrite", "replace an earlier run's results in --output (each kept until its replacement is complete)"),
+    "--cascade": ("cascade.enabled", "details-inspection cascade (settings under cascade: in the config)"),
+}
+
+
+def flag_of(dotted: str) -> str | None:
+    """The command-line flag that sets a config field, if one does."""
+    for flag, (field_name, *_) in {**RERANK_FLAGS, **SWITCHES}.items():
+        if field_name == dotted:
+            return flag
+    return None
+
+
 def _add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="job config YAML; flags override it")
     for flag, (_, options) in RERANK_FLAGS.items():
         parser.add_argument(flag, **options)
-    parser.add_argument("--keep-reasoning", action="store_const", const=True, help="keep the model output per window")
-    parser.add_argument("--overwrite", action="store_const", const=True, help="replace an earlier run's results in --output")
-    parser.add_argument("--cascade", action="store_const", const=True, help="details-inspection cascade (settings under cascade: in the config)")
+    for flag, (_, text) in SWITCHES.items():
+        parser.add_argument(flag, action="store_const", const=True, help=text)
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     overrides = {dotted: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (dotted, _) in RERANK_FLAGS.items()}
-    overrides["ranking.keep_reasoning"] = args.keep_reasoning
-    overrides["overwrite"] = args.overwrite
-    overrides["cascade.enabled"] = args.cascade
+    for flag, (dotted, _) in SWITCHES.items():
+        overrides[dotted] = getattr(args, flag.lstrip("-").replace("-", "_"))
     return load_config(args.config, overrides)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mmr5-batch", description="Batch multimodal reranking with MM-R5 on Ray.")
+    return build_parser().parse_args(argv)
+
+
+def build_parser(width: int | None = None) -> argparse.ArgumentParser:
+    """The whole command line; `width` fixes the help's line width (the generated reference uses it)."""
+
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        return argparse.HelpFormatter(prog, width=width) if width else argparse.HelpFormatter(prog)
+
+    parser = argparse.ArgumentParser(prog="mmr5-batch", description="Batch multimodal reranking with MM-R5 on Ray.", formatter_class=formatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    rerank = commands.add_parser("rerank", help="rerank an input prefix and write ranked rows")
+    rerank = commands.add_parser("rerank", formatter_class=formatter, help="rerank an input prefix and write ranked rows")
     _add_rerank_arguments(rerank)
 
-    plan = commands.add_parser("plan", help="check the input and estimate the cost without running the model")
+    plan = commands.add_parser("plan", formatter_class=formatter, help="check the input and estimate the cost without running the model")
     _add_rerank_arguments(plan)
     plan.add_argument("--sample", type=int, default=200, help="queries read to measure candidates and page sizes")
     plan.add_argument("--gen-tokens", type=int, default=400, help="generated tokens per window assumed by the cost model")
     plan.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    show = commands.add_parser("show-prompt", help="print the exact prompt text the model receives")
+    show = commands.add_parser("show-prompt", formatter_class=formatter, help="print the exact prompt text the model receives")
     show.add_argument("--query", required=True)
     show.add_argument("--num-candidates", type=int, required=True)
     show.add_argument("--model", help="checkpoint directory or model id whose chat template renders the prompt")
 
-    tiny = commands.add_parser("tiny-model", help="build a tiny random-weights Qwen2.5-VL checkpoint offline")
+    tiny = commands.add_parser("tiny-model", formatter_class=formatter, help="build a tiny random-weights Qwen2.5-VL checkpoint offline")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
 
-    demo = commands.add_parser("demo-data", help="write the synthetic demo dataset (pages with text, queries)")
+    demo = commands.add_parser("demo-data", formatter_class=formatter, help="write the synthetic demo dataset (pages with text, queries)")
     demo.add_argument("directory")
     demo.add_argument("--queries", type=int, default=50)
     demo.add_argument("--candidates", type=int, default=8)
     demo.add_argument("--shards", type=int, default=4)
     demo.add_argument("--qrels", help="also write the demo's TREC qrels (gold pages) to this file")
 
-    convert = commands.add_parser("convert", help="turn a public dataset's files into input shards and qrels")
+    convert = commands.add_parser("convert", formatter_class=formatter, help="turn a public dataset's files into input shards and qrels")
     formats = convert.add_subparsers(dest="dataset", required=True)
-    mmdocir = formats.add_parser("mmdocir", help="MMDocIR pages parquet + annotations JSONL + a first-stage run")
+    mmdocir = formats.add_parser("mmdocir", formatter_class=formatter, help="MMDocIR pages parquet + annotations JSONL + a first-stage run")
     mmdocir.add_argument("--pages", required=True, help="MMDocIR_pages.parquet")
     mmdocir.add_argument("--annotations", required=True, help="MMDocIR_annotations.jsonl")
     mmdocir.add_argument("--run", required=True, help="first-stage run: TREC run file or Parquet (query_id, doc_id, score)")
@@ -109,7 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mmdocir.add_argument("--top-k", type=int, default=20, help="candidates per question")
     mmdocir.add_argument("--shard-size", type=int, default=500, help="questions per shard")
 
-    evaluate = commands.add_parser("evaluate", help="recall/nDCG/MRR of a run's reranked and first-stage orders")
+    evaluate = commands.add_parser("evaluate", formatter_class=formatter, help="recall/nDCG/MRR of a run's reranked and first-stage orders")
     evaluate.add_argument("--run", required=True, help="the output prefix of a rerank run")
     evaluate.add_argument("--qrels", required=True, help="TREC qrels, or Parquet/JSONL with query_id, doc_id, relevance")
     evaluate.add_argument("--k", default="1,3,5,10", help="cut-offs, comma-separated")
@@ -120,4 +143,4 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     evaluate.add_argument("--domains", help="mmdocir protocol: the fixed domains, comma-separated (default: domains.txt beside --qrels)")
     evaluate.add_argument("--json", help="where to write the report (default RUN/evaluation.json)")
     evaluate.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    return parser.parse_args(argv)
+    return parser
