@@ -35,7 +35,7 @@ test-fast: env
 
 # The generated reference pages (config fields, CLI synopsis); a test fails when they are stale.
 docs: env
-	$(BIN)/python -m mmr5_batch.devtools.reference_docs docs/reference
+	$(BIN)/python -m mmr5_batch.cli.reference_docs docs/reference
 
 # Lint, format and types, in seconds: ruff (rules in pyproject.toml) and mypy over the package.
 check: env

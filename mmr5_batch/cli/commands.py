@@ -15,14 +15,19 @@ import sys
 
 from mmr5_batch.cli.arguments import config_from_args
 from mmr5_batch.cli.report import format_summary, show_prompt
-from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError
+from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError, error_line
 
 # Errors whose message is the whole story: one line, exit 2.
 ONE_LINE_ERRORS = (ConfigError, JobError, EngineUnavailable, ContractError)
 
 
-def fail(message: str, code: int = 2) -> int:
-    print(f"mmr5-batch: error: {message}", file=sys.stderr)
+def fail(problem: str | BaseException, code: int = 2) -> int:
+    """Print the one error line and return the exit code. Our own errors say it all in their message; any
+    other error is named by its type and the first line of its message (`errors.error_line`)."""
+    if isinstance(problem, BaseException):
+        text = str(problem).strip()
+        problem = text.splitlines()[0] if isinstance(problem, ONE_LINE_ERRORS) and text else error_line(problem)
+    print(f"mmr5-batch: error: {problem}", file=sys.stderr)
     return code
 
 
@@ -35,7 +40,7 @@ def rerank(args: argparse.Namespace) -> int:
             raise ConfigError("--input and --output are required (or input/output in the config file)")
         summary = run_job(config)
     except ONE_LINE_ERRORS as error:
-        return fail(str(error))
+        return fail(error)
     except Exception as error:  # an engine failing at start, a broken contract: raised inside Ray, wrapped by it
         cause = one_line_cause(error)
         if cause is None:
@@ -58,7 +63,7 @@ def plan(args: argparse.Namespace) -> int:
             raise ConfigError("--input is required (or input in the config file)")
         report = estimate(config, sample=args.sample, generated_tokens=args.gen_tokens)
     except (ConfigError, JobError) as error:
-        return fail(str(error))
+        return fail(error)
     print(json.dumps(report, indent=2) if args.json else format_estimate(report))
     return 0
 
@@ -67,7 +72,7 @@ def show_prompt_command(args: argparse.Namespace) -> int:
     try:
         sys.stdout.write(show_prompt(args.query, args.num_candidates, args.model))
     except (OSError, ValueError) as error:
-        return fail(str(error).splitlines()[0] if str(error).strip() else type(error).__name__)
+        return fail(error)
     return 0
 
 
@@ -97,7 +102,7 @@ def convert(args: argparse.Namespace) -> int:
     try:
         counts = convert_mmdocir(args.pages, args.annotations, args.run, args.output, top_k=args.top_k, shard_size=args.shard_size)
     except (ConvertError, FileNotFoundError) as error:
-        return fail(str(error))
+        return fail(error)
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -105,7 +110,7 @@ def convert(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from mmr5_batch.evaluation.evaluate import evaluate_run, format_report
     from mmr5_batch.evaluation.qrels import QrelsError
-    from mmr5_batch.stages.cluster import ensure_ray
+    from mmr5_batch.evaluation.report import write_report
     from mmr5_batch.storage.filesystems import Storage, join
 
     try:
@@ -116,13 +121,16 @@ def evaluate(args: argparse.Namespace) -> int:
         return fail(f"--k must be positive integers separated by commas, got {args.k!r}")
     storage = Storage()
     try:
-        ensure_ray(args.address)
         domains = [name.strip() for name in args.domains.split(",") if name.strip()] if args.domains else None
-        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage, protocol=args.protocol, domains=domains)
+        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage, protocol=args.protocol, domains=domains, address=args.address)
     except (QrelsError, FileNotFoundError) as error:
-        return fail(str(error))
-    storage.write_json(args.json or join(args.run, "evaluation.json"), report)
+        return fail(error)
+    target = args.json or join(args.run, "evaluation.json")
+    storage.write_json(target, report)
+    folder = join(target.rsplit("/", 1)[0] if "/" in target else ".", "evaluation")
+    write_report(report, folder, storage)
     print(format_report(report))
+    print(f"\nreport: {join(folder, 'report.md')} (figures beside it); numbers: {target}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The MM-R5 prompt: the exact messages the model was trained on.
 
 MM-R5 was fine-tuned on one fixed instruction, so the job sends it byte for
-byte (see shared/reference/MMR5.md). Messages are plain dicts in the chat
+byte (docs/fidelity.md says what it holds and why). Messages are plain dicts in the chat
 format that Hugging Face processors and vLLM both accept; image parts carry
 no pixels here, the images travel beside the messages in the same order.
 """

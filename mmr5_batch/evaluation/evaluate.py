@@ -21,10 +21,13 @@ import pyarrow as pa
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.evaluation.metrics import macro, micro, query_metrics
 from mmr5_batch.evaluation.qrels import Qrels, QrelsError, load_qrels
+from mmr5_batch.stages.cluster import ensure_ray
 from mmr5_batch.storage.filesystems import Storage, join
 
 ORDERS = ("first_stage", "reranked")
 NO_GROUP = "<none>"
+# What a query cost, read from its result row (the report's cost side).
+COST_COLUMNS = ("image_tokens", "prompt_tokens", "generated_tokens", "forced_answers", "windows")
 
 
 def score_batch(batch: pa.Table, qrels: Qrels, ks: Sequence[int], group_by: str | None) -> pa.Table:
@@ -43,6 +46,8 @@ def score_batch(batch: pa.Table, qrels: Qrels, ks: Sequence[int], group_by: str 
         for order, ranked in (("first_stage", first), ("reranked", reranked)):
             for name, value in query_metrics(ranked, relevance, ks).items():
                 out[f"{order}:{name}"].append(value)
+        for name in COST_COLUMNS:  # dead letters lack some: 0
+            out[f"cost:{name}"].append(float(row.get(name) or 0))
     return pa.table(dict(out)) if out else pa.table({"query_id": pa.array([], pa.string())})
 
 
@@ -75,6 +80,7 @@ def evaluate_run(
     storage: Storage | None = None,
     protocol: str = "standard",
     domains: Sequence[str] | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of the run's reranked and first-stage orders against the qrels, by `protocol` (see PROTOCOLS)."""
     if protocol not in PROTOCOLS:
@@ -90,6 +96,7 @@ def evaluate_run(
     files = [uri for folder in ("ranked", "dead_letter") for uri in storage.list_files(join(run, folder), ".parquet")]
     if not files:
         raise FileNotFoundError(f"no results under {run} (ranked/ or dead_letter/)")
+    ensure_ray(address)  # only now: a bad qrels file or an empty run is reported without starting Ray
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(uri)[1] for uri in files]
     dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)))
@@ -110,7 +117,15 @@ def evaluate_run(
         "missing_from_run": len(missing),
     }
     report["micro"] = {order: micro([_split(row, order) for row in rows] + [zeros] * len(missing)) for order in ORDERS}
+    report["cost_per_query"] = micro([_split(row, "cost") for row in rows])
     if group_by:
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for row in rows:
+            groups[row["group"]].append(row)
+        report["by_group"] = {
+            group: {"queries": len(groups.get(group, [])), **{order: micro([_split(row, order) for row in groups.get(group, [])]) for order in ORDERS}}
+            for group in (list(domains) if domains else sorted(groups))
+        }
         report["macro"] = {order: macro(((row["group"], _split(row, order)) for row in rows), domains) for order in ORDERS}
         report["groups"] = list(domains) if domains else sorted({row["group"] for row in rows})
     by_status: dict[str, list[dict]] = defaultdict(list)

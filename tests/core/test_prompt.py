@@ -1,4 +1,4 @@
-"""The prompt must be MM-R5's training text byte for byte (shared/reference/MMR5.md)."""
+"""The prompt must be MM-R5's training text byte for byte (docs/fidelity.md)."""
 
 from __future__ import annotations
 

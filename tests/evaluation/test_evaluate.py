@@ -34,6 +34,12 @@ def test_evaluate_compares_reranked_and_first_stage_orders(run, capsys):
     assert first["recall@3"] == pytest.approx(12 / 13)
     assert 0 <= reranked["recall@1"] <= 12 / 13 and set(report["by_status"]) == {"ok"}
     assert report["by_status"]["ok"]["queries"] == 12
+    # The report people look at, beside the JSON: figures and a page, plotting the JSON's numbers.
+    folder = run / "out" / "evaluation"
+    assert f"report: {folder / 'report.md'}" in printed
+    for name in ("curves.png", "by_group.png", "by_status.png", "cost.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in (folder / "report.md").read_text()
+    assert report["cost_per_query"]["image_tokens"] > 0 and report["by_group"]["finance"]["queries"] > 0
 
 
 def test_evaluate_bad_inputs_are_one_line(run, capsys):

@@ -1,6 +1,6 @@
 """The reference pages made from the code: every config field (from the pydantic tree) and the CLI synopsis (from argparse).
 
-    python -m mmr5_batch.devtools.reference_docs docs/reference     # make docs
+    python -m mmr5_batch.cli.reference_docs docs/reference     # make docs
 
 A test regenerates both pages and fails when the committed ones differ, so
 the reference cannot drift from what `config/` and `cli/arguments.py` define.
