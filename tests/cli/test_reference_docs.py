@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmr5_batch.config import JobConfig
 from mmr5_batch.cli.reference_docs import PAGES, configuration_page
+from mmr5_batch.config import JobConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reference"
 
