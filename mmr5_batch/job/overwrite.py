@@ -46,10 +46,10 @@ def delete_superseded(state: OutputState, keys: Iterable[str]) -> int:
     if overwrite is None:
         return 0
     wanted = set(keys)
-    doomed = [uri for uri in overwrite["files"] if _shard_of(uri, state.output) in wanted]
-    for uri in doomed:
+    doomed = {uri for uri in overwrite["files"] if _shard_of(uri, state.output) in wanted}
+    for uri in sorted(doomed):
         state.storage.remove(uri)
-    state.record_overwrite(overwrite | {"files": [uri for uri in overwrite["files"] if uri not in set(doomed)]})
+    state.record_overwrite(overwrite | {"files": [uri for uri in overwrite["files"] if uri not in doomed]})
     return len(doomed)
 
 

@@ -40,6 +40,7 @@ class ShardPlan:
     done: Counter[str] = field(default_factory=Counter)  # query_id -> result rows already written
     unaddressable: dict[str | None, str] = field(default_factory=dict)  # query_id -> why it is dead-lettered by the planner
     schema: pa.Schema | None = None  # the file's own schema (read as the run's schema, `InputPlan.schema`)
+    passthrough: tuple[str, ...] = ()  # its columns beyond the layout's
 
     @property
     def queries(self) -> int:
@@ -75,7 +76,8 @@ def _inspect(fs: Any, shard: ShardPlan) -> str | None:
         with fs.open(shard.path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             shard.schema = parquet.schema_arrow
-            shard.layout = detect_layout(shard.schema, shard.uri).layout
+            found = detect_layout(shard.schema, shard.uri)
+            shard.layout, shard.passthrough = found.layout, found.passthrough
             problem = input_type_problem(shard.schema, shard.layout, shard.uri)
             if problem:
                 return problem
@@ -91,12 +93,12 @@ def _inspect(fs: Any, shard: ShardPlan) -> str | None:
 
 def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], established: pa.Schema | None = None) -> pa.Schema:
     """One schema for the run: the layout's columns and each passthrough column's type (as earlier runs into the
-    output wrote it, else the type in most shards); a shard
-    whose passthrough column cannot be read as that type losslessly moves to `bad`."""
+    output wrote it, else the type in most shards); a shard whose passthrough column cannot be read as that type
+    losslessly moves to `bad`."""
     seen: dict[str, Counter[pa.DataType]] = defaultdict(Counter)
     for shard in to_run:
         assert shard.schema is not None
-        for name in detect_layout(shard.schema, shard.uri).passthrough:
+        for name in shard.passthrough:
             seen[name][shard.schema.field(name).type] += 1
     # Each column's type in most shards (the first seen among equals); all-null columns have no say.
     canonical = {name: max(types, key=lambda arrow_type: (not pa.types.is_null(arrow_type), types[arrow_type])) for name, types in seen.items()}
@@ -106,7 +108,7 @@ def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], estab
             canonical[column.name] = column.type
     for shard in list(to_run):
         assert shard.schema is not None
-        for name in detect_layout(shard.schema, shard.uri).passthrough:
+        for name in shard.passthrough:
             problem = passthrough_problem(name, shard.schema.field(name).type, canonical[name])
             if problem:
                 bad[shard.uri] = f"{shard.uri}: {problem}"

@@ -72,12 +72,10 @@ def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt:
     return sink
 
 
-def _passthrough(plan: InputPlan, state: OutputState, overwrite: bool) -> pa.Schema:
-    """The passthrough columns' types written so far and by this run (which keeps the earlier ones)."""
+def _passthrough(plan: InputPlan) -> pa.Schema:
+    """The passthrough columns' types to record: the run schema's, which planning built on the earlier runs' types."""
     own = set(layout_schema(plan.layout).names)
-    fields = {field.name: field for field in (state.passthrough_types() if not overwrite else None) or []}
-    fields.update({field.name: field for field in plan.schema if field.name not in own})
-    return pa.schema(list(fields.values()))
+    return pa.schema([field for field in plan.schema if field.name not in own])
 
 
 def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None = None, **settings: Any) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def _write(
         state.remove_orphan_pairs(shard.key)
         state.mark_started(shard.key, shard.fingerprint)
     state.record_job(fingerprint)
-    state.record_passthrough_types(_passthrough(plan, state, config.overwrite))
+    state.record_passthrough_types(_passthrough(plan))
     state.storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
 

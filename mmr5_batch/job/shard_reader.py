@@ -50,11 +50,11 @@ def read_shard_batch(batch: pa.Table, storage: Storage, schema: pa.Schema) -> pa
         read_shard(uri, path, frozenset(drop or ()), storage, schema)
         for uri, path, drop in zip(batch["uri"].to_pylist(), batch["path"].to_pylist(), batch["drop"].to_pylist())
     ]
-    return pa.concat_tables(tables) if tables else pa.table({name: pa.array([], field.type) for name, field in zip(schema.names, schema)})
+    return pa.concat_tables(tables) if tables else schema.append(pa.field(READ_PATH, pa.string())).empty_table()
 
 
 def _descriptor(shard: ShardPlan) -> dict[str, Any]:
-    return {"uri": shard.uri, "path": shard.path, "drop": sorted(rows_to_drop(shard), key=lambda query_id: (query_id is not None, query_id or ""))}
+    return {"uri": shard.uri, "path": shard.path, "drop": list(rows_to_drop(shard))}
 
 
 def has_work(shard: ShardPlan) -> bool:

@@ -77,11 +77,6 @@ class Storage:
             raise InputNotFound(f"no .parquet files under {uri}" + (f" ({len(ignored)} other files ignored: {ignored[:3]})" if ignored else ""))
         return fs, shards, ignored
 
-    def list_shards(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-        """The Parquet shards under `uri` (see `list_input`)."""
-        fs, shards, _ = self.list_input(uri)
-        return fs, shards
-
     def uri(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
         """A filesystem path as the URI users know (s3://bucket/key; local paths stay paths)."""
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

@@ -101,10 +101,10 @@ def test_writes_are_atomic_and_hidden_files_are_not_data(tmp_path):
 
 def test_listing_names_the_problem(tmp_path):
     with pytest.raises(InputNotFound, match="input not found"):
-        Storage().list_shards(str(tmp_path / "nope"))
+        Storage().list_input(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputNotFound, match="no .parquet files"):
-        Storage().list_shards(str(tmp_path / "empty"))
+        Storage().list_input(str(tmp_path / "empty"))
 
 
 def test_credentials_reach_s3fs_but_never_the_written_config():
