@@ -241,6 +241,27 @@ class ExecutionConfig(Section):
             "a lease not renewed for this long (its job died) is taken over by the next run."
         ),
     )
+    read_task_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description=(
+            "Shards are read in groups: a read task takes consecutive shards up to this many bytes of Parquet "
+            "(a bigger shard is read alone), so thousands of small shards are not thousands of tasks."
+        ),
+    )
+    shards_per_read_task: int = Field(
+        64,
+        ge=1,
+        description="The most shards one read task takes (fewer where that is needed for two read tasks per cluster CPU).",
+    )
+    rows_per_write: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Result rows gathered before one write task writes them (one file per source shard it holds rows of): "
+            "fewer, larger files, but up to this many reranked queries wait unwritten and are reranked again if the job dies."
+        ),
+    )
     actor_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each rerank actor needs, so actors land only on nodes that offer them (e.g. {'reranker': 1}).",

@@ -19,7 +19,9 @@ For fault tests it can take time per call (`seconds_per_call`, standing in
 for the model's work, so a run is still going when a test kills something)
 and leave its process id in a folder (`pid_dir`), so a test can kill the
 actor that owns it, with the Ray node it runs on beside it (`<pid>.node`), so
-a test can see where Ray placed it.
+a test can see where Ray placed it. For benchmarks it can note when the
+first request of the whole job reached any engine (`first_call_file`: the
+first engine to get one creates the file, with the time).
 """
 
 from __future__ import annotations
@@ -49,11 +51,22 @@ def _ray_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def _note_first_call(path: str) -> None:
+    """Create `path` holding the time, unless another engine already did (exclusive create)."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(repr(time.time()))
+
+
 class ScriptedTestEngine:
     """Deterministic stand-in for a model; see the module docstring for its script."""
 
-    def __init__(self, think: str = "scripted answer", seconds_per_call: float = 0.0, pid_dir: str | None = None) -> None:
+    def __init__(self, think: str = "scripted answer", seconds_per_call: float = 0.0, pid_dir: str | None = None, first_call_file: str | None = None) -> None:
         self.think = think
+        self.first_call_file = first_call_file
         self.seconds_per_call = seconds_per_call
         self.calls: list[int] = []  # prompts per generate call, for tests of batching
         if pid_dir:
@@ -64,6 +77,8 @@ class ScriptedTestEngine:
                 handle.write(str(os.getpid()))
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        if self.first_call_file and not self.calls:
+            _note_first_call(self.first_call_file)
         self.calls.append(len(requests))
         if self.seconds_per_call:
             time.sleep(self.seconds_per_call)

@@ -57,23 +57,23 @@ def totals(per_shard: dict[str, dict[str, int]]) -> dict[str, int]:
     return merge_counters({"all": counters} for counters in per_shard.values()).get("all", dict.fromkeys(COUNTERS, 0))
 
 
-def shard_summary(shard: Any, written: pa.Table | None) -> dict[str, Any]:
-    """Counters for one shard (a `planner.ShardPlan`) over everything written for it, and whether every query is there once."""
+def shard_summary(uri: str, fingerprint: str, expected: int, unaddressable: set[str | None], written: pa.Table | None) -> dict[str, Any]:
+    """Counters for one shard over everything written for it (`written`: its COUNTED_COLUMNS), and whether every
+    one of its `expected` queries is there exactly once (only the planner's dead letters, `unaddressable`, may repeat)."""
     counters = dict.fromkeys(COUNTERS, 0)
     ids: Counter[str | None] = Counter()
     if written is not None:
         for row in written.to_pylist():
             count_row(counters, row)
             ids[row["query_id"]] += 1
-    # Only planner dead letters may repeat an id (duplicated rows, id-less rows).
-    repeated = sum(count - 1 for query_id, count in ids.items() if count > 1 and query_id not in shard.unaddressable)
+    repeated = sum(count - 1 for query_id, count in ids.items() if count > 1 and query_id not in unaddressable)
     return {
-        "shard": shard.uri,
-        "fingerprint": shard.fingerprint,
-        "expected_queries": shard.queries,
+        "shard": uri,
+        "fingerprint": fingerprint,
+        "expected_queries": expected,
         "written_queries": counters["queries"],
         "repeated_queries": repeated,
-        "complete": counters["queries"] == shard.queries and repeated == 0,
+        "complete": counters["queries"] == expected and repeated == 0,
         "counters": counters,
     }
 

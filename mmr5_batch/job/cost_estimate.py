@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from mmr5_batch.core.budgets import candidate_budgets
 from mmr5_batch.core.cost_model import H200, WindowCost, gpu_seconds, prompt_tokens
 from mmr5_batch.core.images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, padded_size
@@ -26,6 +24,7 @@ from mmr5_batch.core.rows import READ_PATH
 from mmr5_batch.core.windows import first_stage_order, sliding_windows
 from mmr5_batch.job.ledger import OutputState
 from mmr5_batch.job.planner import plan_input
+from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.fetching import fetch_images
 from mmr5_batch.storage.filesystems import Storage
 
@@ -82,14 +81,13 @@ def price_query(setting: SettingCost, tokens_by_position: list[int], window: int
     setting.gpu_seconds.append(sum(gpu_seconds(cost, H200) for cost in costs))
 
 
-def _sample_rows(plan: Any, sample: int) -> list[dict[str, Any]]:
+def _sample_rows(plan: Any, storage: Storage, sample: int) -> list[dict[str, Any]]:
     """Up to `sample` grouped rows from the shards to run, in shard order."""
     rows: list[dict[str, Any]] = []
     for shard in plan.to_run:
         if len(rows) >= sample:
             break
-        with plan.filesystem.open(shard.path, "rb") as handle:
-            table = pq.read_table(handle)
+        table = read_parquet(storage, shard.uri)
         if plan.layout == PAIRS:
             groups: dict[Any, list[dict[str, Any]]] = {}
             for row in table.to_pylist():
@@ -147,7 +145,7 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
     """The plan report as data: shards, problems found, and the cost table rows."""
     storage = Storage(config.storage.s3_options())
     plan = plan_input(config, storage, OutputState(storage, config.output))
-    rows = _sample_rows(plan, sample)
+    rows = _sample_rows(plan, storage, sample)
     images = config.images
     fetched = fetch_images(storage, uris_to_fetch(rows), images.allowed_uri_prefixes, images.fetch_concurrency, images.fetch_retries)
     ours = SettingCost(_setting_label(config))
@@ -170,7 +168,8 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
         "shards": {"to_process": len(plan.to_run), "done_earlier": len(plan.skipped), "changed": len(plan.changed), "bad": len(plan.bad)},
         "bad_shards": plan.bad,
         "queries": queries,
-        "planner_dead_letters": sum(len(shard.query_ids) - len([q for q in shard.query_ids if q not in shard.unaddressable]) for shard in plan.to_run),
+        # Rows without an id, copies of a repeated id none of which is written yet.
+        "planner_dead_letters": sum(shard.remaining() - shard.pending for shard in plan.to_run),
         "sampled_queries": len(rows),
         "candidates_per_query": round(mean(candidates), 2) if candidates else 0,
         "unusable_candidates_in_sample": unusable,

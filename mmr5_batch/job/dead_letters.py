@@ -12,7 +12,6 @@ from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, DeadLetter
@@ -20,6 +19,7 @@ from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.core.windows import first_stage_order
 from mmr5_batch.job.ledger import OutputState
 from mmr5_batch.job.planner import InputPlan, ShardPlan
+from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.filesystems import join
 
 # One file per shard, named by the run that wrote it; a later run finds it (any run id) and leaves it.
@@ -75,8 +75,7 @@ def write_unaddressable(plan: InputPlan, state: OutputState, run_id: str, model:
         if any(uri.rsplit("/", 1)[-1].startswith(UNADDRESSABLE_PREFIX) for uri in state.result_files("dead_letter", shard.key)):
             continue
         uri = join(state.folder("dead_letter", shard.key), f"{UNADDRESSABLE_PREFIX}-{run_id}.parquet" if run_id else f"{UNADDRESSABLE_PREFIX}.parquet")
-        with plan.filesystem.open(shard.path, "rb") as handle:
-            table = pq.read_table(handle)
+        table = read_parquet(state.storage, shard.uri)
         letters = unaddressable_dead_letters(shard, table, run_id, model, backend)
         state.storage.write_parquet(letters, uri)
         written += letters.num_rows

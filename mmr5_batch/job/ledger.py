@@ -4,18 +4,16 @@ The outputs are the checkpoint. Result files are partitioned by source shard
 (`ranked/<shard key>/`, `dead_letter/<shard key>/`) and each file appears
 whole or not at all, so the query_ids written for a shard are exactly the
 queries of that shard that are done, whatever killed the previous run. A run
-reads them and processes only the rest.
+reads them and processes only the rest. One recursive listing per result
+folder finds every shard's files at once.
 
-Before a shard's first row is written, `_ledger/started/<shard key>.json`
-records which content (fingerprint) is being processed: a shard rewritten
-between a crash and the resume has its old rows deleted and starts over.
-
-The ledger (`_ledger/shards/<shard key>.json`) records shards whose every
-query is written, with the shard's fingerprint (size plus ETag or mtime): a
-later run over the same prefix skips them without reading them, and
-reprocesses a shard whose fingerprint changed after deleting its old rows.
-`_ledger/job.json` holds the settings that shape results; a run with other
-settings into the same prefix is refused, since its rows would mix with these.
+The ledger (ledger_index.py: a few index files per run) records which
+content (fingerprint: size plus ETag or mtime) a run began to process, and
+which shards have every query written: a later run over the same prefix
+skips those without reading them, and reprocesses a shard whose fingerprint
+changed after deleting its old rows. `_ledger/job.json` holds the settings
+that shape results; a run with other settings into the same prefix is
+refused, since its rows would mix with these.
 """
 
 from __future__ import annotations
@@ -24,20 +22,18 @@ import base64
 import hashlib
 import re
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from mmr5_batch.evaluation.relabel import PAIRS_FOLDER
+from mmr5_batch.job import ledger_index
+from mmr5_batch.job.ledger_index import DONE, FORGOTTEN, LEDGER, STARTED, LedgerIndex
 from mmr5_batch.storage.filesystems import Storage, join
 
 RESULT_FOLDERS = ("ranked", "dead_letter")
-LEDGER = "_ledger"
 SUPERSEDED = "superseded.json"
-# What the ledger knows about results (forgotten by --overwrite); its lease and the record of finished runs stay.
-LEDGER_STATE = ("shards", "started", "job.json", "passthrough_schema.json")
 
 
 def shard_key(root: str, shard: str) -> str:
@@ -89,6 +85,7 @@ class OutputState:
     # An --overwrite in progress (`_ledger/superseded.json`): its id, settings and the result files it replaces.
     _overwrite: dict[str, Any] | None = field(default=None, repr=False)
     _overwrite_read: bool = field(default=False, repr=False)
+    _ledger: LedgerIndex | None = field(default=None, repr=False)
 
     def overwrite(self) -> dict[str, Any] | None:
         """The --overwrite in progress, if any: while it is, the ledger's older entries and the superseded files do not count."""
@@ -127,61 +124,93 @@ class OutputState:
         superseded = self.superseded()
         return [uri for uri in self.storage.list_files(self.folder(name, key), ".parquet") if uri not in superseded]
 
+    def files_by_shard(self, name: str) -> dict[str, list[str]]:
+        """Every shard's files in one result folder (one recursive listing), superseded ones left out."""
+        superseded = self.superseded()
+        found: dict[str, list[str]] = {}
+        for uri in self.storage.list_files(join(self.output, name), ".parquet") if self.output else []:
+            if uri not in superseded:
+                found.setdefault(uri[len(join(self.output, name)) + 1 :].split("/", 1)[0], []).append(uri)
+        return found
+
+    def written_files(self) -> dict[str, list[str]]:
+        """Every shard's result files (ranked and dead letters): what resume and the readback read."""
+        found: dict[str, list[str]] = {}
+        for name in RESULT_FOLDERS:
+            for key, files in self.files_by_shard(name).items():
+                found.setdefault(key, []).extend(files)
+        return found
+
     def folder(self, name: str, key: str) -> str:
         return join(self.output, name, key)
 
+    def ledger(self) -> LedgerIndex:
+        """The ledger index, read once (a few requests) and kept up to date by this object's writes."""
+        if self._ledger is None:
+            self._ledger = ledger_index.read_index(self.storage, self.output) if self.output else LedgerIndex()
+        return self._ledger
+
+    def latest_event(self, key: str) -> dict[str, Any] | None:
+        """A shard's latest ledger event that counts (see ledger_index.py), or None."""
+        return self._current(self.ledger().latest.get(key))
+
     def ledger_entry(self, key: str) -> dict[str, Any] | None:
-        if not self.output:  # `plan` without an output prefix: nothing done anywhere
-            return None
-        uri = join(self.output, LEDGER, "shards", f"{key}.json")
-        return self._current(self.storage.read_json(uri) if self.storage.exists(uri) else None)
+        """The shard's `done` entry (every query written, with its fingerprint and counters), if that is its latest event."""
+        event = self.latest_event(key)
+        return event if event and event["event"] == DONE else None
 
-    def record_shard(self, key: str, entry: dict[str, Any]) -> None:
-        self.storage.write_json(join(self.output, LEDGER, "shards", f"{key}.json"), self._tagged(entry))
+    def record_shards(self, attempt: str, entries: dict[str, dict[str, Any]]) -> None:
+        """Shards whose every query is written: one index file."""
+        self._append(DONE, attempt, entries)
 
-    def forget_shard(self, key: str) -> None:
-        """Delete a shard's ledger entry first, then its rows: a crash in between leaves rows a rerun finds and keeps."""
-        self.storage.remove(join(self.output, LEDGER, "shards", f"{key}.json"))
-        self.storage.remove(join(self.output, LEDGER, "started", f"{key}.json"))
-        for name in (*RESULT_FOLDERS, PAIRS_FOLDER):
-            self.storage.remove(self.folder(name, key))
+    def mark_started(self, attempt: str, fingerprints: dict[str, str]) -> None:
+        """Record which content of each shard this run processes, before any of their rows are written: one index file."""
+        self._append(STARTED, attempt, {key: {"fingerprint": value} for key, value in fingerprints.items()})
 
-    def remove_orphan_pairs(self, key: str) -> int:
-        """Delete pairs files of a shard whose ranked file was never written (a crashed task); how many."""
+    def forget_shards(self, attempt: str, keys: list[str]) -> None:
+        """Record that the shards' results are stale, then delete them: a crash in between leaves the record, so the
+        next run deletes them too (it never keeps rows of changed content)."""
+        self._append(FORGOTTEN, attempt, {key: {} for key in keys})
+        for key in keys:
+            for name in (*RESULT_FOLDERS, PAIRS_FOLDER):
+                self.storage.remove(self.folder(name, key))
+
+    def compact_ledger(self, attempt: str, keep: Any = None) -> bool:
+        return ledger_index.compact(self.storage, self.output, self.ledger(), attempt, keep)
+
+    def _append(self, kind: str, attempt: str, entries: dict[str, dict[str, Any]]) -> None:
+        events = [self._tagged(entry | {"key": key}) for key, entry in sorted(entries.items())]
+        ledger_index.append_events(self.storage, self.output, self.ledger(), kind, attempt, events)
+
+    def remove_orphan_pairs(self, keys: list[str]) -> int:
+        """Delete pairs files of the given shards whose ranked file was never written (a crashed task); how many."""
         from mmr5_batch.evaluation.relabel import orphan_pairs
 
-        committed = {uri.rsplit("/", 1)[-1] for uri in self.result_files("ranked", key)}
-        orphans = orphan_pairs(self.result_files(PAIRS_FOLDER, key), committed)
-        for uri in orphans:
-            self.storage.remove(uri)
-        return len(orphans)
-
-    def written(self, key: str, columns: tuple[str, ...] = ("query_id",)) -> Any:
-        """The given columns of every result row written for a shard (ranked and dead letters), or None."""
-        if not self.output:
-            return None
-        files = [uri for name in RESULT_FOLDERS for uri in self.result_files(name, key)]
-        return self.storage.read_parquet_columns(files, columns)
-
-    def written_ids(self, key: str) -> Counter[str]:
-        table = self.written(key)
-        return Counter(table["query_id"].to_pylist()) if table is not None else Counter()
+        pairs = self.files_by_shard(PAIRS_FOLDER)
+        if not pairs:
+            return 0
+        ranked = self.files_by_shard("ranked")
+        removed = 0
+        for key in set(keys) & set(pairs):
+            committed = {uri.rsplit("/", 1)[-1] for uri in ranked.get(key, [])}
+            for uri in orphan_pairs(pairs[key], committed):
+                self.storage.remove(uri)
+                removed += 1
+        return removed
 
     def finished_runs(self) -> list[str]:
         """The run summaries under `_ledger/runs/`: a new one means a job finished into this prefix."""
         return self.storage.list_files(join(self.output, LEDGER, "runs"), ".json") if self.output else []
 
-    def mark_started(self, key: str, fingerprint: str) -> None:
-        """Record which content of a shard this run processes, before any of its rows are written."""
-        self.storage.write_json(join(self.output, LEDGER, "started", f"{key}.json"), self._tagged({"fingerprint": fingerprint}))
-
     def started_fingerprint(self, key: str) -> str | None:
         """The fingerprint an earlier, unfinished run processed this shard with (None: no such run)."""
-        if not self.output:
-            return None
-        uri = join(self.output, LEDGER, "started", f"{key}.json")
-        entry = self._current(self.storage.read_json(uri) if self.storage.exists(uri) else None)
-        return entry.get("fingerprint") if entry else None
+        event = self.latest_event(key)
+        return event.get("fingerprint") if event and event["event"] == STARTED else None
+
+    def forgotten(self, key: str) -> bool:
+        """Whether the shard's results were found stale and may not all be deleted yet."""
+        event = self.latest_event(key)
+        return bool(event and event["event"] == FORGOTTEN)
 
     def passthrough_types(self) -> pa.Schema | None:
         """The passthrough columns' types established by earlier runs into this prefix (Arrow IPC, base64)."""

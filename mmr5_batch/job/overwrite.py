@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mmr5_batch.evaluation.relabel import PAIRS_FOLDER
-from mmr5_batch.job.ledger import LEDGER, RESULT_FOLDERS, OutputState
+from mmr5_batch.job.ledger import RESULT_FOLDERS, OutputState
 from mmr5_batch.storage.filesystems import join
 
 FOLDERS = (*RESULT_FOLDERS, PAIRS_FOLDER)
@@ -53,14 +53,12 @@ def delete_superseded(state: OutputState, keys: Iterable[str]) -> int:
     return len(doomed)
 
 
-def finish_overwrite(state: OutputState) -> None:
-    """Every shard is accounted for: delete what is still superseded and the ledger entries older than the overwrite, then end it."""
+def finish_overwrite(state: OutputState, attempt: str) -> None:
+    """Every shard is accounted for: delete what is still superseded and the ledger events older than the overwrite, then end it."""
     overwrite = state.overwrite()
     if overwrite is None:
         return
     for uri in overwrite["files"]:
         state.storage.remove(uri)
-    for uri in state.storage.list_files(join(state.output, LEDGER, "shards"), ".json"):
-        if state.storage.read_json(uri).get("overwrite_id") != overwrite["overwrite_id"]:
-            state.storage.remove(uri)
+    state.compact_ledger(attempt, keep=lambda event: event.get("overwrite_id") == overwrite["overwrite_id"])
     state.record_overwrite(None)

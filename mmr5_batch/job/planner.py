@@ -1,15 +1,21 @@
-"""Planning on the driver, before any Ray work: which shards and rows this run processes.
+"""Planning: which shards and rows this run processes, with the driver holding per-shard summaries only.
 
-For every shard under the input prefix: its fingerprint and ledger entry
-(done and unchanged: skipped; changed: reprocessed from scratch), its layout
-and query_ids (a shard that is not Parquet, is truncated or has the wrong
-schema is recorded as bad and skipped; the others go on), and the query_ids
-already written for it by an earlier, interrupted run (skipped).
+On the driver: one listing of the input (each shard's fingerprint comes
+with it), the ledger in a few reads (ledger_index.py): a shard done and
+unchanged is skipped without being opened; one whose content changed since
+it was done or begun is reprocessed from scratch. One recursive listing per
+result folder finds what earlier, interrupted runs wrote for each shard.
+
+In Ray tasks (shard_survey.py), for the other shards: layout, schema and
+`query_id` column (a shard that is not Parquet, is truncated or has the
+wrong schema is recorded as bad and skipped), and what is already written.
+They return counts and 64-bit hashes of the ids, never the ids.
 
 Rows whose query_id does not name one query of one shard (missing, repeated
 in the input, or a pairs-layout query spread over several shards) cannot be
 tracked by id for resume, so the planner dead-letters them itself, once per
-shard in one file, and the pipeline drops them.
+shard in one file, and the pipeline drops them. Repeats are found on the
+hashes; only the shards holding one are read again, for the exact ids.
 """
 
 from __future__ import annotations
@@ -19,44 +25,48 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mmr5_batch.core.arrow_types import conform_array
-from mmr5_batch.core.layouts import GROUPED, InputSchemaError, detect_layout, input_type_problem, passthrough_problem, run_schema
+from mmr5_batch.core.layouts import GROUPED, passthrough_problem, run_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.ledger import OutputState, shard_key
-from mmr5_batch.storage.filesystems import InputNotFound, Storage, fingerprint
+from mmr5_batch.job.shard_survey import SURVEY_SCHEMA, id_hashes, query_ids, survey_shard
+from mmr5_batch.job.shard_tasks import map_shards
+from mmr5_batch.storage.arrow_filesystems import read_parquet
+from mmr5_batch.storage.filesystems import InputNotFound, Storage
+
+# Shards per survey task: it reads two small columns per shard.
+SURVEY_SHARDS_PER_TASK = 256
 
 
 @dataclass
 class ShardPlan:
-    path: str  # the filesystem path: what Ray Data's `path` column holds
+    path: str  # the filesystem path: what the read stage's path column holds
     uri: str  # the URI users know (s3://bucket/key), recorded as source_path
     key: str  # the shard's folder name in the outputs
     fingerprint: str
+    size: int = 0  # bytes
     layout: str = GROUPED
-    query_ids: list[str | None] = field(default_factory=list)  # one per row (grouped) or per pair row (pairs)
-    done: Counter[str] = field(default_factory=Counter)  # query_id -> result rows already written
+    queries: int = 0  # result rows it yields in all: one per row (grouped), per distinct query_id or id-less row (pairs)
+    written: int = 0  # result rows already written for it by an earlier, interrupted run
+    pending: int = 0  # its distinct query_ids neither written nor dead-lettered by the planner
+    written_files: list[str] = field(default_factory=list)  # the result files holding them (the read stage drops their ids)
     unaddressable: dict[str | None, str] = field(default_factory=dict)  # query_id -> why it is dead-lettered by the planner
     schema: pa.Schema | None = None  # the file's own schema (read as the run's schema, `InputPlan.schema`)
     passthrough: tuple[str, ...] = ()  # its columns beyond the layout's
 
-    @property
-    def queries(self) -> int:
-        """Result rows this shard yields in all: one per row (grouped) or per distinct query_id (pairs)."""
-        if self.layout == GROUPED:
-            return len(self.query_ids)
-        return len({query_id for query_id in self.query_ids if query_id}) + self.query_ids.count(None)
-
     def remaining(self) -> int:
-        return self.queries - sum(self.done.values())
+        return self.queries - self.written
+
+    def has_work(self) -> bool:
+        """Rows neither written already nor dead-lettered by the planner."""
+        return self.pending > 0
 
 
 @dataclass
 class InputPlan:
     root: str
-    filesystem: Any
     layout: str
     to_run: list[ShardPlan]
     skipped: list[ShardPlan]  # done in an earlier run and unchanged
@@ -68,27 +78,6 @@ class InputPlan:
     @property
     def shards(self) -> int:
         return len(self.to_run) + len(self.skipped) + len(self.bad)
-
-
-def _inspect(fs: Any, shard: ShardPlan) -> str | None:
-    """Fill in layout and query_ids; the reason when the shard cannot be used."""
-    try:
-        with fs.open(shard.path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            shard.schema = parquet.schema_arrow
-            found = detect_layout(shard.schema, shard.uri)
-            shard.layout, shard.passthrough = found.layout, found.passthrough
-            problem = input_type_problem(shard.schema, shard.layout, shard.uri)
-            if problem:
-                return problem
-            ids = parquet.read(columns=["query_id"])["query_id"]
-    except InputSchemaError as error:
-        return str(error)
-    except Exception as error:  # not Parquet, truncated, unreadable
-        return f"{shard.uri}: cannot read as Parquet: {error_line(error)}"
-    values = conform_array(ids.combine_chunks(), pa.string()).to_pylist()  # integer ids read as strings
-    shard.query_ids = [value if value and value.strip() else None for value in values]
-    return None
 
 
 def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], established: pa.Schema | None = None) -> pa.Schema:
@@ -117,46 +106,44 @@ def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], estab
     return run_schema(layout, canonical)
 
 
+def _classify(shards: list[ShardPlan], state: OutputState, overwrite: bool) -> tuple[list[ShardPlan], list[ShardPlan], list[ShardPlan]]:
+    """(to survey, skipped, changed) from the ledger: done and unchanged is skipped; done, begun or found stale with
+    other content is changed (its rows are deleted and it is processed from scratch)."""
+    fresh: list[ShardPlan] = []
+    skipped: list[ShardPlan] = []
+    changed: list[ShardPlan] = []
+    for shard in shards:
+        event = None if overwrite else state.latest_event(shard.key)
+        if event is None:
+            fresh.append(shard)
+        elif state.forgotten(shard.key) or event.get("fingerprint") != shard.fingerprint:
+            changed.append(shard)
+        elif state.ledger_entry(shard.key) is not None:
+            skipped.append(shard)
+        else:
+            fresh.append(shard)  # begun by an interrupted run, same content: resumed
+    return fresh, skipped, changed
+
+
 def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     """The shards and rows this run processes; raises JobError when nothing can run at all."""
     try:
-        fs, paths, ignored = storage.list_input(config.input)
+        listing = storage.list_input(config.input)
     except InputNotFound as error:
         raise JobError(str(error)) from None
     _, root = storage.filesystem(config.input)
-    shards = [ShardPlan(path, storage.uri(fs, path), shard_key(root, path), "") for path in paths]
+    fs = listing.filesystem
+    shards = [ShardPlan(f.path, storage.uri(fs, f.path), shard_key(root, f.path), f.fingerprint, f.size) for f in listing.shards]
+    fresh, skipped, changed = reading_output(state, lambda: _classify(shards, state, config.overwrite))
+    to_survey = sorted(fresh + changed, key=lambda shard: shard.path)
+    changed_keys = {shard.key for shard in changed}
+    written = {} if config.overwrite or not to_survey else reading_output(state, state.written_files)
+    for shard in to_survey:
+        shard.written_files = [] if shard.key in changed_keys else sorted(written.get(shard.key, []))
 
-    def look(shard: ShardPlan) -> tuple[ShardPlan, str | None, dict | None]:
-        try:
-            shard.fingerprint = fingerprint(fs, shard.path)
-        except Exception as error:
-            return shard, f"{shard.uri}: cannot stat: {error}", None
-        entry = None if config.overwrite else state.ledger_entry(shard.key)
-        if entry is not None and entry.get("fingerprint") == shard.fingerprint:
-            return shard, None, entry
-        if entry is None and not config.overwrite:
-            started = state.started_fingerprint(shard.key)
-            if started is not None and started != shard.fingerprint:
-                # Rewritten since an interrupted run began it: its rows are of the old content.
-                entry = {"fingerprint": started}
-        return shard, _inspect(fs, shard), entry
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        looked = reading_output(state, lambda: list(pool.map(look, shards)))
-
-    to_run: list[ShardPlan] = []
-    skipped: list[ShardPlan] = []
-    changed: list[ShardPlan] = []
     bad: dict[str, str] = {}
-    for shard, problem, entry in looked:
-        if problem:
-            bad[shard.uri] = problem
-        elif entry is not None and entry.get("fingerprint") == shard.fingerprint:
-            skipped.append(shard)
-        else:
-            (changed if entry is not None else to_run).append(shard)
-    to_run = sorted(to_run + changed, key=lambda shard: shard.path)
-
+    hashes = _survey(to_survey, storage, bad, config.execution.address)
+    to_run = [shard for shard in to_survey if shard.uri not in bad]
     layouts = Counter(shard.layout for shard in to_run)
     layout = layouts.most_common(1)[0][0] if layouts else GROUPED
     for shard in [shard for shard in to_run if shard.layout != layout]:
@@ -165,18 +152,61 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     schema = _run_schema(to_run, layout, bad, None if config.overwrite else reading_output(state, state.passthrough_types))
     if not to_run and not skipped:
         raise JobError("no readable shard: " + "; ".join(bad.values()))
+    _mark_unaddressable_by_hash(to_run, layout, hashes, storage)
+    return InputPlan(root, layout, to_run, skipped, [shard for shard in to_run if shard.key in changed_keys], bad, schema, listing.ignored)
 
-    changed_paths = {shard.path for shard in changed}
-    if not config.overwrite:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            written = reading_output(
-                state, lambda: list(pool.map(lambda shard: Counter() if shard.path in changed_paths else state.written_ids(shard.key), to_run))
-            )
-            for shard, done in zip(to_run, written):
-                shard.done = done
-    # After `done` is known: a copy already written stands (see _mark_unaddressable).
-    _mark_unaddressable(to_run, layout)
-    return InputPlan(root, fs, layout, to_run, skipped, [shard for shard in to_run if shard.path in changed_paths], bad, schema, ignored)
+
+def _survey(shards: list[ShardPlan], storage: Storage, bad: dict[str, str], address: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fill in each shard's survey (Ray tasks); bad ones go to `bad`. Returns uri -> (id hashes, pending id hashes)."""
+    if not shards:
+        return {}
+    from mmr5_batch.stages.cluster import ensure_ray
+
+    ensure_ray(address)
+    by_uri = {shard.uri: shard for shard in shards}
+    descriptors = [{"uri": shard.uri, "written": shard.written_files} for shard in shards]
+    hashes = {}
+    for row in map_shards(descriptors, survey_shard, SURVEY_SCHEMA, SURVEY_SHARDS_PER_TASK, storage=storage):
+        shard = by_uri[row["uri"]]
+        if row["problem"]:
+            bad[shard.uri] = row["problem"]
+            continue
+        shard.layout, shard.passthrough = row["layout"], tuple(row["passthrough"])
+        shard.schema = pa.ipc.read_schema(pa.py_buffer(row["schema"]))
+        shard.queries, shard.written = row["queries"], row["written"]
+        if row["missing"]:
+            shard.unaddressable[None] = "missing query_id"
+        hashes[shard.uri] = (np.frombuffer(row["ids"], dtype=np.uint64), np.frombuffer(row["pending"], dtype=np.uint64))
+        shard.pending = len(hashes[shard.uri][1])
+    return hashes
+
+
+def _mark_unaddressable_by_hash(shards: list[ShardPlan], layout: str, hashes: dict[str, tuple[np.ndarray, np.ndarray]], storage: Storage) -> None:
+    """Find ids repeated across the input by their hashes; read only the shards holding one for the exact ids."""
+    arrays = [hashes[shard.uri][0] for shard in shards if shard.uri in hashes]
+    if not arrays:
+        return
+    values, counts = np.unique(np.concatenate(arrays), return_counts=True)
+    repeated = values[counts > 1]
+    if not len(repeated):
+        return
+    involved = [shard for shard in shards if np.isin(hashes[shard.uri][0], repeated).any()]
+    repeated_set = set(repeated.tolist())
+
+    def exact(shard: ShardPlan) -> tuple[list[str], set[str]]:
+        ids = [value for value in query_ids(read_parquet(storage, shard.uri, ["query_id"])["query_id"]) if value is not None]
+        suspects = [value for value, hashed in zip(ids, id_hashes(ids)) if hashed in repeated_set]
+        pending = set(hashes[shard.uri][1].tolist())
+        written = {value for value in set(suspects) if int(id_hashes([value])[0]) not in pending}
+        return suspects, written
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = dict(zip((shard.uri for shard in involved), pool.map(exact, involved)))
+    _mark_unaddressable(involved, layout, {uri: list(ids) for uri, (ids, _) in found.items()}, {uri: done for uri, (_, done) in found.items()})
+    for shard in involved:
+        # Repeated ids not written yet are dead-lettered, not processed.
+        unwritten = {value for value in shard.unaddressable if value is not None} - found[shard.uri][1]
+        shard.pending -= len(unwritten)
 
 
 def reading_output(state: OutputState, read: Any) -> Any:
@@ -189,23 +219,24 @@ def reading_output(state: OutputState, read: Any) -> Any:
         raise JobError(f"cannot read output {state.output}: {error_line(error)}") from None
 
 
-def _mark_unaddressable(shards: list[ShardPlan], layout: str) -> None:
+def _mark_unaddressable(shards: list[ShardPlan], layout: str, ids: dict[str, list[str | None]], written: dict[str, set[str]]) -> None:
+    """Mark the repeated ids among `ids` (uri -> the shard's query_ids to consider; `written`: those written for it)."""
     if layout == GROUPED:
-        seen = Counter(query_id for shard in shards for query_id in shard.query_ids if query_id)
+        seen = Counter(query_id for shard in shards for query_id in ids[shard.uri] if query_id)
         for shard in shards:
-            for query_id in shard.query_ids:
+            for query_id in ids[shard.uri]:
                 if query_id is None:
                     shard.unaddressable[None] = "missing query_id"
                 elif seen[query_id] > 1:
-                    _mark_repeated(shard, query_id, seen[query_id], shards)
+                    _mark_repeated(shard, query_id, seen[query_id], shards, written)
     else:
         homes: dict[str, set[str]] = defaultdict(set)
         for shard in shards:
-            for query_id in shard.query_ids:
+            for query_id in ids[shard.uri]:
                 if query_id:
                     homes[query_id].add(shard.uri)
         for shard in shards:
-            for query_id in shard.query_ids:
+            for query_id in ids[shard.uri]:
                 if query_id is None:
                     shard.unaddressable[None] = "missing query_id"
                 elif len(homes[query_id]) > 1:
@@ -214,18 +245,13 @@ def _mark_unaddressable(shards: list[ShardPlan], layout: str) -> None:
                     )
 
 
-def _mark_repeated(shard: ShardPlan, query_id: str, copies: int, shards: list[ShardPlan]) -> None:
+def _mark_repeated(shard: ShardPlan, query_id: str, copies: int, shards: list[ShardPlan], written: dict[str, set[str]]) -> None:
     """A query_id in several rows: the first written copy stands (an earlier, interrupted run wrote it) and the
     others become dead letters naming it; when none is written yet, every copy is one (which is right is ambiguous)."""
-    holders = [other.uri for other in shards if other.done.get(query_id)]
+    holders = [other.uri for other in shards if query_id in written[other.uri]]
     if not holders:
         shard.unaddressable[query_id] = f"query_id appears {copies} times in the input; none of them is reranked"
-    elif not shard.done.get(query_id):
+    elif query_id not in written[shard.uri]:
         shard.unaddressable[query_id] = (
             f"query_id appears {copies} times in the input; the copy already written for {holders[0]} stands, this one is not reranked"
         )
-
-
-def rows_to_drop(shard: ShardPlan) -> frozenset[str | None]:
-    """The query_ids of a shard the pipeline must not process: done already, or dead-lettered by the planner."""
-    return frozenset(shard.done) | frozenset(shard.unaddressable)

@@ -1,18 +1,21 @@
 """The exactly-once job: plan -> the rerank step -> the exactly-once sink -> accounting.
 
-Planning happens on the driver before any Ray work (planner.py): shards
-done in an earlier run are skipped, changed ones reprocessed, bad ones
-recorded, and queries already written by an interrupted run dropped. A
-problem that stops everything (no input, no readable shard, an output
-prefix holding another job's results, no GPU) stops the job with one line
-(`JobError`) before the output prefix changes. Then:
+Planning (planner.py: the driver lists and reads the ledger, Ray tasks
+survey the shards) decides which shards run: done in an earlier run are
+skipped, changed ones reprocessed, bad ones recorded, and queries already
+written by an interrupted run dropped. A problem that stops everything (no
+input, no readable shard, an output prefix holding another job's results,
+no GPU) stops the job with one line (`JobError`) before the output prefix
+changes. Then:
 
-    read the shards (shard_reader.py: each as the run's schema, rows already
-    done dropped) -> the rerank step (stages/step.py: prepare, rerank)
-    -> write (datasink: ranked rows and dead letters per source shard)
+    read the shards (shard_reader.py: grouped read tasks, each shard as the
+    run's schema, rows already done dropped) -> the rerank step
+    (stages/step.py: prepare, rerank) -> write (datasink: ranked rows and
+    dead letters per source shard and write task)
 
-and finally every processed shard's written rows are read back and counted:
-a shard whose every query is there exactly once goes into the ledger.
+and finally every processed shard's written rows are read back and counted
+in Ray tasks (readback.py): shards whose every query is there exactly once
+go into the ledger, in one write.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import pyarrow as pa
 from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config, public_dump
 from mmr5_batch.core.layouts import layout_schema
 from mmr5_batch.errors import JobError, error_line
-from mmr5_batch.job.accounting import COUNTED_COLUMNS, COUNTERS, RunOutcome, failures, merge_counters, now_iso, shard_summary, totals
+from mmr5_batch.job.accounting import COUNTERS, RunOutcome, failures, merge_counters, now_iso, totals
 from mmr5_batch.job.dead_letters import write_unaddressable
 from mmr5_batch.job.lease import OutputLease
 from mmr5_batch.job.ledger import OutputState, describe_difference, job_fingerprint
 from mmr5_batch.job.overwrite import delete_superseded, finish_overwrite, supersede_results
 from mmr5_batch.job.planner import InputPlan, plan_input
+from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
@@ -62,9 +66,9 @@ def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt:
     shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
     relabel = config.relabel
     pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
-    sink = RerankOutputDatasink(config.output, attempt, shards, storage, pairs)
+    sink = RerankOutputDatasink(config.output, attempt, shards, storage, pairs, config.execution.rows_per_write)
     # A shard whose every query is written (or dead-lettered by the planner) is not read at all.
-    dataset = read_shards(plan, storage)
+    dataset = read_shards(plan, storage, config.execution.read_task_bytes, config.execution.shards_per_read_task)
     if dataset is None:
         return sink
     step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement)
@@ -93,11 +97,13 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     storage = Storage(config.storage.s3_options())
     state = OutputState(storage, config.output)
     fingerprint = job_fingerprint(public_dump(config))
+    timings: dict[str, float] = {}
+    started = time.monotonic()
     runs_before = _finished_runs_or_none(state)
     plan = plan_input(config, storage, state)
     check_same_job(state, fingerprint, config.overwrite)
+    timings["plan_seconds"] = time.monotonic() - started
     _log_plan(config, plan)
-    started = time.monotonic()
     ensure_ray(config.execution.address)
     placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
     log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
@@ -112,9 +118,10 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     try:
         if runs_before is None or state.finished_runs() != runs_before:
             # Another job finished into this prefix while this one planned: plan again on what it wrote.
+            state = OutputState(storage, config.output)
             plan = plan_input(config, storage, state)
             check_same_job(state, fingerprint, config.overwrite)
-        summary = _write(config, plan, state, fingerprint, attempt, placement, started)
+        summary = _write(config, plan, state, fingerprint, attempt, placement, started, timings)
     finally:
         lease.release()
     return summary
@@ -147,49 +154,63 @@ def _log_plan(config: JobConfig, plan: InputPlan) -> None:
 
 
 def _write(
-    config: JobConfig, plan: InputPlan, state: OutputState, fingerprint: dict[str, Any], attempt: str, placement: ActorPlacement, started: float
+    config: JobConfig,
+    plan: InputPlan,
+    state: OutputState,
+    fingerprint: dict[str, Any],
+    attempt: str,
+    placement: ActorPlacement,
+    started: float,
+    timings: dict[str, float],
 ) -> dict[str, Any]:
     """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
     if config.overwrite:
         supersede_results(state, fingerprint)
-    for shard in plan.changed:
-        state.forget_shard(shard.key)
-    for shard in plan.to_run:
-        state.remove_orphan_pairs(shard.key)
-        state.mark_started(shard.key, shard.fingerprint)
+    state.forget_shards(attempt, [shard.key for shard in plan.changed])
+    state.remove_orphan_pairs([shard.key for shard in plan.to_run])
+    state.mark_started(attempt, {shard.key: shard.fingerprint for shard in plan.to_run})
     state.record_job(fingerprint)
     state.record_passthrough_types(_passthrough(plan))
     state.storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
 
+    pipeline_started = time.monotonic()
     sink = _run_pipeline(config, plan, state.storage, attempt, placement)
+    timings["pipeline_seconds"] = time.monotonic() - pipeline_started
     wall = time.monotonic() - started
-    return _account(config, plan, state, sink, attempt, wall, planner_letters)
+    return _account(config, plan, state, sink, attempt, wall, planner_letters, timings)
 
 
-def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, finished: str) -> dict[str, dict[str, Any]]:
-    """Each processed shard's rows as written, counted; complete shards go into the ledger (their superseded
-    files, an --overwrite's old results, are deleted first)."""
-    shard_stats = {}
-    for shard in plan.to_run:
-        stats = shard_summary(shard, state.written(shard.key, COUNTED_COLUMNS))
-        stats.update(run_id=config.run_id, finished_at=finished, key=shard.key)
-        shard_stats[shard.uri] = stats
-        state.storage.write_json(join(config.output, "stats", f"{shard.key}.json"), stats)
-        if stats["complete"]:
-            delete_superseded(state, [shard.key])
-            state.record_shard(shard.key, stats)
+def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, attempt: str, finished: str) -> dict[str, dict[str, Any]]:
+    """Each processed shard's rows as written, counted (Ray tasks); complete shards go into the ledger in one write
+    (their superseded files, an --overwrite's old results, are deleted first)."""
+    shard_stats = read_back(plan.to_run, state.written_files(), state.storage)
+    for stats in shard_stats.values():
+        stats.update(run_id=config.run_id, finished_at=finished)
+    complete = {shard.key: shard_stats[shard.uri] for shard in plan.to_run if shard_stats[shard.uri]["complete"]}
+    delete_superseded(state, list(complete))
+    state.record_shards(attempt, complete)
     if all(stats["complete"] for stats in shard_stats.values()):
-        finish_overwrite(state)  # shards gone from the input or unreadable now: their old results go too
+        finish_overwrite(state, attempt)  # shards gone from the input or unreadable now: their old results go too
+    state.compact_ledger(attempt)
     return shard_stats
 
 
 def _account(
-    config: JobConfig, plan: InputPlan, state: OutputState, sink: RerankOutputDatasink, attempt: str, wall: float, planner_letters: int
+    config: JobConfig,
+    plan: InputPlan,
+    state: OutputState,
+    sink: RerankOutputDatasink,
+    attempt: str,
+    wall: float,
+    planner_letters: int,
+    timings: dict[str, float],
 ) -> dict[str, Any]:
     """Read back what each processed shard holds, record complete shards in the ledger, write the summary."""
     finished = now_iso()
-    outcome = RunOutcome(totals(sink.per_shard), planner_letters, _read_back(config, plan, state, finished))
+    readback_started = time.monotonic()
+    outcome = RunOutcome(totals(sink.per_shard), planner_letters, _read_back(config, plan, state, attempt, finished))
+    timings["readback_seconds"] = time.monotonic() - readback_started
     limit = config.execution.max_error_rate
     failed = failures(outcome, len(plan.bad), plan.shards, limit, config.output)
     output_counters = merge_counters([{uri: stats["counters"]} for uri, stats in outcome.shard_stats.items()])
@@ -212,6 +233,8 @@ def _account(
         # Files under the input that are not data: names starting with '_' or '.', or not ending in .parquet.
         "ignored_files": {"count": len(plan.ignored), "first": plan.ignored[:20]},
         "wall_seconds": round(wall, 3),
+        # Where the time went: planning (listing, ledger, survey), the pipeline, the end-of-run readback.
+        "timings": {name: round(value, 3) for name, value in timings.items()},
         "queries_per_second": round(outcome.processed / wall, 3) if wall > 0 else 0.0,
         "totals": outcome.this_run,
         "planner_dead_letters": planner_letters,

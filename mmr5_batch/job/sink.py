@@ -29,16 +29,30 @@ from mmr5_batch.storage.filesystems import Storage, join
 class RerankOutputDatasink(Datasink[dict]):
     """Writes result rows as ranked rows and dead letters per source shard; collects per-shard counters."""
 
-    def __init__(self, output: str, attempt: str, shards: dict[str, tuple[str, str]], storage: Storage, pairs: tuple[int, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        output: str,
+        attempt: str,
+        shards: dict[str, tuple[str, str]],
+        storage: Storage,
+        pairs: tuple[int, str | None] | None = None,
+        rows_per_write: int | None = None,
+    ) -> None:
         """`shards`: filesystem path -> (URI recorded as source_path, shard key naming its folder);
-        `pairs`: (positives_top_k, label_column) to also write relabel pairs, else None."""
+        `pairs`: (positives_top_k, label_column) to also write relabel pairs, else None;
+        `rows_per_write`: rows Ray Data gathers into one write task (None: each block is one)."""
         self.output = output
+        self.rows_per_write = rows_per_write
         self.pairs = pairs
         self.attempt = attempt
         self.shards = shards
         self.storage = storage
         self.per_shard: dict[str, dict[str, int]] = {}
         self.files: list[str] = []
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.rows_per_write
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]

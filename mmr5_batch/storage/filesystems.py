@@ -56,26 +56,25 @@ class Storage:
             return url_to_fs(uri, use_listings_cache=False, **self.s3_options)
         return url_to_fs(uri)
 
-    def list_input(self, uri: str) -> tuple[fsspec.AbstractFileSystem, list[str], list[str]]:
-        """The Parquet shards under `uri` (a file or a prefix), sorted, and the files ignored there (hidden, or not
-        `.parquet`); raises InputNotFound naming the problem."""
+    def list_input(self, uri: str) -> InputListing:
+        """The Parquet shards under `uri` (a file or a prefix), sorted, with their fingerprints and sizes from the one
+        listing, and the files ignored there (hidden, or not `.parquet`); raises InputNotFound naming the problem."""
         try:
             fs, path = self.filesystem(uri)
             if not fs.exists(path):
                 raise InputNotFound(f"input not found: {uri}")
-            if fs.isfile(path):
-                return fs, [path], []
-            found = fs.find(path)
+            found = {path: fs.info(path)} if fs.isfile(path) else fs.find(path, detail=True)
         except InputNotFound:
             raise
         except Exception as error:  # missing bucket, bad or expired credentials, unreachable endpoint
             raise InputNotFound(f"cannot list input {uri}: {error_line(error)}") from None
-        shards = sorted(name for name in found if name.endswith(".parquet") and not _under_hidden(name, path))
-        chosen = set(shards)
+        names = sorted(name for name in found if name.endswith(".parquet") and not _under_hidden(name, path))
+        chosen = set(names)
         ignored = sorted(self.uri(fs, name) for name in found if name not in chosen)
-        if not shards:
+        if not names:
             raise InputNotFound(f"no .parquet files under {uri}" + (f" ({len(ignored)} other files ignored: {ignored[:3]})" if ignored else ""))
-        return fs, shards, ignored
+        shards = [ListedFile(name, info_fingerprint(found[name]), int(found[name].get("size") or 0)) for name in names]
+        return InputListing(fs, shards, ignored)
 
     def uri(self, fs: fsspec.AbstractFileSystem, path: str) -> str:
         """A filesystem path as the URI users know (s3://bucket/key; local paths stay paths)."""
@@ -163,6 +162,24 @@ def _under_hidden(name: str, root: str) -> bool:
 
 def fingerprint(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Size plus ETag (object stores) or modification time (file systems): changes when the shard changes."""
-    info = fs.info(path)
+    return info_fingerprint(fs.info(path))
+
+
+def info_fingerprint(info: dict[str, Any]) -> str:
+    """`fingerprint` from a listing's entry (listings carry size and ETag or mtime: no request per file)."""
     version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return f"{info.get('size')}:{str(version).strip(chr(34))}"
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    path: str  # the filesystem path
+    fingerprint: str
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class InputListing:
+    filesystem: Any  # the fsspec filesystem the paths are in
+    shards: list[ListedFile]
+    ignored: list[str]  # URIs of files that are not data

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 
 import pyarrow as pa
 
 from mmr5_batch.config import load_config, public_dump
 from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.rows import DEAD_LETTER_KEEP
-from mmr5_batch.job.accounting import shard_summary
+from mmr5_batch.job.accounting import shard_summary as summarise
 from mmr5_batch.job.dead_letters import unaddressable_dead_letters
 from mmr5_batch.job.ledger import describe_difference, job_fingerprint, shard_key
 from mmr5_batch.job.planner import ShardPlan, _mark_unaddressable
@@ -37,6 +37,9 @@ def test_fingerprint_changes_with_result_settings_only():
     assert describe_difference(base, other) == "images.image_tokens: 1024 -> 512"
 
 
+NOTHING_WRITTEN: dict[str, set[str]] = defaultdict(set)
+
+
 def test_done_rows_are_dropped():
     table = pa.table({"query_id": ["q1", "q2", " ", None]})
     assert drop_query_ids(table, frozenset({"q1", None})).to_pydict() == {"query_id": ["q2"]}
@@ -48,9 +51,9 @@ def grouped(query_id, docs=("d1", "d2"), extra="x"):
 
 
 def test_repeated_and_missing_ids_become_one_dead_letter_per_row():
-    a = ShardPlan("a", "s3://b/a", "a-1", "f", query_ids=["dup", "ok", None])
-    b = ShardPlan("b", "s3://b/b", "b-1", "f", query_ids=["dup", "fine"])
-    _mark_unaddressable([a, b], "grouped")
+    a = ShardPlan("a", "s3://b/a", "a-1", "f")
+    b = ShardPlan("b", "s3://b/b", "b-1", "f")
+    _mark_unaddressable([a, b], "grouped", {"s3://b/a": ["dup", "ok", None], "s3://b/b": ["dup", "fine"]}, NOTHING_WRITTEN)
     assert set(a.unaddressable) == {"dup", None} and set(b.unaddressable) == {"dup"}
     table = pa.Table.from_pylist([grouped("dup"), grouped("ok"), grouped(None)])
     letters = unaddressable_dead_letters(a, table, "run", "model").to_pylist()
@@ -63,20 +66,21 @@ def test_repeated_and_missing_ids_become_one_dead_letter_per_row():
 
 
 def test_pairs_query_spread_over_shards_is_one_dead_letter_per_shard():
-    a = ShardPlan("a", "s3://b/a", "a-1", "f", layout=PAIRS, query_ids=["q", "q", "solo"])
-    b = ShardPlan("b", "s3://b/b", "b-1", "f", layout=PAIRS, query_ids=["q"])
-    _mark_unaddressable([a, b], PAIRS)
+    a = ShardPlan("a", "s3://b/a", "a-1", "f", layout=PAIRS)
+    b = ShardPlan("b", "s3://b/b", "b-1", "f", layout=PAIRS)
+    _mark_unaddressable([a, b], PAIRS, {"s3://b/a": ["q", "q", "solo"], "s3://b/b": ["q"]}, NOTHING_WRITTEN)
     assert "spread over 2 shards" in a.unaddressable["q"] and "solo" not in a.unaddressable
     rows = [{"query_id": "q", "query": "t", "doc_id": d, "score": s} for d, s in (("low", 0.1), ("high", 0.9))]
     [letter] = unaddressable_dead_letters(
         a, pa.Table.from_pylist([*rows, {"query_id": "solo", "query": "t", "doc_id": "x", "score": 1.0}]), "r", "m"
     ).to_pylist()
     assert letter["query_id"] == "q" and letter["first_stage_doc_ids"] == ["high", "low"]
-    assert a.queries == 2  # q and solo
 
 
 def test_a_shard_is_complete_when_every_query_is_written_once():
-    shard = ShardPlan("a", "a", "a-1", "f", query_ids=["q1", "q2", "dup", "dup"], unaddressable={"dup": "repeated"})
+    def shard_summary(written):
+        return summarise("a", "f", 4, {"dup"}, written)
+
     written = pa.table(
         {
             "query_id": ["q1", "q2", "dup", "dup"],
@@ -85,22 +89,18 @@ def test_a_shard_is_complete_when_every_query_is_written_once():
             "windows": [1, None, None, None],
         }
     )
-    stats = shard_summary(shard, written)
+    stats = shard_summary(written)
     assert stats["complete"] and stats["counters"]["queries"] == 4 and stats["counters"]["error"] == 3
     assert stats["counters"]["candidates"] == 3 and stats["counters"]["windows"] == 1
     twice = pa.concat_tables([written, written.slice(0, 1)])
-    assert shard_summary(shard, twice)["repeated_queries"] == 1 and not shard_summary(shard, twice)["complete"]
-    assert not shard_summary(shard, written.slice(0, 3))["complete"]
-    assert Counter(shard.query_ids)["dup"] == 2
+    assert shard_summary(twice)["repeated_queries"] == 1 and not shard_summary(twice)["complete"]
+    assert not shard_summary(written.slice(0, 3))["complete"]
 
 
 def test_the_first_written_copy_of_a_repeated_id_stands():
-    from collections import Counter
-
-    a = ShardPlan("a", "s3://b/a", "a-1", "f", query_ids=["q", "x"], done=Counter({"q": 1}))
-    b = ShardPlan("b", "s3://b/b", "b-1", "f", query_ids=["q", "y"])
-    c = ShardPlan("c", "s3://b/c", "c-1", "f", query_ids=["y"])
-    _mark_unaddressable([a, b, c], "grouped")
+    a, b, c = (ShardPlan(name, f"s3://b/{name}", f"{name}-1", "f") for name in "abc")
+    ids = {"s3://b/a": ["q", "x"], "s3://b/b": ["q", "y"], "s3://b/c": ["y"]}
+    _mark_unaddressable([a, b, c], "grouped", ids, {"s3://b/a": {"q"}, "s3://b/b": set(), "s3://b/c": set()})
     assert "q" not in a.unaddressable  # written earlier: it stands
     assert "the copy already written for s3://b/a stands" in b.unaddressable["q"]
     assert "appears 2 times" in b.unaddressable["y"] and "appears 2 times" in c.unaddressable["y"]  # none written: all out

@@ -19,6 +19,7 @@ from mmr5_batch.config import load_config
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
 from mmr5_batch.job.runner import JobError, run_job
 from tests.conftest import grey_jpeg
+from tests.support.ledger_support import done_keys
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_shards_and_images_from_s3_results_to_s3(ray_session, s3):
     assert "outside the allowed prefixes" in flags["x.jpg"]
     assert summary["failed"] is None and summary["shards"]["processed"] == 2
     assert fs.exists(f"{bucket}/out/summary.json") and fs.exists(f"{bucket}/out/config.yaml")
-    ledger = sorted(name.rsplit("/", 1)[-1] for name in fs.find(f"{bucket}/out/_ledger/shards"))
+    ledger = done_keys(f"s3://{bucket}/out")
     assert len(ledger) == 2 and ledger[0].startswith("a-")
     assert "testing-secret" not in fs.cat(f"{bucket}/out/config.yaml").decode()
 
