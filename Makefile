@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast check docs test-vllm-cpu bench env env-vllm-cpu clean
+.PHONY: demo test test-fast check docs test-vllm-cpu bench bench-scale env env-vllm-cpu clean
 
 env: $(VENV)/.installed
 
@@ -84,6 +84,11 @@ bench: env
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/sizing.py
+
+# The job's own cost from 10 to 5,000 shards and 1k to 1M queries (about 40 minutes on 2 cores; nothing
+# else may use Ray on the machine meanwhile).
+bench-scale: env
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -10,6 +10,8 @@ loopback that counts the requests it serves.
 
     python bench/scale.py                                   # the default cases
     python bench/scale.py --cases 10x1000,100x10000 --s3-cases 100x10000
+    git worktree add /tmp/before 83952bd                    # the job before this design, same cases
+    python bench/scale.py --code /tmp/before --cases 1000x10000 --s3-cases ""
 
 Columns: plan s (listing, ledger, survey), first row s (from the call to
 the first request reaching an engine), end s (readback and ledger after the
@@ -32,7 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The package under test: this checkout, or another one for a before/after table (--code).
+sys.path.insert(0, os.environ.get("MMR5_BENCH_CODE") or str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_CASES = "10x1000,100x10000,1000x100000,5000x100000,5000x1000000"
 DEFAULT_S3_CASES = "100x10000,1000x10000"
@@ -46,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="queries per actor call and per preparation task")
     parser.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--code", default=None, help="run the job from this checkout instead (an older commit, for a before/after table)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds one driver run may take before it counts as not finished")
     parser.add_argument("--driver", default=None, help=argparse.SUPPRESS)  # internal: run one job as the driver
     return parser.parse_args(argv)
 
@@ -135,9 +140,14 @@ def run_driver(case: dict) -> dict:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    import inspect
+
     from mmr5_batch import run_job
+    from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
 
     marker = case["first_call_file"]
+    # Older checkouts (--code) lack the first-call marker and the timings: those figures are left blank.
+    noted = "first_call_file" in inspect.signature(ScriptedTestEngine.__init__).parameters
     started = time.time()
     summary = run_job(
         input=case["input"],
@@ -145,7 +155,7 @@ def run_driver(case: dict) -> dict:
         run_id=case["run_id"],
         **{
             "model.backend": "scripted-test",
-            "model.engine_kwargs": {"first_call_file": marker},
+            "model.engine_kwargs": {"first_call_file": marker} if noted else {},
             "execution.batch_size": case["batch_size"],
             "execution.prepare_batch_size": case["batch_size"],
             "execution.max_error_rate": 0.0,
@@ -153,11 +163,11 @@ def run_driver(case: dict) -> dict:
     )
     total = time.time() - started
     first = float(Path(marker).read_text()) - started if os.path.exists(marker) else None
-    timings = summary["timings"]
+    timings = summary.get("timings", {})
     return {
-        "plan_s": timings["plan_seconds"],
+        "plan_s": timings.get("plan_seconds"),
         "first_row_s": first,
-        "end_s": timings.get("readback_seconds", 0.0),
+        "end_s": timings.get("readback_seconds"),
         "total_s": total,
         "driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "processed": summary["shards"]["processed"],
@@ -167,15 +177,27 @@ def run_driver(case: dict) -> dict:
     }
 
 
-def drive(case: dict, env: dict[str, str]) -> dict:
-    """Run one job in a fresh driver process."""
+def drive(case: dict, env: dict[str, str], code: Path, timeout: float) -> dict:
+    """Run one job in a fresh driver process (the package from `code`); a run past `timeout` counts as not finished.
+
+    Nothing else may use Ray on the machine meanwhile: the test suite's cluster tests stop every Ray on it."""
     if os.path.exists(case["first_call_file"]):
         os.remove(case["first_call_file"])
-    done = subprocess.run(
-        [sys.executable, __file__, "--driver", json.dumps(case)], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1]
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--driver", json.dumps(case)],
+            capture_output=True,
+            text=True,
+            env=env | {"MMR5_BENCH_CODE": str(code)},
+            cwd=code,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+        return {"plan_s": None, "first_row_s": None, "end_s": None, "total_s": None, "driver_mb": None, "failed": f"not finished in {timeout:.0f} s"}
     if done.returncode != 0:
-        raise SystemExit(f"driver failed:\n{done.stderr[-4000:]}")
+        sys.stderr.write(f"driver failed:\n{done.stderr[-4000:]}\n")
+        return {"plan_s": None, "first_row_s": None, "end_s": None, "total_s": None, "driver_mb": None, "failed": f"driver exited {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -213,7 +235,7 @@ def run_case(storage: str, shards: int, queries: int, args: argparse.Namespace, 
     rows = []
     for run in ("first", "rerun"):
         before = server.requests if server else 0
-        figures = drive(case | {"run_id": f"{run}-run"}, env)
+        figures = drive(case | {"run_id": f"{run}-run"}, env, Path(args.code or Path(__file__).resolve().parents[1]), args.timeout)
         figures["s3_requests_per_shard"] = (server.requests - before) / shards if server else None
         figures["files"] = count_files(output, storage)
         rows.append({"storage": storage, "shards": shards, "queries": queries, "run": run, **figures})
@@ -231,17 +253,19 @@ def format_row(row: dict) -> str:
     def number(value, spec):
         return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
 
-    return (
-        f"{row['storage']:7} {row['shards']:>6} {row['queries']:>8} {row['run']:5} {row['plan_s']:>7.1f} {number(row['first_row_s'], '9.1f')} "
-        f"{row['end_s']:>6.1f} {row['total_s']:>8.1f} {row['driver_mb']:>9.0f} {row['files']:>6} {number(row['s3_requests_per_shard'], '12.1f')}"
+    line = (
+        f"{row['storage']:7} {row['shards']:>6} {row['queries']:>8} {row['run']:5} {number(row['plan_s'], '7.1f')} {number(row['first_row_s'], '9.1f')} "
+        f"{number(row['end_s'], '6.1f')} {number(row['total_s'], '8.1f')} {number(row['driver_mb'], '9.0f')} {row['files']:>6} "
+        f"{number(row['s3_requests_per_shard'], '12.1f')}"
     )
+    return line + (f"  ({row['failed']})" if row.get("failed") else "")
 
 
 def fit(rows: list[dict]) -> list[str]:
     """Least-squares fit of each first-run figure as a + b*shards + c*queries, extrapolated to 20,000 shards and 10M queries."""
     import numpy as np
 
-    first = [row for row in rows if row["run"] == "first" and row["storage"] == "local"]
+    first = [row for row in rows if row["run"] == "first" and row["storage"] == "local" and row["total_s"] is not None and row["plan_s"] is not None]
     if len(first) < 3:
         return []
     design = np.array([[1.0, row["shards"], row["queries"]] for row in first])
@@ -250,7 +274,7 @@ def fit(rows: list[dict]) -> list[str]:
         values = np.array([row[column] for row in first], dtype=float)
         (a, b, c), *_ = np.linalg.lstsq(design, values, rcond=None)
         lines.append(f"  {label:9}: {a + b * 20_000 + c * 10_000_000:12.1f}   (a={a:.3g}, per shard {b:.3g}, per query {c:.3g})")
-    reruns = [row for row in rows if row["run"] == "rerun" and row["storage"] == "local"]
+    reruns = [row for row in rows if row["run"] == "rerun" and row["storage"] == "local" and row["total_s"] is not None]
     if reruns:
         slope = max(row["total_s"] / row["shards"] for row in reruns)
         lines.append(f"  no-op rerun: at most {slope * 20_000:.0f} s for 20,000 ledgered shards (the highest seconds per shard measured)")

@@ -255,7 +255,7 @@ class ExecutionConfig(Section):
         description="The most shards one read task takes (fewer where that is needed for two read tasks per cluster CPU).",
     )
     rows_per_write: int = Field(
-        1000,
+        256,
         ge=1,
         description=(
             "Result rows gathered before one write task writes them (one file per source shard it holds rows of): "

@@ -18,7 +18,7 @@ def test_cost_model_grows_with_prompt_and_answer():
     assert gpu_seconds(WindowCost(1500, 1200, 2000), H200) > small
 
 
-def test_plan_reports_bad_shards_and_prices_ours_against_the_reference(tmp_path, make_grey_jpeg, capsys):
+def test_plan_reports_bad_shards_and_prices_ours_against_the_reference(ray_session, tmp_path, make_grey_jpeg, capsys):
     page = make_grey_jpeg(120, (1240, 1754))  # A4 at 150 dpi
     rows = [
         {"query_id": f"q{i}", "query": "which?", "candidates": [{"doc_id": f"d{j}", "image": page, "score": 1 - j / 10} for j in range(5)]} for i in range(4)

@@ -52,5 +52,6 @@ def job_values(tmp_path: Path, **overrides) -> dict:
         "execution.batch_size": 2,
         "execution.prepare_batch_size": 2,
         "execution.concurrent_batches": 1,
+        "execution.rows_per_write": 2,  # a file per batch, so results appear while the job still runs
         **overrides,
     }
