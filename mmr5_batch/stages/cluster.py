@@ -43,6 +43,9 @@ def cluster_gpus(wanted: float, wait_seconds: float) -> ClusterGpus:
         started = time.monotonic()
         while now < wanted and time.monotonic() - started < wait_seconds:
             time.sleep(2.0)
+            # Asked again each time: a request replaces the last one, and Ray Data's autoscaling coordinator
+            # (left running by planning's Ray Data tasks) sends its own every 20 s, which would drop ours.
+            request_resources(bundles=[{"GPU": wanted}])
             now = _gpus_now()
         waited = time.monotonic() - started
         # The request is persistent: drop it, the rerank actors hold the nodes from here on.
