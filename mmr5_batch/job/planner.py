@@ -31,6 +31,7 @@ import pyarrow as pa
 from mmr5_batch.core.layouts import GROUPED, passthrough_problem, run_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.ledger import OutputState, shard_key
+from mmr5_batch.job.ledger_index import DONE, FORGOTTEN
 from mmr5_batch.job.shard_survey import SURVEY_SCHEMA, id_hashes, query_ids, survey_shard
 from mmr5_batch.job.shard_tasks import map_shards
 from mmr5_batch.storage.arrow_filesystems import read_parquet
@@ -116,9 +117,9 @@ def _classify(shards: list[ShardPlan], state: OutputState, overwrite: bool) -> t
         event = None if overwrite else state.latest_event(shard.key)
         if event is None:
             fresh.append(shard)
-        elif state.forgotten(shard.key) or event.get("fingerprint") != shard.fingerprint:
+        elif event["event"] == FORGOTTEN or event.get("fingerprint") != shard.fingerprint:
             changed.append(shard)
-        elif state.ledger_entry(shard.key) is not None:
+        elif event["event"] == DONE:
             skipped.append(shard)
         else:
             fresh.append(shard)  # begun by an interrupted run, same content: resumed
@@ -195,10 +196,9 @@ def _mark_unaddressable_by_hash(shards: list[ShardPlan], layout: str, hashes: di
 
     def exact(shard: ShardPlan) -> tuple[list[str], set[str]]:
         ids = [value for value in query_ids(read_parquet(storage, shard.uri, ["query_id"])["query_id"]) if value is not None]
-        suspects = [value for value, hashed in zip(ids, id_hashes(ids)) if hashed in repeated_set]
         pending = set(hashes[shard.uri][1].tolist())
-        written = {value for value in set(suspects) if int(id_hashes([value])[0]) not in pending}
-        return suspects, written
+        suspects = [(value, int(hashed)) for value, hashed in zip(ids, id_hashes(ids)) if hashed in repeated_set]
+        return [value for value, _ in suspects], {value for value, hashed in suspects if hashed not in pending}
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = dict(zip((shard.uri for shard in involved), pool.map(exact, involved)))

@@ -23,9 +23,8 @@ import pyarrow as pa
 from mmr5_batch.core.arrow_types import conform_table
 from mmr5_batch.core.rows import READ_PATH
 from mmr5_batch.job.planner import InputPlan, ShardPlan
-from mmr5_batch.job.shard_groups import group_shards
 from mmr5_batch.job.shard_survey import query_ids
-from mmr5_batch.job.shard_tasks import cluster_cpus
+from mmr5_batch.job.shard_tasks import shard_groups_dataset
 from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.filesystems import Storage
 
@@ -64,11 +63,8 @@ def read_shards(plan: InputPlan, storage: Storage, max_bytes: int, max_shards: i
     """The rows of every planned shard that has work left, lazily, in read tasks of up to `max_bytes` of shards
     and `max_shards` shards (at least two tasks per cluster CPU where there are shards enough); None when no
     shard has work."""
-    import ray
-
     shards = [shard for shard in plan.to_run if shard.has_work()]
     if not shards:
         return None
-    groups = group_shards([_descriptor(shard) for shard in shards], [shard.size for shard in shards], max_bytes, max_shards, 2 * cluster_cpus())
-    descriptors = ray.data.from_items([{"shards": json.dumps(group)} for group in groups], override_num_blocks=len(groups))
+    descriptors = shard_groups_dataset([_descriptor(shard) for shard in shards], [shard.size for shard in shards], max_bytes, max_shards)
     return descriptors.map_batches(partial(read_shard_group, storage=storage, schema=plan.schema), batch_size=1, batch_format="pyarrow")

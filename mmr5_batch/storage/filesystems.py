@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,37 +135,14 @@ class Storage:
         pq.write_table(table, buffer)
         self.write_bytes(uri, buffer.getvalue().to_pybytes())
 
-    def read_parquet_columns(self, uris: Iterable[str], columns: Sequence[str]) -> Any:
-        """The given columns of several Parquet files as one table (None when there are no files).
-
-        A file lacking some of the columns contributes nulls for them.
-        """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        tables = []
-        for uri in uris:
-            fs, path = self.filesystem(uri)
-            with fs.open(path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                present = [name for name in columns if name in parquet.schema_arrow.names]
-                tables.append(parquet.read(columns=present))
-        if not tables:
-            return None
-        return pa.concat_tables(tables, promote_options="permissive")
-
 
 def _under_hidden(name: str, root: str) -> bool:
     return any(part.startswith((".", "_")) for part in name[len(root) :].split("/") if part)
 
 
-def fingerprint(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """Size plus ETag (object stores) or modification time (file systems): changes when the shard changes."""
-    return info_fingerprint(fs.info(path))
-
-
 def info_fingerprint(info: dict[str, Any]) -> str:
-    """`fingerprint` from a listing's entry (listings carry size and ETag or mtime: no request per file)."""
+    """A file's fingerprint from its listing entry: size plus ETag (object stores) or modification time (file
+    systems), so it changes when the file does; listings carry both, so no request per file."""
     version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return f"{info.get('size')}:{str(version).strip(chr(34))}"
 
