@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--s3-cases", default=DEFAULT_S3_CASES, help="cases on S3 (moto on loopback); '' for none")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of each case's local Ray")
     parser.add_argument("--batch-size", type=int, default=256, help="queries per actor call and per preparation task")
+    parser.add_argument(
+        "--queries-per-wave", type=int, default=None, help="execution.queries_per_wave (default: the job's own); 0: one wave, as before waves existed"
+    )
     parser.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--code", default=None, help="run the job from this checkout instead (an older commit, for a before/after table)")
@@ -159,6 +162,7 @@ def run_driver(case: dict) -> dict:
             "execution.batch_size": case["batch_size"],
             "execution.prepare_batch_size": case["batch_size"],
             "execution.max_error_rate": 0.0,
+            **({} if case["queries_per_wave"] is None else {"execution.queries_per_wave": case["queries_per_wave"] or None}),
         },
     )
     total = time.time() - started
@@ -229,6 +233,7 @@ def run_case(storage: str, shards: int, queries: int, args: argparse.Namespace, 
         "output": output,
         "cpus": args.cpus,
         "batch_size": args.batch_size,
+        "queries_per_wave": args.queries_per_wave,
         "first_call_file": str(work / f"{name}.first"),
         "ray_dir": tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
     }
@@ -298,7 +303,8 @@ def main(argv=None) -> None:
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret", AWS_DEFAULT_REGION="us-east-1")
         server = CountingS3Server()
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint
-    print(f"scripted engine, 2 candidates per query, {args.cpus} CPUs, batch {args.batch_size}; plan = listing + ledger + survey")
+    wave = "job default" if args.queries_per_wave is None else (args.queries_per_wave or "one wave")
+    print(f"scripted engine, 2 candidates per query, {args.cpus} CPUs, batch {args.batch_size}, queries per wave: {wave}; plan = listing + ledger + survey")
     print(HEADER, flush=True)
     rows = []
     for shards, queries in parse_cases(args.cases):

@@ -262,6 +262,16 @@ class ExecutionConfig(Section):
             "fewer, larger files, but up to this many reranked queries wait unwritten and are reranked again if the job dies."
         ),
     )
+    queries_per_wave: int | None = Field(
+        200_000,
+        ge=1,
+        description=(
+            "The pending shards run in waves of about this many queries (whole shards; a bigger shard is a wave alone), "
+            "each one Ray Data execution that is read back and recorded in the ledger when it ends. Ray Data keeps "
+            "per-block statistics in the driver for an execution's lifetime, so waves keep the driver's memory flat "
+            "as the input grows; each wave starts its rerank actors (and loads the model) anew. Unset: one wave."
+        ),
+    )
     actor_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each rerank actor needs, so actors land only on nodes that offer them (e.g. {'reranker': 1}).",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from mmr5_batch.core.layouts import GROUPED, passthrough_problem, run_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.ledger import OutputState, shard_key
 from mmr5_batch.job.ledger_index import DONE, FORGOTTEN
+from mmr5_batch.job.shard_groups import group_shards
 from mmr5_batch.job.shard_survey import SURVEY_SCHEMA, id_hashes, query_ids, survey_shard
 from mmr5_batch.job.shard_tasks import map_shards
 from mmr5_batch.storage.arrow_filesystems import read_parquet
@@ -79,6 +80,14 @@ class InputPlan:
     @property
     def shards(self) -> int:
         return len(self.to_run) + len(self.skipped) + len(self.bad)
+
+    def waves(self, max_queries: int | None) -> list[InputPlan]:
+        """This plan cut into consecutive waves of whole shards with up to `max_queries` pending queries each
+        (a bigger shard alone); one wave when unset. Each wave is this plan with a part of `to_run`."""
+        if max_queries is None or not self.to_run:
+            return [self]
+        groups = group_shards(self.to_run, [shard.pending for shard in self.to_run], max_queries, len(self.to_run), 1)
+        return [replace(self, to_run=group) for group in groups]
 
 
 def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], established: pa.Schema | None = None) -> pa.Schema:

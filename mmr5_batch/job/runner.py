@@ -24,6 +24,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -174,25 +175,49 @@ def _write(
     state.storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
 
-    pipeline_started = time.monotonic()
-    sink = _run_pipeline(config, plan, state.storage, attempt, placement)
-    timings["pipeline_seconds"] = time.monotonic() - pipeline_started
-    wall = time.monotonic() - started
-    return _account(config, plan, state, sink, attempt, wall, planner_letters, timings)
+    written = WrittenSoFar()
+    waves = plan.waves(config.execution.queries_per_wave)
+    for number, wave in enumerate(waves, 1):
+        if len(waves) > 1:
+            log.info("wave %d of %d: %d shards, %d queries", number, len(waves), len(wave.to_run), sum(shard.pending for shard in wave.to_run))
+        pipeline_started = time.monotonic()
+        sink = _run_pipeline(config, wave, state.storage, attempt, placement)
+        readback_started = time.monotonic()
+        written.add(sink, _read_back(config, wave, state, attempt))
+        timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
+        timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
+    if all(stats["complete"] for stats in written.shard_stats.values()):
+        finish_overwrite(state, attempt)  # shards gone from the input or unreadable now: their old results go too
+    state.compact_ledger(attempt)
+    timings["waves"] = len(waves)
+    return _account(config, plan, state, written, attempt, time.monotonic() - started, planner_letters, timings)
 
 
-def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, attempt: str, finished: str) -> dict[str, dict[str, Any]]:
-    """Each processed shard's rows as written, counted (Ray tasks); complete shards go into the ledger in one write
+@dataclass
+class WrittenSoFar:
+    """What the waves wrote: counters and files per shard from the sinks, and each shard as read back."""
+
+    per_shard: dict[str, dict[str, int]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    shard_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, sink: RerankOutputDatasink, shard_stats: dict[str, dict[str, Any]]) -> None:
+        # A shard runs in exactly one wave: nothing to merge.
+        self.per_shard.update(sink.per_shard)
+        self.files.extend(sink.files)
+        self.shard_stats.update(shard_stats)
+
+
+def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, attempt: str) -> dict[str, dict[str, Any]]:
+    """Each of the wave's shards' rows as written, counted (Ray tasks); complete shards go into the ledger in one write
     (their superseded files, an --overwrite's old results, are deleted first)."""
     shard_stats = read_back(plan.to_run, state.written_files(), state.storage)
+    finished = now_iso()
     for stats in shard_stats.values():
         stats.update(run_id=config.run_id, finished_at=finished)
     complete = {shard.key: shard_stats[shard.uri] for shard in plan.to_run if shard_stats[shard.uri]["complete"]}
     delete_superseded(state, list(complete))
     state.record_shards(attempt, complete)
-    if all(stats["complete"] for stats in shard_stats.values()):
-        finish_overwrite(state, attempt)  # shards gone from the input or unreadable now: their old results go too
-    state.compact_ledger(attempt)
     return shard_stats
 
 
@@ -200,17 +225,15 @@ def _account(
     config: JobConfig,
     plan: InputPlan,
     state: OutputState,
-    sink: RerankOutputDatasink,
+    written: WrittenSoFar,
     attempt: str,
     wall: float,
     planner_letters: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Read back what each processed shard holds, record complete shards in the ledger, write the summary."""
+    """Count what every processed shard holds now and write the summary."""
     finished = now_iso()
-    readback_started = time.monotonic()
-    outcome = RunOutcome(totals(sink.per_shard), planner_letters, _read_back(config, plan, state, attempt, finished))
-    timings["readback_seconds"] = time.monotonic() - readback_started
+    outcome = RunOutcome(totals(written.per_shard), planner_letters, written.shard_stats)
     limit = config.execution.max_error_rate
     failed = failures(outcome, len(plan.bad), plan.shards, limit, config.output)
     output_counters = merge_counters([{uri: stats["counters"]} for uri, stats in outcome.shard_stats.items()])
@@ -238,13 +261,13 @@ def _account(
         "queries_per_second": round(outcome.processed / wall, 3) if wall > 0 else 0.0,
         "totals": outcome.this_run,
         "planner_dead_letters": planner_letters,
-        "per_shard": sink.per_shard,
+        "per_shard": written.per_shard,
         "processed_shards_now_hold": totals(output_counters) if output_counters else dict.fromkeys(COUNTERS, 0),
         "incomplete_shards": outcome.incomplete,
         "error_rate": round(outcome.errors / outcome.processed, 6) if outcome.processed else 0.0,
         "max_error_rate": limit,
         "failed": "; ".join(failed) or None,
-        "files": sink.files,
+        "files": sorted(written.files),
     }
     state.storage.write_json(join(config.output, "summary.json"), summary)
     state.storage.write_json(join(config.output, "_ledger", "runs", f"{attempt}.json"), summary)

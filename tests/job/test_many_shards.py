@@ -66,7 +66,7 @@ def test_grouped_reads_resume_and_a_noop_rerun(ray_session, tmp_path):
     ranked_files = list((out / "ranked").rglob("*.parquet"))
     assert SHARDS <= len(ranked_files) < SHARDS * 3
     assert sorted(p.name.split("-")[1] for p in (out / "_ledger" / "index").glob("*.jsonl")) == ["done", "started"]
-    assert set(first["timings"]) == {"plan_seconds", "pipeline_seconds", "readback_seconds"}
+    assert set(first["timings"]) == {"plan_seconds", "pipeline_seconds", "readback_seconds", "waves"} and first["timings"]["waves"] == 1
 
     # A crash before accounting, with some written files lost: only their queries run again.
     lost = sorted(ranked_files)[::4]
@@ -116,3 +116,17 @@ def test_an_output_with_a_legacy_per_shard_ledger_is_read_and_folded_in(ray_sess
     assert summary["shards"]["skipped_done_earlier"] == 4 and summary["shards"]["processed"] == 1
     assert not list((out / "_ledger" / "shards").glob("*.json"))  # folded into the index
     assert len(done_keys(out)) == 5 and set(written_ids(out).values()) == {1}
+
+
+def test_waves_of_whole_shards_each_read_back_and_ledgered_when_they_end(ray_session, tmp_path):
+    write_input(tmp_path / "in", shards=8)
+    out = tmp_path / "out"
+    # 3 queries per shard, up to 7 per wave: waves of two shards.
+    summary = run_job(**settings(tmp_path), **{"execution.queries_per_wave": 7})
+    assert summary["timings"]["waves"] == 4 and summary["failed"] is None
+    assert summary["totals"]["queries"] == 8 * PER_SHARD and summary["incomplete_shards"] == []
+    assert set(written_ids(out).values()) == {1} and len(written_ids(out)) == 8 * PER_SHARD
+    # Each wave wrote its own `done` events when it ended: a crash in wave 3 keeps waves 1 and 2 done.
+    done_files = sorted((out / "_ledger" / "index").glob("*-done-*.jsonl"))
+    assert [len(path.read_text().splitlines()) for path in done_files] == [2, 2, 2, 2]
+    assert len(done_keys(out)) == 8

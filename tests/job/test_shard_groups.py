@@ -19,3 +19,14 @@ def test_never_fewer_groups_than_asked_when_there_are_shards_enough():
     assert len(group_shards(list(range(10)), [1] * 10, max_bytes=1 << 30, max_shards=64, min_groups=4)) == 4
     assert group_shards([1, 2], [1, 1], max_bytes=1 << 30, max_shards=64, min_groups=8) == [[1], [2]]
     assert group_shards([], [], 1, 1, 1) == []
+
+
+def test_a_plan_runs_in_waves_of_whole_shards_by_pending_queries():
+    from mmr5_batch.job.planner import InputPlan, ShardPlan
+
+    shards = [ShardPlan(f"p{n}", f"u{n}", f"k{n}", "f", pending=pending) for n, pending in enumerate([3, 3, 0, 10, 2, 2])]
+    plan = InputPlan("root", "grouped", shards, [], [], {})
+    waves = plan.waves(6)
+    assert [[shard.key for shard in wave.to_run] for wave in waves] == [["k0", "k1", "k2"], ["k3"], ["k4", "k5"]]
+    assert all(wave.layout == plan.layout and wave.skipped is plan.skipped for wave in waves)
+    assert plan.waves(None) == [plan]
