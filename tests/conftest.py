@@ -36,6 +36,13 @@ def tiny_model_dir(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
 
 
+@pytest.fixture(scope="session")
+def tiny_pointwise_dir(tmp_path_factory):
+    from mmr5_batch.devtools.tiny_model import build_tiny_pointwise_model
+
+    return str(build_tiny_pointwise_model(tmp_path_factory.mktemp("tiny-pointwise")))
+
+
 def grey_jpeg(level: int, size: tuple[int, int] = (120, 160)) -> bytes:
     """A uniform grey picture; the scripted test engine ranks darker (lower level) first."""
     buffer = io.BytesIO()

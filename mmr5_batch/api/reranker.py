@@ -1,4 +1,4 @@
-"""MM-R5 in process, no Ray: one engine, one query or many, the job's code path.
+"""MM-R5 (or a pointwise reranker) in process, no Ray: one engine, one query or many, the job's code path.
 
     from mmr5_batch import Reranker
 
@@ -11,7 +11,10 @@ a drop-in replacement. `rank` returns the full `RankedResult`; `rank_many`
 ranks many queries at once through the same async window scheduler as the
 Ray actors (all their windows share the engine). Preparation, prompt,
 budgets, windows, cascade, thinking budget, fast mode and parsing are the
-job's own (core/), not a copy.
+job's own (core/), not a copy. With `protocol="pointwise"` (or a Qwen3-VL
+reranker checkpoint) each candidate is judged alone and `scores` are its
+P(yes); with the two-model cascade (`cascade=True, **{"cascade.first_pass":
+"pointwise", "scorer.name": ...}`) a second engine, the scorer, runs first.
 
 The engine runs on an event loop in a thread of its own, so the calls work
 the same in a script and in a notebook (which runs a loop of its own).
@@ -31,7 +34,7 @@ from mmr5_batch.api.inputs import candidate_rows
 from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.core.engine_protocol import AsyncEngine
 from mmr5_batch.core.preparation import PrepareSettings, prepare_row_safely
-from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async
+from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.errors import QueryFailed
 from mmr5_batch.storage.filesystems import Storage
@@ -49,12 +52,13 @@ class RankedResult:
     status: str  # vocabulary.STATUSES
     doc_ids: list[str]  # best first; flagged candidates last
     order: list[int]  # the same as 0-based positions in the candidates given
-    scores: list[float]  # rank-derived: 1.0 for the top, falling evenly
+    scores: list[float | None]  # MM-R5: rank-derived, 1.0 for the top; pointwise: P(yes) (None: not judged)
     decided_by: list[str]  # per position: vocabulary.DECIDED_BY
     flagged: dict[str, str]  # doc_id -> why it had no usable image
     reason: str | None  # why the query failed (status error)
     reasoning: list[str] | None  # the model's output per window, when asked for
     windows: int
+    scored: int  # candidates a pointwise model judged
     image_tokens: int
     prompt_tokens: int
     generated_tokens: int
@@ -75,6 +79,7 @@ class RankedResult:
             reason=row["reason"],
             reasoning=row["reasoning"],
             windows=row["windows"] or 0,
+            scored=row.get("scored") or 0,
             image_tokens=row["image_tokens"] or 0,
             prompt_tokens=row["prompt_tokens"] or 0,
             generated_tokens=row["generated_tokens"] or 0,
@@ -102,20 +107,25 @@ class Reranker:
         self.storage = Storage(self.config.storage.s3_options())
         self._prepare = PrepareSettings.from_config(self.config)
         self._settings = RankingSettings.from_config(self.config)
+        self._scorer_settings = RankingSettings.for_scorer(self.config) if _two_models(self.config) else None
+        self.scorer: AsyncEngine | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mmr5-batch-engine", daemon=True)
         self._thread.start()
         try:
             self.engine: AsyncEngine | None = self._run(self._start_engine())
+            if self._scorer_settings is not None:
+                self.scorer = self._run(self._start_engine(scorer=True))
         except BaseException:
+            self._close_engines()
             self._stop_loop()
             raise
 
-    async def _start_engine(self) -> AsyncEngine:
+    async def _start_engine(self, scorer: bool = False) -> AsyncEngine:
         from mmr5_batch.engines import create_async_engine
 
         # Built on the engine's own loop: vLLM's async engine binds to the loop it starts on.
-        return create_async_engine(self.config)
+        return create_async_engine(self.config, self.config.scorer if scorer else None)
 
     def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
         future: Future[Result] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -146,18 +156,25 @@ class Reranker:
             prepared.append(prepare_row_safely({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched))
             given.append([row["doc_id"] for row in rows])
         settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
+        if self.scorer is not None and self._scorer_settings is not None:
+            prepared = self._run(score_queries_async(prepared, self.scorer, self._scorer_settings))
         results = self._run(rerank_queries_async(prepared, self.engine, settings))
         return [RankedResult.from_result_row(row, doc_ids) for row, doc_ids in zip(results, given)]
 
     def close(self) -> None:
-        """Release the engine (vLLM's core process, the model's memory) and the loop thread."""
-        engine, self.engine = self.engine, None
-        close = getattr(engine, "close", None)
+        """Release the engines (vLLM's core processes, the models' memory) and the loop thread."""
         try:
-            if close is not None:
-                close()
+            self._close_engines()
         finally:
             self._stop_loop()
+
+    def _close_engines(self) -> None:
+        for name in ("engine", "scorer"):
+            engine = getattr(self, name, None)
+            setattr(self, name, None)
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
 
     def _stop_loop(self) -> None:
         if self._loop.is_running():
@@ -170,6 +187,12 @@ class Reranker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _two_models(config: RerankerConfig) -> bool:
+    from mmr5_batch.stages.placement import two_models
+
+    return two_models(config)
 
 
 def _unpack(item: QueryInput, index: int) -> tuple[str, str, Sequence[Any]]:

@@ -21,6 +21,18 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--model": ("model.name", {"help": "model id or checkpoint directory (default i2vec/MM-R5)"}),
     "--backend": ("model.backend", {"choices": ["hf", "vllm", "scripted-test"]}),
     "--device": ("model.device", {"choices": ["auto", "cpu", "cuda"]}),
+    "--protocol": (
+        "model.protocol",
+        {"choices": ["auto", "mm-r5", "pointwise"], "help": "mm-r5: listwise reasoning; pointwise: P(yes) per pair (default: from the checkpoint)"},
+    ),
+    "--first-pass": (
+        "cascade.first_pass",
+        {"choices": ["same-model", "pointwise"], "help": "the cascade's first pass: MM-R5 on small images, or the scorer model (two-model cascade)"},
+    ),
+    "--detail-top": ("cascade.detail_top", {"type": int, "help": "the cascade's first pass's best this many go to MM-R5 in detail (default 5)"}),
+    "--scorer-model": ("scorer.name", {"help": "the two-model cascade's pointwise scorer (default Qwen/Qwen3-VL-Reranker-2B)"}),
+    "--scorer-backend": ("scorer.backend", {"choices": ["hf", "vllm", "scripted-test"]}),
+    "--scorer-device": ("scorer.device", {"choices": ["auto", "cpu", "cuda"]}),
     "--max-new-tokens": ("model.max_new_tokens", {"type": int}),
     "--min-new-tokens": ("model.min_new_tokens", {"type": int}),
     "--temperature": ("model.temperature", {"type": float}),
@@ -111,8 +123,11 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     show.add_argument("--num-candidates", type=int, required=True)
     show.add_argument("--model", help="checkpoint directory or model id whose chat template renders the prompt")
 
-    tiny = commands.add_parser("tiny-model", formatter_class=formatter, help="build a tiny random-weights Qwen2.5-VL checkpoint offline")
+    tiny = commands.add_parser(
+        "tiny-model", formatter_class=formatter, help="build a tiny random-weights checkpoint offline: Qwen2.5-VL (MM-R5) or a Qwen3-VL pointwise reranker"
+    )
     tiny.add_argument("directory")
+    tiny.add_argument("--kind", choices=["mm-r5", "pointwise"], default="mm-r5", help="mm-r5: MM-R5's architecture; pointwise: Qwen3-VL-Reranker's")
     tiny.add_argument("--seed", type=int, default=0)
 
     demo = commands.add_parser("demo-data", formatter_class=formatter, help="write the synthetic demo dataset (pages with text, queries)")

@@ -77,9 +77,10 @@ def show_prompt_command(args: argparse.Namespace) -> int:
 
 
 def tiny_model(args: argparse.Namespace) -> int:
-    from mmr5_batch.devtools.tiny_model import build_tiny_model
+    from mmr5_batch.devtools.tiny_model import build_tiny_model, build_tiny_pointwise_model
 
-    print(build_tiny_model(args.directory, seed=args.seed))
+    build = build_tiny_pointwise_model if args.kind == "pointwise" else build_tiny_model
+    print(build(args.directory, seed=args.seed))
     return 0
 
 

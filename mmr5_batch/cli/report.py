@@ -17,10 +17,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         f"{'queries':<18}{total['queries']:>10}",
     ]
+    # .get: a summary written before a counter existed lacks it.
     for status in STATUSES:
-        lines.append(f"{'  ' + status:<18}{total[status]:>10}")
-    for name in ("candidates", "flagged_candidates", "windows", "image_tokens", "prompt_tokens", "generated_tokens"):
-        lines.append(f"{name:<18}{total[name]:>10}")
+        lines.append(f"{'  ' + status:<18}{total.get(status, 0):>10}")
+    for name in ("candidates", "flagged_candidates", "windows", "scored", "image_tokens", "prompt_tokens", "generated_tokens"):
+        lines.append(f"{name:<18}{total.get(name, 0):>10}")
     lines.append(f"{'wall seconds':<18}{summary['wall_seconds']:>10.1f}")
     lines.append(f"{'queries/second':<18}{summary['queries_per_second']:>10.2f}")
     shards = summary["shards"]

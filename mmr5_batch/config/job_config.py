@@ -21,11 +21,12 @@ from mmr5_batch.config.sections import (
     ModelConfig,
     RankingConfig,
     RelabelConfig,
+    ScorerConfig,
     Section,
     StorageConfig,
 )
 from mmr5_batch.core.images import MIN_IMAGE_TOKENS
-from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
+from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW, POINTWISE
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -49,6 +50,9 @@ class RerankerConfig(Section):
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="Windows and depth of reranking.")
     images: ImageConfig = Field(default_factory=ImageConfig, description="Image budgets and sources.")
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="The details-inspection cascade (off by default).")
+    scorer: ScorerConfig = Field(
+        default_factory=ScorerConfig, description="The pointwise scorer of the two-model cascade (cascade.first_pass: pointwise) and its actors."
+    )
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Ray resources and batching.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage (S3) endpoint and credentials.")
 
@@ -59,6 +63,16 @@ class RerankerConfig(Section):
             raise ValueError(
                 f"images.prompt_image_tokens ({total}) must allow the minimum of {MIN_IMAGE_TOKENS} tokens for each of the {window} candidates of a window"
             )
+        if self.model.protocol == POINTWISE and self.cascade.enabled and self.cascade.first_pass != POINTWISE:
+            raise ValueError(
+                "the same-model cascade is MM-R5's (windows over small images): with model.protocol 'pointwise' use cascade.first_pass 'pointwise' with an MM-R5 model, or no cascade"
+            )
+        if self.model.protocol == POINTWISE and self.cascade.enabled:
+            raise ValueError(
+                "the two-model cascade puts MM-R5 after the pointwise scorer: model must be MM-R5 (protocol 'mm-r5' or 'auto'), the scorer goes in `scorer`"
+            )
+        if self.model.protocol == POINTWISE and self.ranking.mode == FAST:
+            raise ValueError("ranking.mode 'fast' scores MM-R5's answer ids; the pointwise protocol scores every pair in one forward pass already")
         if self.cascade.enabled and self.ranking.mode == FAST and self.cascade.first_window > FAST_MAX_WINDOW:
             raise ValueError(f"fast mode scores single-digit ids: cascade.first_window must be at most {FAST_MAX_WINDOW}, got {self.cascade.first_window}")
         return self

@@ -63,11 +63,18 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return validate_config(tree, JobConfig)
 
 
+# Sections whose fields are only ever named dotted: the scorer repeats the model's
+# fields (`scorer.backend`), and a flat `backend` keeps meaning `model.backend`.
+DOTTED_ONLY = ("scorer",)
+
+
 def _section_fields(kind: type[BaseModel]) -> dict[str, list[str]]:
-    """Each leaf field name of `kind`'s sections -> the dotted paths that have it."""
+    """Each leaf field name of `kind`'s sections (but the dotted-only ones) -> the dotted paths that have it."""
     paths: dict[str, list[str]] = {}
     for section, info in kind.model_fields.items():
         annotation = info.annotation
+        if section in DOTTED_ONLY:
+            continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             for name in annotation.model_fields:
                 paths.setdefault(name, []).append(f"{section}.{name}")
@@ -81,7 +88,8 @@ def config_from_keywords(kind: type[Config], base: Config | Mapping[str, Any] | 
 
     A keyword names a field of one section (`think_tokens` is `model.think_tokens`),
     a section (`cascade={"enabled": True}`), or, for the cascade, a switch
-    (`cascade=True`). A name found in two sections must be given dotted.
+    (`cascade=True`). A name found in two sections must be given dotted, and
+    the scorer's fields always are (`scorer.name`).
     """
     tree: dict[str, Any] = base.model_dump(include=set(kind.model_fields)) if isinstance(base, BaseModel) else {}
     # A dict follows the same rules as keywords: sections as dicts (as in the YAML file), dotted or flat names.

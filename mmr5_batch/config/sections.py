@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
 
 
@@ -20,6 +21,16 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = Field("i2vec/MM-R5", description="Hugging Face model id or local checkpoint directory.")
+    protocol: Literal["auto", "mm-r5", "pointwise"] = Field(
+        "auto",
+        description=(
+            "How the model reranks: 'mm-r5' (listwise: it reasons over a window of candidate images, then answers with "
+            "their order) or 'pointwise' (Qwen3-VL-Reranker's format: one query-document pair per prompt, the score is "
+            "P(yes); documents may be an image, text, or both). 'auto': from the checkpoint (a Qwen3-VL checkpoint, or a "
+            "name with 'Qwen3-VL-Reranker', is pointwise; anything else mm-r5)."
+        ),
+    )
+    instruction: str = Field(DEFAULT_INSTRUCTION, description="The pointwise protocol's task instruction (its '<Instruct>:' line).")
     backend: Literal["hf", "vllm", "scripted-test"] = Field(
         "hf",
         description=(
@@ -158,6 +169,14 @@ class StorageConfig(Section):
 
 class CascadeConfig(Section):
     enabled: bool = Field(False, description="Run the details-inspection cascade: a cheap first pass, then the top in detail.")
+    first_pass: Literal["same-model", "pointwise"] = Field(
+        "same-model",
+        description=(
+            "Who makes the first pass: 'same-model' (MM-R5 itself over small images, windows of first_window) or "
+            "'pointwise' (the `scorer` model, a pointwise reranker, scores every candidate at first_image_tokens in "
+            "its own actor pool; MM-R5 then reasons over the detail_top best)."
+        ),
+    )
     first_window: int = Field(10, ge=2, description="Candidates per prompt in the first pass.")
     first_stride: int = Field(6, ge=1, description="Sliding-window step of the first pass (must be < first_window).")
     first_image_tokens: int = Field(256, ge=4, description="Image tokens per candidate in the first pass.")
@@ -282,3 +301,30 @@ class ExecutionConfig(Section):
             "Ray node labels the rerank actors require (Ray's label_selector), e.g. {'ray.io/accelerator-type': 'H100'} to keep them on one GPU type."
         ),
     )
+
+
+class ScorerConfig(ModelConfig):
+    """The two-model cascade's first-pass model (a pointwise reranker) and its actor pool."""
+
+    name: str = Field("Qwen/Qwen3-VL-Reranker-2B", description="The pointwise scorer: Hugging Face model id or local checkpoint directory.")
+    protocol: Literal["auto", "mm-r5", "pointwise"] = Field("pointwise", description="Always 'pointwise': the scorer judges one pair per prompt.")
+    max_new_tokens: int = Field(1, ge=1, description="Unused by a scorer (it generates nothing); kept for the shared engine settings.")
+    actors: int | None = Field(
+        None,
+        ge=1,
+        description="Scorer actors, each owning one engine. Unset: as many as the rerank actors (one per GPU they leave, on CPU one).",
+    )
+    batch_size: int = Field(16, ge=1, description="Queries per scorer actor call (each query is one prompt per candidate).")
+    gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per scorer actor; auto is the engine's need (a whole GPU, or none on CPU). A fraction shares a GPU with a rerank actor.",
+    )
+    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per scorer actor; auto as for the rerank actors.")
+
+    @field_validator("protocol")
+    @classmethod
+    def _pointwise_only(cls, protocol: str) -> str:
+        if protocol == "mm-r5":
+            raise ValueError("the scorer is a pointwise model: protocol must be 'pointwise' (or 'auto')")
+        return protocol

@@ -12,6 +12,13 @@ An estimate to compare settings, not a measurement. Two terms:
 Per window: prompt = text (~250 tokens) + image tokens + 2 markers per
 image; generated tokens as given (the model's reasoning length is not known
 before running it; the same figure is used for every setting compared).
+
+A pointwise scorer (Qwen3-VL-Reranker) generates nothing: one prompt per
+candidate, prefill only (~80 tokens of instruction, query and markup plus
+the image tokens), priced by the same prefill term with its own sizes: the
+2B (1.7 B language-model and 0.4 B vision parameters) or the 8B (8.2 B and
+0.58 B). Its images are on Qwen3-VL's 32-px grid, 4 of its 16-px patches
+per token, the same patches-per-token as Qwen2.5-VL's 14-px patches.
 """
 
 from __future__ import annotations
@@ -45,6 +52,33 @@ class WindowCost:
     prompt_tokens: int
     image_tokens: int
     generated_tokens: int
+
+
+@dataclass(frozen=True)
+class ScorerSize:
+    """A pointwise scorer's sizes, for its prefill-only cost."""
+
+    name: str
+    lm_params: float
+    vision_params: float
+    prompt_text_tokens: int = 80
+
+
+QWEN3_VL_RERANKER_2B = ScorerSize("Qwen3-VL-Reranker-2B", 1.7e9, 0.4e9)
+QWEN3_VL_RERANKER_8B = ScorerSize("Qwen3-VL-Reranker-8B", 8.2e9, 0.58e9)
+
+
+def scorer_size(name: str) -> ScorerSize:
+    """The sizes to price a scorer by: the 8B for a name with '8b', else the 2B."""
+    return QWEN3_VL_RERANKER_8B if "8b" in name.lower() else QWEN3_VL_RERANKER_2B
+
+
+def pointwise_gpu_seconds(image_tokens: int, gpu: Gpu | None = None, scorer: ScorerSize = QWEN3_VL_RERANKER_2B) -> float:
+    """Estimated GPU-seconds of judging one candidate (one prefill, no generation)."""
+    gpu = gpu or H200
+    prompt = scorer.prompt_text_tokens + image_tokens + IMAGE_MARKERS
+    flops = 2 * scorer.lm_params * prompt + 2 * scorer.vision_params * PATCHES_PER_IMAGE_TOKEN * image_tokens
+    return flops / (gpu.bf16_flops * PREFILL_EFFICIENCY)
 
 
 def prompt_tokens(image_tokens_per_candidate: list[int]) -> int:

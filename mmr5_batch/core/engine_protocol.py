@@ -1,8 +1,9 @@
 """The engine interfaces the backends implement.
 
-A request carries the chat messages (text parts and image placeholders), the
-images as bytes already fitted to their token budget, in placeholder order,
-and the sampling settings. A completion carries the text, why generation
+A request carries the chat messages (text parts and image placeholders), or
+a prompt already rendered (the pointwise protocol's, with one `<|image_pad|>`
+per image), the images as bytes already fitted to their token budget, in
+placeholder order, and the sampling settings. A completion carries the text, why generation
 stopped, token counts, and an error when the engine refused the request (that
 query then becomes an error record; the rest of the batch goes on).
 
@@ -63,6 +64,10 @@ class EngineRequest:
     # answer list begun in `assistant_prefix` may only be a permutation of
     # the ids 1..constrain_answer (see answer_constraint.py). 0: free.
     constrain_answer: int = 0
+    # The prompt text as rendered (the pointwise protocol's); when set, `messages` are not used.
+    prompt: str = ""
+    # Pointwise: no generation; the completion carries P("yes") against "no" at the next token.
+    relevance: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class Completion:
     error: str | None = None
     # Fast mode: log-probability of each id 1..n as the next token (-inf when unavailable).
     id_scores: tuple[float, ...] | None = None
+    # Pointwise: the probability of "yes" (against "no") as the answer: the pair's relevance.
+    relevance: float | None = None
 
 
 class Engine(Protocol):

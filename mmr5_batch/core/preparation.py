@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.core.budgets import candidate_budgets
-from mmr5_batch.core.images import ImageError, prepare_images
+from mmr5_batch.core.images import GRID, ImageError, prepare_images
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
 from mmr5_batch.core.windows import first_stage_order
 from mmr5_batch.errors import error_line
@@ -37,12 +37,25 @@ class PrepareSettings:
     policy: str = "uniform"
     # The cascade's first-pass budget: each candidate is also prepared at this size.
     first_image_tokens: int | None = None
+    # Pixels per image token of the model that sees `image` (Qwen2.5-VL 28, Qwen3-VL 32) and of the first pass's.
+    grid: int = GRID
+    first_grid: int = GRID
+    # The pointwise protocol judges text too: a candidate with text and no image is usable.
+    text_documents: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> PrepareSettings:
         """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
+        from mmr5_batch.config.protocol import model_protocol, protocol_grid
+        from mmr5_batch.core.vocabulary import POINTWISE
+
         images = config.images
+        protocol = model_protocol(config.model)
+        two_models = config.cascade.enabled and config.cascade.first_pass == POINTWISE
         return cls(
+            grid=protocol_grid(protocol),
+            first_grid=protocol_grid(POINTWISE if two_models else protocol),
+            text_documents=protocol == POINTWISE,
             image_tokens=images.image_tokens,
             jpeg_quality=images.jpeg_quality,
             window=config.ranking.window,
@@ -64,7 +77,10 @@ def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | Non
     uri = candidate.get("image_uri")
     if not data:
         if not uri:
-            return _NO_IMAGE | {"error": "candidate has neither image bytes nor image_uri"}
+            if settings.text_documents and candidate.get("text"):
+                return _NO_IMAGE | {"error": None}
+            needs = "image bytes, image_uri nor text" if settings.text_documents else "image bytes nor image_uri"
+            return _NO_IMAGE | {"error": f"candidate has neither {needs}"}
         result = fetched.get(uri, f"cannot read image_uri {uri}: not fetched")
         if isinstance(result, str):
             return _NO_IMAGE | {"error": result}
@@ -72,7 +88,10 @@ def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | Non
     budget, first_budget = budgets
     try:
         # One decode serves both of the cascade's sizes.
-        prepared, *rest = prepare_images(data, [budget, first_budget] if first_budget else [budget], settings.jpeg_quality)
+        if first_budget:
+            prepared, *rest = prepare_images(data, [budget, first_budget], settings.jpeg_quality, [settings.grid, settings.first_grid])
+        else:
+            prepared, *rest = prepare_images(data, [budget], settings.jpeg_quality, [settings.grid])
     except ImageError as error:
         return _NO_IMAGE | {"error": str(error)}
     first = rest[0] if rest else None
@@ -120,7 +139,7 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
             images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {})
-            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score")} | images)
+            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score"), "text": candidate.get("text")} | images)
         if all(candidate["error"] for candidate in prepared):
             error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
     if error is not None:

@@ -5,6 +5,10 @@ decides when windows run, this module what each answer changes. A query
 starts from its prepared row (`rows.PreparedRow`): candidates without a
 usable image are left out of the windows and flagged at the end; with a
 cascade, a first pass over small images precedes a detail pass over its top.
+With the pointwise protocol a query has no windows: every candidate is
+judged alone and the order is by P(yes). In the two-model cascade the
+candidates arrive scored by the pointwise scorer (their `relevance`), and
+MM-R5's windows run over the scorer's best `detail_top` only.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from typing import Any
 
 from mmr5_batch.core.engine_protocol import Completion
 from mmr5_batch.core.parsing import parse_ranking
+from mmr5_batch.core.pointwise import relevance_order
 from mmr5_batch.core.rows import SOURCE_PATH, ResultRow
-from mmr5_batch.core.vocabulary import DETAIL, ERROR, FAST, FIRST_PASS, FIRST_STAGE, FLAGGED, MODEL, OK, SEVERITY
+from mmr5_batch.core.vocabulary import DETAIL, ERROR, FAST, FIRST_PASS, FIRST_STAGE, FLAGGED, MODEL, OK, POINTWISE, SEVERITY
 from mmr5_batch.core.windows import SlidingWindowRanking, first_stage_order
 
-# A query's pass: "single" without a cascade; "first" then "detail" with one.
-SINGLE, FIRST, DETAIL_PASS = "single", "first", "detail"
+# A query's pass: "single" without a cascade; "first" then "detail" with one; "scoring" under the pointwise protocol.
+SINGLE, FIRST, DETAIL_PASS, SCORING = "single", "first", "detail", "scoring"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class WindowPlan:
     stride: int
     top_k: int | None = None
     cascade: Cascade | None = None
+    pointwise: bool = False  # the pointwise protocol: each candidate judged alone, no windows
+    after_scorer: int | None = None  # the two-model cascade: MM-R5 over this many of the scorer's best
 
 
 @dataclass
@@ -57,6 +64,10 @@ class QueryState:
     generated_tokens: int = 0
     forced_answers: int = 0
     reasoning: list[str] = field(default_factory=list)
+    scored: int = 0  # candidates a pointwise model judged
+    to_score: list[int] = field(default_factory=list)  # the pointwise protocol's candidates still to judge
+    relevance: dict[int, float] | None = None  # the pointwise protocol's P(yes) per candidate index
+    scorer_depth: int = 0  # the two-model cascade: candidates its scorer ranked
 
     @property
     def active(self) -> bool:
@@ -85,6 +96,22 @@ def plan_query(row: dict[str, Any], plan: WindowPlan) -> QueryState:
     order = first_stage_order([candidate["score"] for candidate in candidates])
     usable = [index for index in order if candidate_ok(candidates[index])]
     state.depth = len(usable) if plan.top_k is None else min(plan.top_k, len(usable))
+    # What the two-model cascade's scorer spent before this stage.
+    state.scored = row.get("scored") or 0
+    state.prompt_tokens = row.get("scorer_prompt_tokens") or 0
+    state.image_tokens = row.get("scorer_image_tokens") or 0
+    if plan.pointwise:
+        state.stage = SCORING
+        state.to_score, state.tail = usable[: state.depth], usable[state.depth :]
+        return state
+    if plan.after_scorer is not None:
+        relevance = {index: candidates[index]["relevance"] for index in usable if candidates[index].get("relevance") is not None}
+        ordered = relevance_order(list(relevance), relevance) + [index for index in usable if index not in relevance]
+        state.scorer_depth = len(relevance)
+        state.stage = DETAIL_PASS
+        state.tail = ordered[plan.after_scorer :]
+        state.ranking = SlidingWindowRanking(ordered[: plan.after_scorer], plan.window, plan.stride)
+        return state
     cascade = plan.cascade
     if cascade is not None and state.depth > cascade.detail_top:
         state.stage = FIRST
@@ -129,9 +156,41 @@ def record(state: QueryState, indices: list[int], completion: Completion) -> Non
     state.ranking.apply(parsed.order)
 
 
+def record_relevance(state: QueryState, indices: list[int], completions: list[Completion], tokens_field: str = "image_tokens") -> None:
+    """Fold a query's pointwise judgements in: counts, then its order by P(yes) (or the first refusal as its error)."""
+    candidates = state.row["candidates"]
+    state.scored += len(indices)
+    state.image_tokens += sum(candidates[index][tokens_field] or 0 for index in indices)
+    state.prompt_tokens += sum(completion.prompt_tokens for completion in completions)
+    for index, completion in zip(indices, completions, strict=True):
+        if completion.error is not None or completion.relevance is None:
+            state.error = f"pointwise scoring of {candidates[index]['doc_id']}: {completion.error or 'no relevance in the completion'}"
+            return
+    state.relevance = {index: float(completion.relevance) for index, completion in zip(indices, completions)}  # type: ignore[arg-type]
+    state.status = POINTWISE
+    state.ranking = SlidingWindowRanking.settled(relevance_order(indices, state.relevance))
+
+
+def scored_row(state: QueryState) -> dict[str, Any]:
+    """The two-model cascade's scorer stage: the prepared row with each candidate's `relevance` and the scorer's counts
+    (or, when scoring failed, the reason on the row, which the rerank stage turns into a dead letter)."""
+    row = dict(state.row)
+    if state.error is not None and not row.get("error"):
+        row["error"] = f"scorer: {state.error}"
+    relevance = state.relevance or {}
+    row["candidates"] = [dict(candidate, relevance=relevance.get(index)) for index, candidate in enumerate(row.get("candidates") or [])]
+    row.update(scored=state.scored, scorer_prompt_tokens=state.prompt_tokens, scorer_image_tokens=state.image_tokens)
+    return row
+
+
 def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
     reranked = state.depth if state.windows else 0
-    if state.stage == DETAIL_PASS and state.ranking is not None:
+    if state.stage == SCORING and state.ranking is not None:
+        labels = [POINTWISE] * len(state.ranking.order)
+    elif state.scorer_depth and state.ranking is not None:
+        detail = len(state.ranking.order) if state.windows else 0
+        labels = [DETAIL] * detail + [POINTWISE] * max(0, state.scorer_depth - detail)
+    elif state.stage == DETAIL_PASS and state.ranking is not None:
         detail = len(state.ranking.order)
         labels = [DETAIL] * detail + [FIRST_PASS] * (reranked - detail)
     else:
@@ -151,6 +210,7 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
         first_stage_scores=[candidates[index]["score"] for index in first_stage],
         candidate_image_tokens=[candidates[index]["image_tokens"] for index in first_stage],
         windows=state.windows,
+        scored=state.scored,
         image_tokens=state.image_tokens,
         prompt_tokens=state.prompt_tokens,
         generated_tokens=state.generated_tokens,
@@ -168,11 +228,16 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
     final = state.ranking.order + state.tail + flagged
     # MM-R5 is listwise and gives no calibrated per-document score: the score
     # is rank-derived, 1.0 for the top and falling evenly, so higher is better.
+    # The pointwise protocol's is the model's P(yes) (null for what it did not judge).
+    if state.relevance is not None:
+        scores: list[float | None] = [state.relevance.get(index) for index in final]
+    else:
+        scores = [(len(final) - position) / len(final) for position in range(len(final))]
     return dataclasses.replace(
         result,
         status=state.status,
         doc_ids=[candidates[index]["doc_id"] for index in final],
-        scores=[(len(final) - position) / len(final) for position in range(len(final))],
+        scores=scores,  # type: ignore[arg-type]
         flagged_doc_ids=[candidates[index]["doc_id"] for index in flagged],
         decided_by=_decided_by(state, len(final), len(flagged)),
         flag_reasons=[candidates[index]["error"] for index in flagged],

@@ -91,7 +91,10 @@ class PreparedCandidate:
     first_image: bytes | None = column(pa.binary())
     first_image_tokens: int | None = column(pa.int32())
     score: float | None = column(pa.float64())
-    error: str | None = column(pa.string())  # why the candidate has no usable image
+    error: str | None = column(pa.string())  # why the candidate has no usable image (or, pointwise, no image nor text)
+    text: str | None = column(pa.string())  # the document's text: the pointwise protocol shows it beside (or instead of) the image
+    # P(yes) from the two-model cascade's pointwise scorer; null before it, or not scored (below --top-k).
+    relevance: float | None = column(pa.float64())
 
 
 PREPARED_CANDIDATE_TYPE = struct_type(PreparedCandidate)
@@ -104,6 +107,10 @@ class PreparedRow:
     source_path: str | None = column(pa.string())
     error: str | None = column(pa.string())  # why the whole query cannot be reranked
     candidates: list[dict[str, Any]] | None = column(pa.list_(PREPARED_CANDIDATE_TYPE))
+    # What the two-model cascade's scorer spent on the query (null without one).
+    scored: int | None = column(pa.int32())
+    scorer_prompt_tokens: int | None = column(pa.int64())
+    scorer_image_tokens: int | None = column(pa.int64())
 
 
 PREPARED_COLUMNS = arrow_schema(PreparedRow)
@@ -113,7 +120,8 @@ PREPARED_COLUMNS = arrow_schema(PreparedRow)
 class ResultRow:
     query_id: str | None = column(pa.string())
     doc_ids: list[str] | None = column(pa.list_(pa.string()))  # the reranked order
-    scores: list[float] | None = column(pa.list_(pa.float64()))  # rank-derived, 1.0 for the top
+    # MM-R5: rank-derived, 1.0 for the top; pointwise: the model's P(yes) per document (null where not scored).
+    scores: list[float] | None = column(pa.list_(pa.float64()))
     first_stage_doc_ids: list[str] | None = column(pa.list_(pa.string()))
     first_stage_scores: list[float] | None = column(pa.list_(pa.float64()))
     # Image tokens each candidate was given, aligned with first_stage_doc_ids (0: not shown).
@@ -124,6 +132,7 @@ class ResultRow:
     decided_by: list[str] | None = column(pa.list_(pa.string()))  # per final position: vocabulary.DECIDED_BY
     reasoning: list[str] | None = column(pa.list_(pa.string()))  # the model's output per window (opt-in)
     windows: int | None = column(pa.int32())
+    scored: int | None = column(pa.int32())  # candidates a pointwise model judged (pointwise protocol, two-model cascade)
     image_tokens: int | None = column(pa.int64())
     prompt_tokens: int | None = column(pa.int64())
     generated_tokens: int | None = column(pa.int64())

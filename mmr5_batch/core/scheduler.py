@@ -6,6 +6,10 @@ parsed, repaired and applied before its next window is sent. Many windows are
 in flight at once; a batch engine gets all windows that are ready together
 (`BatchingEngine`), vLLM's async engine takes each as it comes and keeps
 decoding. The Ray actor, the Python API and the benchmarks all call it.
+
+Under the pointwise protocol a query sends all its pairs at once and is done
+when they are judged; `score_queries_async` is the two-model cascade's first
+stage: the scorer's judgements written onto the prepared rows.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from typing import Any
 
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
+from mmr5_batch.core.pointwise import pointwise_request
+from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 from mmr5_batch.core.prompt import build_messages
-from mmr5_batch.core.ranking import Cascade, QueryState, WindowPlan, next_pass, plan_query, record, result_row
-from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, THINK_CLOSE
+from mmr5_batch.core.ranking import SCORING, Cascade, QueryState, WindowPlan, next_pass, plan_query, record, record_relevance, result_row, scored_row
+from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, MM_R5, POINTWISE, THINK_CLOSE
 from mmr5_batch.errors import error_line
 
-__all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async"]
+__all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async", "score_queries_async"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,23 @@ class RankingSettings:
     # "fast" ranks each window from one forward pass (first-token scores of the ids).
     mode: str = "reasoning"
     cascade: Cascade | None = None
+    # "mm-r5" (listwise reasoning windows) or "pointwise" (each pair judged alone, order by P(yes)).
+    protocol: str = MM_R5
+    instruction: str = DEFAULT_INSTRUCTION  # the pointwise protocol's task instruction
+    # The two-model cascade: the candidates arrive scored; MM-R5 reranks this many of the best.
+    after_scorer: int | None = None
 
     @classmethod
     def from_config(cls, config: Any, run_id: str = "") -> RankingSettings:
         """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
+        from mmr5_batch.config.protocol import model_protocol
+
         model, ranking, cascade = config.model, config.ranking, config.cascade
+        two_models = cascade.enabled and cascade.first_pass == POINTWISE
         return cls(
+            protocol=model_protocol(model),
+            instruction=model.instruction,
+            after_scorer=cascade.detail_top if two_models else None,
             window=ranking.window,
             stride=ranking.stride,
             sampling=SamplingSettings.from_model_config(model),
@@ -62,12 +79,28 @@ class RankingSettings:
             think_tokens=model.think_tokens,
             constrain_answer=model.constrain_answer,
             mode=ranking.mode,
-            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if cascade.enabled else None,
+            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if cascade.enabled and not two_models else None,
+        )
+
+    @classmethod
+    def for_scorer(cls, config: Any, run_id: str = "") -> RankingSettings:
+        """The two-model cascade's scorer stage: the `scorer` model, pointwise, over the first `ranking.top_k`."""
+        scorer = config.scorer
+        return cls(
+            window=2,
+            stride=1,
+            sampling=SamplingSettings(max_new_tokens=1, stop=()),
+            model_id=scorer.name,
+            backend=scorer.backend,
+            run_id=run_id,
+            top_k=config.ranking.top_k,
+            protocol=POINTWISE,
+            instruction=scorer.instruction,
         )
 
     @property
     def plan(self) -> WindowPlan:
-        return WindowPlan(self.window, self.stride, self.top_k, self.cascade)
+        return WindowPlan(self.window, self.stride, self.top_k, self.cascade, pointwise=self.protocol == POINTWISE, after_scorer=self.after_scorer)
 
 
 def forced_prefix(text: str, restart_answer: bool = False) -> str | None:
@@ -145,12 +178,24 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
     )
 
 
-async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings) -> None:
+async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings, image_field: str = "image") -> None:
+    """The pointwise protocol over one query: all its pairs at once (a batch engine takes them in one call)."""
+    candidates = state.row["candidates"]
+    indices = state.to_score
+    requests = [pointwise_request(state.row["query"], candidates[index], settings.instruction, image_field) for index in indices]
+    completions = await asyncio.gather(*(_generate(engine, request) for request in requests))
+    record_relevance(state, indices, list(completions), "first_image_tokens" if image_field == "first_image" else "image_tokens")
+
+
+async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings, image_field: str = "image") -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window.
     window = 0
     try:
+        if state.stage == SCORING and state.error is None:
+            await _score(state, engine, settings, image_field)
+            return
         while True:
             while state.active:
                 assert state.ranking is not None
@@ -164,7 +209,7 @@ async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSet
         # The engine itself broke: every query of the batch is affected, so the batch fails and Ray retries it.
         raise failed.error from None
     except Exception as error:  # anything else is about this query: its dead letter, not the batch's failure
-        state.fail(f"window {window}: {error_line(error)}")
+        state.fail(f"{'pointwise scoring' if state.stage == SCORING else f'window {window}'}: {error_line(error)}")
 
 
 async def rerank_queries_async(
@@ -178,6 +223,15 @@ async def rerank_queries_async(
     states = [plan_query(dict(row), settings.plan) for row in rows]
     await asyncio.gather(*(_rank_one(state, engine, settings) for state in states))
     return [dataclasses.asdict(result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning, settings.backend)) for state in states]
+
+
+async def score_queries_async(rows: Sequence[dict[str, Any]], engine: AsyncEngine, settings: RankingSettings) -> list[dict[str, Any]]:
+    """The two-model cascade's first stage: prepared rows in, the same rows out with each candidate's `relevance`
+    (P(yes) from the pointwise scorer, judged on its first-pass image) and the scorer's counts; a query the scorer
+    could not judge carries the reason as its `error`."""
+    states = [plan_query(dict(row), settings.plan) for row in rows]
+    await asyncio.gather(*(_rank_one(state, engine, settings, image_field="first_image") for state in states))
+    return [scored_row(state) for state in states]
 
 
 def rerank_queries(rows: Sequence[dict[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any) -> list[dict[str, Any]]:

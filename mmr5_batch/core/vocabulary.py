@@ -11,10 +11,11 @@ OK = "ok"  # every window answered with a well-formed permutation
 REPAIRED = "repaired"  # an answer was found but needed fixing (duplicates, out-of-range or missing ids)
 FALLBACK = "fallback"  # some window gave no usable answer: its input order was kept
 FAST = "fast"  # ranked from first-token scores (fast mode), not by reasoning
+POINTWISE = "pointwise"  # ranked by a pointwise scorer's P(yes) per candidate (the pointwise protocol)
 ERROR = "error"  # the query could not be reranked: a dead letter with a reason
-STATUSES = (OK, REPAIRED, FALLBACK, FAST, ERROR)
-RANKED_STATUSES = (OK, REPAIRED, FALLBACK, FAST)
-SEVERITY = {OK: 0, FAST: 0, REPAIRED: 1, FALLBACK: 2}
+STATUSES = (OK, REPAIRED, FALLBACK, FAST, POINTWISE, ERROR)
+RANKED_STATUSES = (OK, REPAIRED, FALLBACK, FAST, POINTWISE)
+SEVERITY = {OK: 0, FAST: 0, POINTWISE: 0, REPAIRED: 1, FALLBACK: 2}
 
 # Which pass put a candidate at its final position (the result's `decided_by`).
 DETAIL = "detail"  # the cascade's detail pass (full-budget images)
@@ -22,7 +23,16 @@ FIRST_PASS = "first_pass"  # the cascade's first pass (small images), below the 
 MODEL = "model"  # the model, without a cascade
 FIRST_STAGE = "first_stage"  # not reranked (below --top-k, or nothing to compare): first-stage order
 FLAGGED = "flagged"  # the candidate had no usable image: ranked last
-DECIDED_BY = (DETAIL, FIRST_PASS, MODEL, FIRST_STAGE, FLAGGED)
+# POINTWISE (above) labels positions a pointwise scorer decided: the pointwise protocol's, and the
+# two-model cascade's below the detail pass's top.
+DECIDED_BY = (DETAIL, FIRST_PASS, POINTWISE, MODEL, FIRST_STAGE, FLAGGED)
+
+# The reranker protocols (model.protocol): MM-R5's listwise reasoning, or a pointwise yes/no scorer.
+MM_R5 = "mm-r5"
+PROTOCOLS = (MM_R5, POINTWISE)
+# The pointwise protocol's answer words: its score is P(yes) against "no" at the first answer position.
+RELEVANCE_YES = "yes"
+RELEVANCE_NO = "no"
 
 # MM-R5's answer markup: `<think>reasoning</think><answer>[3, 1, 2]</answer>`, ids 1-based.
 THINK_OPEN = "<think>"

@@ -63,6 +63,11 @@ class SlidingWindowRanking:
     windows: list[tuple[int, int]] = field(init=False)
     rounds_done: int = field(init=False, default=0)
 
+    @classmethod
+    def settled(cls, order: list[int]) -> SlidingWindowRanking:
+        """A ranking decided elsewhere (a pointwise scorer's order): no windows to run."""
+        return cls(order, window=2, stride=1, rerank_depth=0)
+
     def __post_init__(self) -> None:
         depth = len(self.order) if self.rerank_depth is None else min(self.rerank_depth, len(self.order))
         # A single candidate needs no model call: there is nothing to compare.

@@ -10,6 +10,8 @@ through the real Ray pipeline:
 - `#garbage`: answers with no answer block (status fallback)
 - `#reject`: the engine refuses the request (the query becomes an error record)
 - fast mode (`score_ids`): each id's score is its image's darkness
+- pointwise (`relevance`): P(yes) is the image's darkness / 255, or, for a
+  text-only document, the share of the query's words found in its text
 - `#ramble`: thinks without end, so `max_new_tokens` cuts it off; given a
   forced answer (`assistant_prefix` ending in `<answer>[`) it finishes the list
 
@@ -42,7 +44,16 @@ def _darkness(data: bytes) -> float:
 
 
 def _question(request: EngineRequest) -> str:
-    return "".join(part.get("text", "") for message in request.messages for part in message["content"])
+    return request.prompt or "".join(part.get("text", "") for message in request.messages for part in message["content"])
+
+
+def _scripted_relevance(request: EngineRequest) -> float:
+    if request.images:
+        return _darkness(request.images[0]) / 255.0
+    query, _, document = request.prompt.partition("<Query>:")[2].partition("\n<Document>:")
+    document = document.split("<|im_end|>")[0]
+    words = set(query.lower().split())
+    return len(words & set(document.lower().split())) / max(1, len(words))
 
 
 def _ray_node_id() -> str:
@@ -88,6 +99,8 @@ class ScriptedTestEngine:
         question = _question(request)
         if "#reject" in question:
             return Completion("", "error", error="scripted rejection (#reject in the question)")
+        if request.relevance:
+            return Completion("", "stop", prompt_tokens=len(question.split()), relevance=_scripted_relevance(request))
         n = len(request.images)
         ranked = sorted(range(1, n + 1), key=lambda position: -_darkness(request.images[position - 1]))
         if request.score_ids:

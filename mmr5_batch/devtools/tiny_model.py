@@ -1,11 +1,18 @@
-"""A tiny random-weights Qwen2.5-VL checkpoint, built offline in seconds.
+"""Tiny random-weights checkpoints, built offline in seconds: Qwen2.5-VL (MM-R5) and a Qwen3-VL reranker.
 
-It has MM-R5's real architecture (Qwen2.5-VL: windowed ViT, patch merger,
+The first has MM-R5's real architecture (Qwen2.5-VL: windowed ViT, patch merger,
 M-RoPE text decoder) at toy sizes, a byte-level BPE tokenizer carrying
 Qwen's special tokens, the official Qwen2.5-VL chat template and image
 processor settings, so everything that loads MM-R5 (transformers here, vLLM
 on a GPU machine) loads it too. Its answers are random: it exercises the
 machinery, not the ranking quality.
+
+The second (`build_tiny_pointwise_model`, `tiny-model --kind pointwise`) is
+Qwen3-VL-Reranker's architecture at toy sizes: Qwen3-VL (16-px patches, the
+deepstack ViT, interleaved M-RoPE) saved as `Qwen3VLForConditionalGeneration`
+as the reranker checkpoints are, with "yes" and "no" single tokens, so both
+the hf engine (a forward pass) and vLLM's pooling runner (the two rows of the
+output head as a classifier) load and score with it.
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ _TRAINING_TEXT = (
     "the of and to in is was for on that with as by at from it an be this which or are have has "
     "page document report revenue table figure chart section summary total year quarter annual "
     "what how when where who why does did show shows most relevant because question answer id "
+    "yes no yes no Judge whether the Document meets the requirements based on the Query and the Instruct provided "
+    "<Instruct>: Given a search query, retrieve relevant candidates that answer the query. <Query>: <Document>: "
 )
 
 
@@ -90,9 +99,10 @@ def _train_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    from mmr5_batch.core.pointwise_prompt import POINTWISE_SYSTEM_PROMPT
     from mmr5_batch.core.prompt import QUESTION_TEMPLATE, SYSTEM_PROMPT
 
-    corpus = [SYSTEM_PROMPT, QUESTION_TEMPLATE, _TRAINING_TEXT] * 4
+    corpus = [SYSTEM_PROMPT, QUESTION_TEMPLATE, POINTWISE_SYSTEM_PROMPT, _TRAINING_TEXT] * 4
     tokenizer.train_from_iterator(corpus, trainer)
     return tokenizer
 
@@ -166,4 +176,88 @@ def build_tiny_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int =
     model.save_pretrained(output)
 
     (output / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR_CONFIG, indent=2))
+    return output
+
+
+# Qwen3-VL's image processor settings (16-px patches merged 2x2: one token per 32x32 px).
+POINTWISE_IMAGE_PROCESSOR_CONFIG = {
+    **IMAGE_PROCESSOR_CONFIG,
+    "processor_class": "Qwen3VLProcessor",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "min_pixels": 4 * 32 * 32,
+    "max_pixels": 16384 * 32 * 32,
+    "patch_size": 16,
+}
+
+
+def _save_tokenizer(backend: Any, output: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens={})
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output)
+    return tokenizer
+
+
+def _tiny_pointwise_config(backend: Any) -> Any:
+    """A Qwen3-VL config at toy sizes (head dim 32: its M-RoPE sections add up to 16)."""
+    from transformers import Qwen3VLConfig
+
+    token_id = backend.token_to_id
+    return Qwen3VLConfig(
+        text_config={
+            "vocab_size": backend.get_vocab_size(),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+            "bos_token_id": token_id("<|endoftext|>"),
+            "eos_token_id": token_id("<|im_end|>"),
+            "pad_token_id": token_id("<|endoftext|>"),
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "out_hidden_size": 128,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [0],
+        },
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_pointwise_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random Qwen3-VL reranker checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    backend = _train_tokenizer(vocab_size)
+    missing = [word for word in (RELEVANCE_YES, RELEVANCE_NO) if backend.token_to_id(word) is None]
+    if missing:
+        raise RuntimeError(f"the tiny tokenizer has no single token for {missing}")
+    _save_tokenizer(backend, output)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(_tiny_pointwise_config(backend))
+    model.save_pretrained(output)
+    (output / "preprocessor_config.json").write_text(json.dumps(POINTWISE_IMAGE_PROCESSOR_CONFIG, indent=2))
     return output

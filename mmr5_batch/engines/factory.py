@@ -13,12 +13,13 @@ from mmr5_batch.core.engine_protocol import AsyncEngine, Engine
 from mmr5_batch.errors import EngineUnavailable
 
 if TYPE_CHECKING:
-    from mmr5_batch.config import RerankerConfig
+    from mmr5_batch.config import ModelConfig, RerankerConfig
 
 
-def create_engine(config: RerankerConfig) -> Engine:
-    """Build the configured backend; raises EngineUnavailable with an actionable message."""
-    model = config.model
+def create_engine(config: RerankerConfig, model: ModelConfig | None = None) -> Engine:
+    """Build the configured backend for the config's model (or `model`: the two-model cascade's scorer);
+    raises EngineUnavailable with an actionable message."""
+    model = model or config.model
     if model.backend == "hf":
         from mmr5_batch.engines.hf import HFEngine
 
@@ -26,7 +27,7 @@ def create_engine(config: RerankerConfig) -> Engine:
     if model.backend == "vllm":
         from mmr5_batch.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_config(config)
+        return VLLMEngine.from_config(config, model=model)
     if model.backend == "scripted-test":
         from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
 
@@ -34,10 +35,11 @@ def create_engine(config: RerankerConfig) -> Engine:
     raise EngineUnavailable(f"unknown backend {model.backend!r}")
 
 
-def create_async_engine(config: RerankerConfig) -> AsyncEngine:
+def create_async_engine(config: RerankerConfig, model: ModelConfig | None = None) -> AsyncEngine:
     """The engine the scheduler drives: vLLM's async engine, or a batch engine behind `BatchingEngine`."""
-    if config.model.backend == "vllm" and config.model.vllm_engine == "async":
+    model = model or config.model
+    if model.backend == "vllm" and model.vllm_engine == "async":
         from mmr5_batch.engines.vllm import AsyncVLLMEngine
 
-        return AsyncVLLMEngine.from_config(config)
-    return BatchingEngine(create_engine(config))
+        return AsyncVLLMEngine.from_config(config, model=model)
+    return BatchingEngine(create_engine(config, model))

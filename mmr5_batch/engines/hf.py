@@ -1,4 +1,4 @@
-"""The transformers backend: Qwen2.5-VL on CPU or CUDA, batched with left padding.
+"""The transformers backend: Qwen2.5-VL (MM-R5) and Qwen3-VL (the pointwise reranker) on CPU or CUDA, batched with left padding.
 
 Inputs are built the way Qwen's processor builds them: the chat template
 renders one `<|image_pad|>` per image, the image processor gives each image's
@@ -6,6 +6,10 @@ patch grid (`image_grid_thw`), and each pad is expanded to grid/merge^2
 tokens. We call the tokenizer and image processor directly because the
 combined processor class insists on a video processor that needs torchvision,
 which the CPU machines cannot import.
+
+A pointwise request (`relevance`) is one forward pass: the pair's relevance
+is the two-way softmax of the "no" and "yes" logits at the next position,
+P(yes), what the reranker's own code and vLLM's pooling runner compute.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from mmr5_batch.core.answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
 from mmr5_batch.core.prompt import render_prompt
-from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW
+from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW, RELEVANCE_NO, RELEVANCE_YES
 from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -104,7 +108,7 @@ class HFEngine:
     def from_config(cls, config: Any) -> HFEngine:
         try:
             import torch
-            from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+            from transformers import AutoModelForImageTextToText, AutoTokenizer
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         except ImportError as error:
             raise EngineUnavailable(f"the hf backend needs torch and transformers ({error}); install with: pip install -e .") from error
@@ -117,8 +121,10 @@ class HFEngine:
         dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.name)
+            # Qwen2.5-VL's and Qwen3-VL's image processors are this one class with other patch sizes.
             image_processor = Qwen2VLImageProcessorPil.from_pretrained(config.name)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs)
+            # The checkpoint's own class: Qwen2.5-VL (MM-R5) or Qwen3-VL (Qwen3-VL-Reranker).
+            model = AutoModelForImageTextToText.from_pretrained(config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs)
         except (OSError, ValueError) as error:
             raise EngineUnavailable(f"cannot load model {config.name!r} with transformers: {str(error).splitlines()[0]}") from error
         model.to(device).eval()
@@ -133,14 +139,16 @@ class HFEngine:
             torch.cuda.empty_cache()
 
     def render(self, request: EngineRequest) -> str:
+        if request.prompt:
+            return request.prompt + request.assistant_prefix
         return render_prompt(self.tokenizer, request.messages) + request.assistant_prefix
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         # One generate call takes one sampling setting: group the requests
         # (forced answers have their own) and put the completions back in order.
-        groups: dict[tuple[SamplingSettings, bool], list[int]] = {}
+        groups: dict[tuple[SamplingSettings, bool, bool], list[int]] = {}
         for position, request in enumerate(requests):
-            groups.setdefault((request.sampling, bool(request.score_ids)), []).append(position)
+            groups.setdefault((request.sampling, bool(request.score_ids), request.relevance), []).append(position)
         completions: list[Completion | None] = [None] * len(requests)
         for positions in groups.values():
             for position, completion in zip(positions, self._generate_group([requests[position] for position in positions])):
@@ -179,6 +187,10 @@ class HFEngine:
             image_tokens.append(sum(counts))
         inputs = dict(self.tokenizer(prompts, padding=True, return_tensors="pt"))
         if pixel_values:
+            # Which positions hold image tokens (1; text 0): what Qwen's processor returns beside input_ids and
+            # what the model needs to lay out its M-RoPE positions over the images (without it, transformers
+            # 5.x gives image tokens plain 1-D positions, or refuses, for Qwen3-VL).
+            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.model.config.image_token_id).int()
             # Patches of all images, in prompt order: what one processor call over them all returns.
             inputs["pixel_values"] = torch.cat(pixel_values)
             inputs["image_grid_thw"] = torch.cat(grids)
@@ -209,9 +221,35 @@ class HFEngine:
             completions.append(Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], id_scores=scores))
         return completions
 
+    def relevance_token_ids(self) -> tuple[int, int]:
+        """Token ids of "no" and "yes", the pointwise answer words (single tokens in Qwen's vocabulary)."""
+        ids = tuple(self.tokenizer.convert_tokens_to_ids(word) for word in (RELEVANCE_NO, RELEVANCE_YES))
+        if any(token is None or token == self.tokenizer.unk_token_id for token in ids):
+            raise ValueError(f"the tokenizer has no single tokens for {RELEVANCE_NO!r} and {RELEVANCE_YES!r}: not a pointwise reranker")
+        return ids
+
+    def _relevance_batch(self, requests: list[EngineRequest]) -> list[Completion]:
+        """Pointwise: one forward pass; P(yes) against "no" at the next position."""
+        import torch
+
+        no, yes = self.relevance_token_ids()
+        inputs, image_tokens = self._encode(requests)
+        inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
+        with torch.inference_mode():
+            # Left padding: the last position is every row's next-token position.
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+        relevance = torch.softmax(logits[:, [no, yes]], dim=-1)[:, 1].tolist()
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        return [
+            Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], relevance=float(relevance[row]))
+            for row in range(len(requests))
+        ]
+
     def _generate_batch(self, requests: list[EngineRequest]) -> list[Completion]:
         import torch
 
+        if all(request.relevance for request in requests):
+            return self._relevance_batch(requests)
         if all(request.score_ids for request in requests):
             return self._score_batch(requests)
         sampling: SamplingSettings = requests[0].sampling

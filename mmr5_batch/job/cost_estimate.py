@@ -5,7 +5,9 @@ planner would dead-letter, and, given an output prefix, what is done there
 already), reads a sample of rows to measure candidates and page sizes (from
 image headers; `image_uri`s are fetched), and prices our settings and MM-R5's
 reference settings (pages near native size, the same windows) on the same
-rows with the cost model in costmodel.py.
+rows with the cost model in costmodel.py. Next to the configured setting it
+prices the other ways to rerank the same lists: sliding windows alone, the
+same-model cascade and the two-model cascade (the pointwise scorer first).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
+from mmr5_batch.config.protocol import model_protocol, protocol_grid
 from mmr5_batch.core.budgets import candidate_budgets
-from mmr5_batch.core.cost_model import H200, WindowCost, gpu_seconds, prompt_tokens
+from mmr5_batch.core.cost_model import H200, IMAGE_MARKERS, ScorerSize, WindowCost, gpu_seconds, pointwise_gpu_seconds, prompt_tokens, scorer_size
 from mmr5_batch.core.images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, padded_size
 from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.preparation import group_pairs, uris_to_fetch
 from mmr5_batch.core.rows import READ_PATH
+from mmr5_batch.core.vocabulary import POINTWISE
 from mmr5_batch.core.windows import first_stage_order, sliding_windows
 from mmr5_batch.job.ledger import OutputState
 from mmr5_batch.job.planner import plan_input
@@ -40,6 +44,7 @@ class SettingCost:
     image_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     gpu_seconds: list[float] = field(default_factory=list)
+    scored: list[int] = field(default_factory=list)  # pointwise prompts (one per candidate judged)
 
     def row(self, queries: int) -> dict[str, Any]:
         per_query = mean(self.gpu_seconds) if self.gpu_seconds else 0.0
@@ -47,6 +52,7 @@ class SettingCost:
             "setting": self.name,
             "queries": queries,
             "windows_per_query": round(mean(self.windows), 2) if self.windows else 0,
+            "scored_per_query": round(mean(self.scored), 2) if self.scored else 0,
             "image_tokens_per_query": round(mean(self.image_tokens)) if self.image_tokens else 0,
             "prompt_tokens_per_query": round(mean(self.prompt_tokens)) if self.prompt_tokens else 0,
             "gpu_seconds_per_query": round(per_query, 3),
@@ -76,9 +82,26 @@ def price_query(setting: SettingCost, tokens_by_position: list[int], window: int
     plan = sliding_windows(depth, window, stride) if depth >= 2 else []
     costs = [WindowCost(prompt_tokens(tokens_by_position[a:b]), sum(tokens_by_position[a:b]), generated) for a, b in plan]
     setting.windows.append(len(costs))
+    setting.scored.append(0)
     setting.image_tokens.append(sum(cost.image_tokens for cost in costs))
     setting.prompt_tokens.append(sum(cost.prompt_tokens for cost in costs))
     setting.gpu_seconds.append(sum(gpu_seconds(cost, H200) for cost in costs))
+
+
+def price_pointwise(setting: SettingCost, tokens_by_position: list[int], top_k: int | None, scorer: ScorerSize) -> None:
+    """A pointwise pass: one prefill per candidate within `top_k`, nothing generated."""
+    judged = tokens_by_position if top_k is None else tokens_by_position[:top_k]
+    setting.windows.append(0)
+    setting.scored.append(len(judged))
+    setting.image_tokens.append(sum(judged))
+    setting.prompt_tokens.append(sum(scorer.prompt_text_tokens + tokens + IMAGE_MARKERS for tokens in judged))
+    setting.gpu_seconds.append(sum(pointwise_gpu_seconds(tokens, H200, scorer) for tokens in judged))
+
+
+def _add(total: SettingCost, *parts: SettingCost) -> None:
+    """One query's cost as the sum of its passes' (each priced as one query)."""
+    for name in ("windows", "scored", "image_tokens", "prompt_tokens", "gpu_seconds"):
+        getattr(total, name).append(sum(getattr(part, name)[-1] for part in parts))
 
 
 def _sample_rows(plan: Any, storage: Storage, sample: int) -> list[dict[str, Any]]:
@@ -114,11 +137,23 @@ def _page_sizes(row: dict[str, Any], fetched: dict[str, bytes | Exception]) -> t
     return sizes, unusable
 
 
-def _price_ours(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], generated: int) -> None:
-    """Our cost for one query: the budgets the job would give, the cascade when on."""
+def price_setting(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], generated: int) -> None:
+    """Our cost for one query: the budgets the job would give, the cascade when on (the same model's, or the two-model one)."""
     images, ranking, cascade = config.images, config.ranking, config.cascade
     budgets = candidate_budgets(len(sizes), cap=images.image_tokens, window=ranking.window, prompt_total=images.prompt_image_tokens, policy=images.policy)
-    tokens = [fit_to_token_budget(w, h, budget).tokens for (w, h), budget in zip(sizes, budgets)]
+    grid = protocol_grid(model_protocol(config.model))
+    tokens = [fit_to_token_budget(w, h, budget, grid).tokens for (w, h), budget in zip(sizes, budgets)]
+    if model_protocol(config.model) == POINTWISE:
+        price_pointwise(ours, tokens, ranking.top_k, scorer_size(config.model.name))
+        return
+    if cascade.enabled and cascade.first_pass == POINTWISE:
+        # The scorer judges every candidate small (on its 32-px grid); MM-R5 reasons over its best in detail.
+        scorer, detail = SettingCost("scorer"), SettingCost("detail")
+        small = [fit_to_token_budget(w, h, cascade.first_image_tokens, protocol_grid(POINTWISE)).tokens for w, h in sizes]
+        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name))
+        price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated)
+        _add(ours, scorer, detail)
+        return
     if not (cascade.enabled and len(sizes) > cascade.detail_top):
         price_query(ours, tokens, ranking.window, ranking.stride, ranking.top_k, generated)
         return
@@ -128,17 +163,33 @@ def _price_ours(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], ge
     price_query(first, small, cascade.first_window, cascade.first_stride, ranking.top_k, generated)
     detail = SettingCost("detail")
     price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated)
-    ours.windows.append(first.windows[-1] + detail.windows[-1])
-    ours.image_tokens.append(first.image_tokens[-1] + detail.image_tokens[-1])
-    ours.prompt_tokens.append(first.prompt_tokens[-1] + detail.prompt_tokens[-1])
-    ours.gpu_seconds.append(first.gpu_seconds[-1] + detail.gpu_seconds[-1])
+    _add(ours, first, detail)
 
 
 def _setting_label(config: Any) -> str:
-    label = f"ours: {config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
-    if config.cascade.enabled:
-        label += f", cascade {config.cascade.first_image_tokens} x {config.cascade.first_window} then top {config.cascade.detail_top}"
+    if model_protocol(config.model) == POINTWISE:
+        return f"pointwise {config.model.name}: {config.images.image_tokens}-token cap, one prompt per candidate"
+    label = f"{config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
+    cascade = config.cascade
+    if cascade.enabled and cascade.first_pass == POINTWISE:
+        label += f", two-model cascade: {config.scorer.name} at {cascade.first_image_tokens} tokens, then top {cascade.detail_top}"
+    elif cascade.enabled:
+        label += f", cascade {cascade.first_image_tokens} x {cascade.first_window} then top {cascade.detail_top}"
     return label
+
+
+def alternatives(config: Any) -> list[Any]:
+    """The configured setting first, then the other ways to rerank with MM-R5: windows alone, the same-model cascade,
+    the two-model cascade (with the configured budgets and scorer)."""
+    options = [config]
+    if model_protocol(config.model) == POINTWISE:
+        return options
+    configured = (config.cascade.enabled, config.cascade.first_pass if config.cascade.enabled else None)
+    for way in ((False, None), (True, "same-model"), (True, POINTWISE)):
+        if way != configured:
+            update = {"enabled": way[0], **({"first_pass": way[1]} if way[1] else {})}
+            options.append(config.model_copy(update={"cascade": config.cascade.model_copy(update=update)}))
+    return options
 
 
 def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dict[str, Any]:
@@ -148,7 +199,8 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
     rows = _sample_rows(plan, storage, sample)
     images = config.images
     fetched = fetch_images(storage, uris_to_fetch(rows), images.allowed_uri_prefixes, images.fetch_concurrency, images.fetch_retries)
-    ours = SettingCost(_setting_label(config))
+    options = alternatives(config)
+    costs = [SettingCost(("ours: " if index == 0 else "") + _setting_label(option)) for index, option in enumerate(options)]
     reference = SettingCost("MM-R5 reference: pages near native size")
     unusable, candidates = 0, []
     ranking = config.ranking
@@ -158,7 +210,8 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
         candidates.append(len(row.get("candidates") or []))
         if not sizes:
             continue
-        _price_ours(ours, config, sizes, min(generated_tokens, config.model.think_tokens or config.model.max_new_tokens))
+        for option, cost in zip(options, costs):
+            price_setting(cost, option, sizes, min(generated_tokens, config.model.think_tokens or config.model.max_new_tokens))
         reference_tokens_list = [reference_tokens(w, h) for w, h in sizes]
         price_query(reference, reference_tokens_list, ranking.window, ranking.stride, ranking.top_k, min(generated_tokens, REFERENCE_MAX_NEW_TOKENS))
 
@@ -175,7 +228,7 @@ def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dic
         "unusable_candidates_in_sample": unusable,
         "generated_tokens_assumed": generated_tokens,
         "gpu": H200.name,
-        "settings": [ours.row(queries), reference.row(queries)],
+        "settings": [*(cost.row(queries) for cost in costs), reference.row(queries)],
     }
 
 
@@ -192,12 +245,12 @@ def format_estimate(report: dict[str, Any]) -> str:
         f"{report['unusable_candidates_in_sample']} candidates without a usable image",
         f"cost model: {report['gpu']}, {report['generated_tokens_assumed']} generated tokens per window (see mmr5_batch/costmodel.py)",
         "",
-        "| setting | windows/query | image tokens/query | prompt tokens/query | GPU-s/query | GPU-hours total |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| setting | windows/query | scored/query | image tokens/query | prompt tokens/query | GPU-s/query | GPU-hours total |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["settings"]:
         lines.append(
-            f"| {row['setting']} | {row['windows_per_query']} | {row['image_tokens_per_query']} | {row['prompt_tokens_per_query']} | "
+            f"| {row['setting']} | {row['windows_per_query']} | {row['scored_per_query']} | {row['image_tokens_per_query']} | {row['prompt_tokens_per_query']} | "
             f"{row['gpu_seconds_per_query']:.3f} | {row['gpu_hours_total']:.2f} |"
         )
     return "\n".join(lines)

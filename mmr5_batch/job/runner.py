@@ -42,7 +42,7 @@ from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
-from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors
+from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer, two_models
 from mmr5_batch.stages.step import RerankStep
 from mmr5_batch.storage.filesystems import Storage, join
 from mmr5_batch.version import __version__
@@ -63,7 +63,9 @@ def check_same_job(state: OutputState, fingerprint: dict[str, Any], overwrite: b
         )
 
 
-def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, placement: ActorPlacement) -> RerankOutputDatasink:
+def _run_pipeline(
+    config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, placement: ActorPlacement, scorer: ActorPlacement | None
+) -> RerankOutputDatasink:
     shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
     relabel = config.relabel
     pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
@@ -72,7 +74,7 @@ def _run_pipeline(config: JobConfig, plan: InputPlan, storage: Storage, attempt:
     dataset = read_shards(plan, storage, config.execution.read_task_bytes, config.execution.shards_per_read_task)
     if dataset is None:
         return sink
-    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement)
+    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement, scorer_placement=scorer)
     step(dataset).write_datasink(sink)
     return sink
 
@@ -106,8 +108,12 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     timings["plan_seconds"] = time.monotonic() - started
     _log_plan(config, plan)
     ensure_ray(config.execution.address)
-    placement = place_actors(config, cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds))
+    gpus = cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds)
+    placement = place_actors(config, gpus)
+    scorer = place_scorer(config, gpus) if two_models(config) else None
     log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
+    if scorer is not None:
+        log.info("scorer actors: %d, each %g CPU and %g GPU", scorer.max_actors, scorer.cpus, scorer.gpus)
 
     lease = OutputLease(storage, config.output, attempt, config.run_id or "", config.execution.lease_seconds)
     try:  # the last check, and the first write: the prefix exists from here on
@@ -122,7 +128,7 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
             state = OutputState(storage, config.output)
             plan = plan_input(config, storage, state)
             check_same_job(state, fingerprint, config.overwrite)
-        summary = _write(config, plan, state, fingerprint, attempt, placement, started, timings)
+        summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings)
     finally:
         lease.release()
     return summary
@@ -160,7 +166,7 @@ def _write(
     state: OutputState,
     fingerprint: dict[str, Any],
     attempt: str,
-    placement: ActorPlacement,
+    placements: tuple[ActorPlacement, ActorPlacement | None],
     started: float,
     timings: dict[str, float],
 ) -> dict[str, Any]:
@@ -181,7 +187,7 @@ def _write(
         if len(waves) > 1:
             log.info("wave %d of %d: %d shards, %d queries", number, len(waves), len(wave.to_run), sum(shard.pending for shard in wave.to_run))
         pipeline_started = time.monotonic()
-        sink = _run_pipeline(config, wave, state.storage, attempt, placement)
+        sink = _run_pipeline(config, wave, state.storage, attempt, *placements)
         readback_started = time.monotonic()
         written.add(sink, _read_back(config, wave, state, attempt))
         timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started

@@ -5,13 +5,17 @@ most its autoscaler can add), it returns the Ray resources per actor and the
 actor pool's bounds, or a `JobError` when the backend needs a GPU the cluster
 cannot have. A job that needs a GPU on a cluster without one must say so at
 once; left to Ray it would wait forever for a node that never comes.
+
+In the two-model cascade the scorer's actors are placed first (`place_scorer`,
+one actor by default) and the rerank actors take the GPUs they leave.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mmr5_batch.config import RerankerConfig
+from mmr5_batch.core.vocabulary import POINTWISE
 from mmr5_batch.errors import JobError
 
 
@@ -51,12 +55,49 @@ def gpus_per_actor(config: RerankerConfig) -> float:
     return float(model.tensor_parallel_size if model.backend == "vllm" else 1)
 
 
+def two_models(config: RerankerConfig) -> bool:
+    """The two-model cascade: a pointwise scorer's actor pool before the rerank actors."""
+    return config.cascade.enabled and config.cascade.first_pass == POINTWISE
+
+
+def scorer_gpus_per_actor(config: RerankerConfig) -> float:
+    scorer = config.scorer
+    if scorer.gpus_per_actor is not None:
+        return scorer.gpus_per_actor
+    if scorer.backend not in ("hf", "vllm") or scorer.device == "cpu":
+        return 0.0
+    return float(scorer.tensor_parallel_size if scorer.backend == "vllm" else 1)
+
+
+def scorer_gpus(config: RerankerConfig) -> float:
+    """GPUs the scorer's actors hold (0 without a two-model cascade)."""
+    return scorer_gpus_per_actor(config) * (config.scorer.actors or 1) if two_models(config) else 0.0
+
+
 def gpus_wanted_at_start(config: RerankerConfig) -> float:
-    """GPUs the job needs before it can start: every fixed actor's, else one actor's."""
-    return gpus_per_actor(config) * (config.execution.actors or 1)
+    """GPUs the job needs before it can start: every fixed actor's, else one actor's (and the scorer's)."""
+    return gpus_per_actor(config) * (config.execution.actors or 1) + scorer_gpus(config)
+
+
+def place_scorer(config: RerankerConfig, gpus: ClusterGpus) -> ActorPlacement:
+    """The two-model cascade's scorer actors: `scorer.actors` (default one), each with its GPU share."""
+    scorer = config.scorer
+    per_actor = scorer_gpus_per_actor(config)
+    actors = scorer.actors or 1
+    if per_actor * actors > gpus.reachable:
+        raise JobError(
+            f"no GPU available for the scorer: {actors} scorer actor(s) x {per_actor:g} GPU(s), the Ray cluster can have {gpus.reachable:g}; "
+            "add GPUs, give the scorer a share of one (scorer.gpus_per_actor 0.25 with execution.gpus_per_actor 0.75), or run it on CPU (scorer.device cpu)"
+        )
+    cpus = scorer.cpus_per_actor if scorer.cpus_per_actor is not None else (1.0 if per_actor else 0.5)
+    return ActorPlacement(cpus=cpus, gpus=per_actor, min_actors=actors, max_actors=actors)
 
 
 def place_actors(config: RerankerConfig, gpus: ClusterGpus) -> ActorPlacement:
+    """The rerank actors: their resources and pool bounds (in the two-model cascade, on the GPUs the scorer leaves)."""
+    held = scorer_gpus(config)
+    if held:
+        gpus = replace(gpus, now=max(0.0, gpus.now - held), reachable=max(0.0, gpus.reachable - held))
     execution, model = config.execution, config.model
     needs_gpu = backend_needs_gpu(config)
     per_actor = gpus_per_actor(config)

@@ -6,7 +6,8 @@ Dataset` that is lazy and composes with whatever comes before and after:
     rows in the grouped layout (or mapped to it: `ColumnMapping`)
     -> [pairs layout: groupby query_id]
     -> repartition into small blocks (every actor gets work)
-    -> prepare (CPU tasks) -> rerank (actor pool, one engine each)
+    -> prepare (CPU tasks) -> [score (the two-model cascade's pointwise
+    scorer: its own actor pool)] -> rerank (actor pool, one engine each)
     -> result rows (`rows.ResultRow`) plus every passthrough column
 
 Rows that cannot be reranked come out with `status == "error"` and a
@@ -27,9 +28,10 @@ from mmr5_batch.core.layouts import GROUPED, PAIRS
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, InputCandidate, struct_type
 from mmr5_batch.errors import ConfigError, ContractError
-from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors
+from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer, two_models
 from mmr5_batch.stages.prepare_stage import PREPARE, FetchSettings, group_pairs_batch, prepare_batch
 from mmr5_batch.stages.rerank_stage import RerankActor
+from mmr5_batch.stages.score_stage import ScoreActor
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -93,6 +95,7 @@ class RerankStep:
         run_id: str = "",
         placement: ActorPlacement | None = None,
         prepare: PrepareSettings | None = None,
+        scorer_placement: ActorPlacement | None = None,
     ) -> None:
         if layout not in (GROUPED, PAIRS):
             raise ConfigError(f"layout must be {GROUPED!r} or {PAIRS!r}, got {layout!r}")
@@ -101,13 +104,18 @@ class RerankStep:
         self.layout = layout
         self.run_id = run_id
         self.placement = placement
+        self.scorer_placement = scorer_placement
         self.prepare = prepare or PrepareSettings.from_config(self.config)
 
     def __call__(self, dataset: Dataset) -> Dataset:
         from ray.data import ActorPoolStrategy
 
         execution = self.config.execution
-        placement = self.placement or self._place()
+        if self.placement is None:
+            self.placement, self.scorer_placement = self._place()
+        placement = self.placement
+        # Credentials stay with the driver and the storage tasks; the engines need none.
+        config_json = self.config.model_dump_json(exclude={"storage"})
         if self.layout == PAIRS:
             dataset = dataset.groupby(self.columns.query_id).map_groups(group_pairs_batch, batch_format="pyarrow")
         if not self.columns.is_identity:
@@ -120,10 +128,25 @@ class RerankStep:
             batch_size=execution.prepare_batch_size,
             num_cpus=execution.cpus_per_prepare_task,
         )
+        if two_models(self.config):
+            scorer = self.scorer_placement or place_scorer(self.config, _cluster_gpus(self.config))
+            dataset = dataset.map_batches(
+                ScoreActor,
+                fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id},
+                compute=ActorPoolStrategy(
+                    min_size=scorer.min_actors,
+                    max_size=scorer.max_actors,
+                    max_concurrent_calls_per_actor=execution.concurrent_batches,
+                    max_tasks_in_flight_per_actor=execution.concurrent_batches,
+                ),
+                batch_size=self.config.scorer.batch_size,
+                batch_format="pyarrow",
+                num_cpus=scorer.cpus,
+                num_gpus=scorer.gpus,
+            )
         return dataset.map_batches(
             RerankActor,
-            # Credentials stay with the driver and the storage tasks; the engine needs none.
-            fn_constructor_kwargs={"config_json": self.config.model_dump_json(exclude={"storage"}), "run_id": self.run_id},
+            fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id},
             # The actor's __call__ is async: several batches run through one
             # engine at once, so a batch's last answers overlap the next batch.
             compute=ActorPoolStrategy(
@@ -139,12 +162,9 @@ class RerankStep:
             **placement.remote_args,
         )
 
-    def _place(self) -> ActorPlacement:
-        from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
-
-        ensure_ray(self.config.execution.address)
-        wanted = gpus_wanted_at_start(self.config)
-        return place_actors(self.config, cluster_gpus(wanted, self.config.execution.gpu_wait_seconds))
+    def _place(self) -> tuple[ActorPlacement, ActorPlacement | None]:
+        gpus = _cluster_gpus(self.config)
+        return place_actors(self.config, gpus), place_scorer(self.config, gpus) if two_models(self.config) else None
 
     def _check_known_schema(self, dataset: Dataset) -> None:
         """Check the prepare stage's contract now when the schema is known without running anything."""
@@ -153,6 +173,13 @@ class RerankStep:
         schema = dataset.schema(fetch_if_missing=False)
         if schema is not None and isinstance(getattr(schema, "base_schema", None), pa.Schema):
             PREPARE.check_input(schema.base_schema)
+
+
+def _cluster_gpus(config: RerankerConfig) -> Any:
+    from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
+
+    ensure_ray(config.execution.address)
+    return cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds)
 
 
 def build_reranker(

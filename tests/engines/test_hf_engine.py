@@ -153,3 +153,41 @@ def test_requests_with_different_sampling_share_a_call_per_setting(engine):
     completions = engine.generate(requests)
     assert [completion.generated_tokens for completion in completions] == [2, 5, 2]
     assert all(completion.error is None for completion in completions)
+
+
+def test_image_tokens_get_their_m_rope_positions(engine):
+    """The inputs mark where the image tokens are (`mm_token_type_ids`), as Qwen's processor does: without it
+    transformers 5.x lays the image tokens out as plain text positions."""
+    inputs, _ = engine._encode([request("where?", [(120, 160)], SamplingSettings())])
+    image = inputs["input_ids"] == engine.model.config.image_token_id
+    assert image.any() and (inputs["mm_token_type_ids"] == image.int()).all()
+
+
+def test_pointwise_relevance_equals_a_direct_forward_pass(tiny_pointwise_dir):
+    """P(yes) from the engine equals the reranker's own formula, sigmoid((w_yes - w_no) . h_last), computed here
+    from the model's last hidden state and output head, for image, text and both, alone or batched."""
+    import torch
+
+    from mmr5_batch.core.pointwise import pointwise_request
+    from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
+
+    engine = HFEngine.from_config(ModelConfig(name=tiny_pointwise_dir, device="cpu", max_batch_size=4))
+    prepared = prepare_image(grey_jpeg(70, (200, 300)), 16, grid=32)
+    image = prepared.data
+    requests = [
+        pointwise_request("which page shows revenue?", {"image": image, "text": "Q3 revenue"}, DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", {"image": None, "text": "a page of text about revenue"}, DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", {"image": image, "text": None}, DEFAULT_INSTRUCTION),
+    ]
+    batched = engine.generate(requests)
+    no, yes = engine.relevance_token_ids()
+    head = engine.model.get_output_embeddings().weight
+    for request_, completion in zip(requests, batched):
+        inputs, _ = engine._encode([request_])
+        with torch.inference_mode():
+            hidden = engine.model(**inputs, output_hidden_states=True).hidden_states[-1][0, -1]
+            expected = torch.sigmoid((head[yes] - head[no]) @ hidden).item()
+        assert completion.error is None and completion.relevance == pytest.approx(expected, abs=1e-5)
+        assert engine.generate([request_])[0].relevance == pytest.approx(completion.relevance, abs=1e-5)  # batching changes nothing
+    # Fitted on Qwen3-VL's 32-px grid, the image is kept as it is by the model's processor: the tokens we count are its.
+    assert batched[0].image_tokens == prepared.tokens == 12 and batched[1].image_tokens == 0

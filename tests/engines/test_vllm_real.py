@@ -107,3 +107,57 @@ def test_thinking_budget_constraint_and_fast_mode_on_real_vllm(ray_session, tiny
         assert row["decided_by"] == ["model"] * 5
     fast = run_job(real_config(tiny_model_dir, tmp_path, **{"ranking.mode": "fast", "output": str(tmp_path / "fast")}))
     assert fast["totals"]["fast"] == 4 and fast["totals"]["generated_tokens"] == 0
+
+
+def pointwise_requests():
+    from mmr5_batch.core.pointwise import pointwise_request
+    from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
+
+    image = prepare_image(grey_jpeg(70, (200, 300)), 16, grid=32).data
+    return [
+        pointwise_request("which page shows revenue?", {"image": image, "text": "Q3 revenue"}, DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", {"image": None, "text": "a page of text about revenue"}, DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", {"image": image, "text": None}, DEFAULT_INSTRUCTION),
+    ]
+
+
+def test_pointwise_scores_on_vllms_pooling_runner_equal_the_hf_engines(tiny_pointwise_dir, tmp_path):
+    """The pooling runner (offline classify and async encode) gives the P(yes) the hf engine's forward pass gives."""
+    import asyncio
+
+    from mmr5_batch.engines.hf import HFEngine
+
+    config = real_config(tiny_pointwise_dir, tmp_path, **{"model.dtype": "float32", "images.image_tokens": 16})
+    expected = [
+        completion.relevance
+        for completion in HFEngine.from_config(config.model.model_copy(update={"backend": "hf", "engine_kwargs": {}})).generate(pointwise_requests())
+    ]
+    offline = VLLMEngine.from_config(config)
+    try:
+        classified = offline.generate(pointwise_requests())
+    finally:
+        offline.close()
+    assert [completion.error for completion in classified] == [None] * 3
+    assert [completion.relevance for completion in classified] == pytest.approx(expected, abs=1e-4)
+
+    engine = AsyncVLLMEngine.from_config(config)
+
+    async def submit_all():
+        return await asyncio.gather(*(engine.generate_async(request) for request in pointwise_requests()))
+
+    try:
+        streamed = asyncio.run(submit_all())
+    finally:
+        engine.close()
+    assert [completion.relevance for completion in streamed] == pytest.approx(expected, abs=1e-4)
+
+
+def test_two_model_cascade_on_vllm_in_both_pools(ray_session, tiny_model_dir, tiny_pointwise_dir, tmp_path):
+    write_demo_dataset(tmp_path / "in", queries=4, candidates=8, shards=1)
+    scorer = {"scorer.name": tiny_pointwise_dir, "scorer.backend": "vllm", "scorer.engine_kwargs": {"enforce_eager": True}}
+    scorer.update({"scorer.device": "cpu", "scorer.cpu_kv_cache_gib": 1} if ON_CPU else {"scorer.gpu_memory_utilization": 0.3})
+    cascade = {"cascade.enabled": True, "cascade.first_pass": "pointwise", "cascade.detail_top": 3, "cascade.first_image_tokens": 16}
+    summary = run_job(real_config(tiny_model_dir, tmp_path, **cascade, **scorer))
+    assert summary["totals"]["queries"] == 4 and summary["totals"]["error"] == 0 and summary["totals"]["scored"] == 32
+    for row in read_folder(tmp_path / "out" / "ranked"):
+        assert row["decided_by"] == ["detail"] * 3 + ["pointwise"] * 5 and row["windows"] == 1

@@ -155,3 +155,19 @@ def test_convert_names_the_bad_file(replica, capsys):
         ]
     )
     assert code == 2 and "bad.jsonl:1: not an MMDocIR annotation line" in capsys.readouterr().err
+
+
+def test_the_replica_through_the_two_model_cascade_and_evaluate(ray_session, replica, capsys):
+    args = ["convert", "mmdocir", "--pages", str(replica / "MMDocIR_pages.parquet"), "--annotations", str(replica / "MMDocIR_annotations.jsonl")]
+    assert main([*args, "--run", str(replica / "run.trec"), "--output", str(replica / "two"), "--top-k", "4"]) == 0
+    rerank = ["rerank", "--input", str(replica / "two" / "input"), "--output", str(replica / "two-out"), "--backend", "scripted-test"]
+    cascade = ["--cascade", "--first-pass", "pointwise", "--scorer-backend", "scripted-test", "--detail-top", "2", "--window", "2", "--stride", "1"]
+    assert main([*rerank, *cascade]) == 0
+    capsys.readouterr()
+    qrels = str(replica / "two" / "qrels.trec")
+    assert main(["evaluate", "--run", str(replica / "two-out"), "--qrels", qrels, "--k", "1,3", "--json", str(replica / "two.json")]) == 0
+    report = json.loads((replica / "two.json").read_text())
+    # q0 of each document: the scorer puts the gold (darkest) page in the top two, MM-R5's detail pass puts it first.
+    assert report["micro"]["first_stage"]["recall@1"] < report["micro"]["reranked"]["recall@1"]
+    rows = [row for path in sorted((replica / "two-out" / "ranked").rglob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    assert len(rows) == 4 and all(row["decided_by"] == ["detail", "detail", "pointwise", "pointwise"] and row["scored"] == 4 for row in rows)

@@ -31,9 +31,28 @@ def test_plan_reports_bad_shards_and_prices_ours_against_the_reference(ray_sessi
     report = json.loads(capsys.readouterr().out)
     assert report["shards"]["bad"] == 1 and "b.parquet: cannot read as Parquet" in next(iter(report["bad_shards"].values()))
     assert report["queries"] == 5 and report["planner_dead_letters"] == 2 and report["candidates_per_query"] == 5
-    ours, reference = report["settings"]
+    ours, same_model, two_models, reference = report["settings"]
+    assert same_model["setting"].endswith("then top 5") and "two-model cascade: Qwen/Qwen3-VL-Reranker-2B" in two_models["setting"]
+    # Five candidates: the same-model cascade has no first pass; the two-model one judges all five, then one MM-R5 window.
+    assert same_model["windows_per_query"] == ours["windows_per_query"] == 1 and two_models["scored_per_query"] == 5
     assert reference["image_tokens_per_query"] == 5 * 2772
     assert reference["image_tokens_per_query"] >= 4 * ours["image_tokens_per_query"]
     assert ours["gpu_seconds_per_query"] < reference["gpu_seconds_per_query"]
     assert main(["plan", "--input", str(tmp_path / "in")]) == 0
     assert "| MM-R5 reference: pages near native size |" in capsys.readouterr().out
+
+
+def test_on_long_lists_the_two_model_cascade_costs_a_fraction_of_sliding_windows():
+    from mmr5_batch.config import RerankerConfig, config_from_keywords
+    from mmr5_batch.job.cost_estimate import SettingCost, alternatives, price_setting
+
+    config = config_from_keywords(RerankerConfig)
+    costs = {}
+    for option in alternatives(config):
+        cost = SettingCost(option.cascade.first_pass if option.cascade.enabled else "windows")
+        price_setting(cost, option, [(1240, 1754)] * 50, generated=400)
+        costs[cost.name] = cost.row(1)
+    # 50 candidates, window 5 stride 3: 16 windows; same-model cascade: 8 windows of 10 small images, then one detail window.
+    assert costs["windows"]["windows_per_query"] == 16 and costs["pointwise"]["windows_per_query"] == 1
+    assert costs["pointwise"]["scored_per_query"] == 50 and costs["same-model"]["windows_per_query"] == 8 + 1
+    assert costs["pointwise"]["gpu_seconds_per_query"] < costs["same-model"]["gpu_seconds_per_query"] < costs["windows"]["gpu_seconds_per_query"]

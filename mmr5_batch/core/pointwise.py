@@ -1,0 +1,30 @@
+"""The pointwise protocol over one query: one prompt per candidate, ordered by the model's P(yes).
+
+Plain functions, tested without Ray or a model: the request for one
+query-candidate pair, and the order of scored candidates (highest relevance
+first, ties in their current order). The scheduler sends a query's pairs
+together, so a batch engine scores all candidates of all queries of a batch
+in one forward pass per engine batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mmr5_batch.core.engine_protocol import EngineRequest, SamplingSettings
+from mmr5_batch.core.pointwise_prompt import render_pointwise_prompt
+
+
+def pointwise_request(query: str, candidate: Mapping[str, Any], instruction: str, image_field: str = "image") -> EngineRequest:
+    """The request judging one candidate: its image (the `image_field` version) and text, as available."""
+    image = candidate.get(image_field)
+    prompt = render_pointwise_prompt(query, image=image is not None, text=candidate.get("text"), instruction=instruction)
+    return EngineRequest(
+        messages=[], images=(image,) if image is not None else (), sampling=SamplingSettings(max_new_tokens=1, stop=()), prompt=prompt, relevance=True
+    )
+
+
+def relevance_order(indices: Sequence[int], relevance: Mapping[int, float]) -> list[int]:
+    """`indices` by relevance, highest first; a stable sort, so ties keep their current (first-stage) order."""
+    return sorted(indices, key=lambda index: -relevance[index])

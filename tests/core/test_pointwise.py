@@ -1,0 +1,176 @@
+"""The pointwise protocol and the two-model cascade in the core: prompt bytes, order by P(yes), bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from mmr5_batch.config import RerankerConfig, config_from_keywords
+from mmr5_batch.config.protocol import model_protocol, protocol_grid
+from mmr5_batch.core.batching import BatchingEngine
+from mmr5_batch.core.engine_protocol import Completion
+from mmr5_batch.core.images import prepare_images
+from mmr5_batch.core.pointwise import pointwise_request, relevance_order
+from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION, render_pointwise_prompt
+from mmr5_batch.core.preparation import PrepareSettings, prepare_row
+from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
+from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
+from mmr5_batch.errors import ConfigError
+from tests.conftest import grey_jpeg
+
+
+def test_the_prompt_is_qwen3_vl_rerankers_format_byte_for_byte():
+    prompt = render_pointwise_prompt("Where is revenue?", image=True, text="Q3 table")
+    assert prompt == (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. "
+        'Note that the answer can only be "yes" or "no".<|im_end|>\n'
+        "<|im_start|>user\n<Instruct>: Given a search query, retrieve relevant candidates that answer the query.<Query>:Where is revenue?\n"
+        "<Document>:<|vision_start|><|image_pad|><|vision_end|>Q3 table<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert "<Document>:Q3 table<|im_end|>" in render_pointwise_prompt("q", image=False, text="Q3 table", instruction="Find pages.")
+    with pytest.raises(ValueError, match="image or text"):
+        render_pointwise_prompt("q", image=False, text=None)
+
+
+def test_a_request_carries_the_image_when_there_is_one_and_asks_for_relevance():
+    with_image = pointwise_request("q", {"image": b"jpeg", "text": None}, DEFAULT_INSTRUCTION)
+    text_only = pointwise_request("q", {"image": None, "text": "words"}, DEFAULT_INSTRUCTION)
+    assert with_image.relevance and with_image.images == (b"jpeg",) and with_image.prompt.count("<|image_pad|>") == 1
+    assert text_only.images == () and "<|image_pad|>" not in text_only.prompt and text_only.prompt.endswith("assistant\n")
+    # The first-pass version of the image when asked for (the two-model cascade's scorer).
+    assert pointwise_request("q", {"image": b"big", "first_image": b"small"}, DEFAULT_INSTRUCTION, "first_image").images == (b"small",)
+
+
+def test_relevance_orders_highest_first_and_ties_keep_their_order():
+    assert relevance_order([4, 2, 7, 1], {4: 0.2, 2: 0.9, 7: 0.2, 1: 0.5}) == [2, 1, 4, 7]
+
+
+def prepared(levels, texts=None, query="which page?", query_id="q"):
+    texts = texts or [None] * len(levels)
+    return {
+        "query_id": query_id,
+        "query": query,
+        "source_path": "s.parquet",
+        "error": None,
+        "candidates": [
+            {
+                "doc_id": f"d{index}",
+                "image": grey_jpeg(level) if level is not None else None,
+                "image_tokens": 20 if level is not None else 0,
+                "first_image": grey_jpeg(level, (32, 32)) if level is not None else None,
+                "first_image_tokens": 4 if level is not None else None,
+                "score": 1.0 - index / 10,
+                "error": None,
+                "text": text,
+            }
+            for index, (level, text) in enumerate(zip(levels, texts))
+        ],
+    }
+
+
+def pointwise_settings(**fields):
+    return RankingSettings(window=5, stride=3, sampling=RankingSettings.for_scorer(RerankerConfig()).sampling, model_id="m", protocol="pointwise", **fields)
+
+
+def test_pointwise_ranks_by_p_yes_and_reports_it_as_the_scores():
+    # The scripted engine's P(yes) is an image's darkness / 255: darker first.
+    [row] = asyncio.run(rerank_queries_async([prepared([200, 20, 120])], BatchingEngine(ScriptedTestEngine()), pointwise_settings()))
+    assert row["status"] == "pointwise" and row["doc_ids"] == ["d1", "d2", "d0"]
+    assert row["scores"] == pytest.approx([(255 - 20) / 255, (255 - 120) / 255, (255 - 200) / 255], abs=0.02)
+    assert row["decided_by"] == ["pointwise"] * 3 and row["scored"] == 3 and row["windows"] == 0
+    assert row["image_tokens"] == 60
+
+
+def test_pointwise_judges_text_only_documents_and_leaves_what_is_below_top_k_unjudged():
+    rows = [prepared([None, None, None], texts=["nothing here", "which page? this one", "which one"])]
+    [row] = asyncio.run(rerank_queries_async(rows, BatchingEngine(ScriptedTestEngine()), pointwise_settings(top_k=2)))
+    # Query words found in the text: d1 has both, d0 none; d2 is below top_k, unjudged, in first-stage order.
+    assert row["doc_ids"] == ["d1", "d0", "d2"] and row["scores"][2] is None and row["scored"] == 2
+    assert row["decided_by"] == ["pointwise", "pointwise", "first_stage"]
+
+
+class RefusingEngine:
+    async def generate_async(self, request):
+        # The candidate drawn at level 20 (d1 below), at either size.
+        refused = any(data in (grey_jpeg(20), grey_jpeg(20, (32, 32))) for data in request.images)
+        return Completion("", "error", error="too long") if refused else Completion("", "stop", relevance=0.5)
+
+
+def test_a_refused_pair_makes_the_query_a_dead_letter_with_the_reason():
+    [row] = asyncio.run(rerank_queries_async([prepared([200, 20])], RefusingEngine(), pointwise_settings()))
+    assert row["status"] == "error" and row["reason"] == "pointwise scoring of d1: too long"
+
+
+def two_model_settings(detail_top=2, top_k=None):
+    config = config_from_keywords(
+        RerankerConfig,
+        backend="scripted-test",
+        window=3,
+        stride=2,
+        top_k=top_k,
+        cascade=True,
+        **{"cascade.first_pass": "pointwise", "cascade.detail_top": detail_top, "scorer.backend": "scripted-test"},
+    )
+    return RankingSettings.for_scorer(config), RankingSettings.from_config(config)
+
+
+def test_two_model_cascade_mm_r5_reasons_over_the_scorers_best_only():
+    scorer, reranker = two_model_settings(detail_top=2)
+    engine = BatchingEngine(ScriptedTestEngine())
+    # Darkness: d3 (10) > d1 (40) > d2 (90) > d0 (250); the scorer sees the first-pass images.
+    [scored] = asyncio.run(score_queries_async([prepared([250, 40, 90, 10])], engine, scorer))
+    assert [c["relevance"] for c in scored["candidates"]] == pytest.approx([5 / 255, 215 / 255, 165 / 255, 245 / 255], abs=0.02)
+    assert scored["scored"] == 4 and scored["scorer_image_tokens"] == 16 and scored["scorer_prompt_tokens"] > 0
+    [row] = asyncio.run(rerank_queries_async([scored], engine, reranker))
+    assert row["doc_ids"] == ["d3", "d1", "d2", "d0"] and row["status"] == "ok"
+    assert row["decided_by"] == ["detail", "detail", "pointwise", "pointwise"]
+    # One MM-R5 window over the two best; the scorer's counts carried into the result.
+    assert row["windows"] == 1 and row["scored"] == 4 and row["image_tokens"] == 16 + 2 * 20
+
+
+def test_a_scorer_failure_reaches_the_result_as_a_dead_letter():
+    scorer, reranker = two_model_settings()
+    [scored] = asyncio.run(score_queries_async([prepared([200, 20])], RefusingEngine(), scorer))
+    assert scored["error"] == "scorer: pointwise scoring of d1: too long"
+    [row] = asyncio.run(rerank_queries_async([scored], BatchingEngine(ScriptedTestEngine()), reranker))
+    assert row["status"] == "error" and row["reason"].startswith("scorer: ")
+
+
+def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
+    (tmp_path / "qwen3").mkdir()
+    (tmp_path / "qwen3" / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    (tmp_path / "qwen25").mkdir()
+    (tmp_path / "qwen25" / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    protocol = lambda model, **kw: model_protocol(config_from_keywords(RerankerConfig, name=model, **kw).model)
+    assert protocol(model=str(tmp_path / "qwen3")) == "pointwise" and protocol(model=str(tmp_path / "qwen25")) == "mm-r5"
+    assert protocol(model="Qwen/Qwen3-VL-Reranker-8B") == "pointwise" and protocol(model="i2vec/MM-R5") == "mm-r5"
+    assert protocol(model=str(tmp_path / "qwen3"), protocol="mm-r5") == "mm-r5"
+    assert protocol_grid("pointwise") == 32 and protocol_grid("mm-r5") == 28
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"protocol": "pointwise", "cascade": True}, "same-model cascade is MM-R5's"),
+        ({"protocol": "pointwise", "cascade": True, "cascade.first_pass": "pointwise"}, "model must be MM-R5"),
+        ({"protocol": "pointwise", "mode": "fast"}, "scores MM-R5's answer ids"),
+        ({"scorer.protocol": "mm-r5"}, "the scorer is a pointwise model"),
+    ],
+)
+def test_protocol_settings_that_cannot_work_stop_at_config_time(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_keywords(RerankerConfig, **settings)
+
+
+def test_images_are_fitted_on_each_models_grid_and_text_only_candidates_are_kept_for_pointwise():
+    big, small = prepare_images(grey_jpeg(90, (300, 200)), [64, 16], 90, [28, 32])
+    assert big.width % 28 == 0 and big.height % 28 == 0 and big.tokens == (big.width // 28) * (big.height // 28) <= 64
+    assert small.width % 32 == 0 and small.height % 32 == 0 and small.tokens == (small.width // 32) * (small.height // 32) <= 16
+    row = {"query_id": "q", "query": "which?", "candidates": [{"doc_id": "t", "text": "words"}, {"doc_id": "i", "image": grey_jpeg(90)}]}
+    pointwise = prepare_row(row, PrepareSettings.from_config(config_from_keywords(RerankerConfig, protocol="pointwise", image_tokens=16)))
+    assert pointwise["error"] is None and [c["error"] for c in pointwise["candidates"]] == [None, None]
+    assert pointwise["candidates"][0]["text"] == "words" and pointwise["candidates"][1]["image_tokens"] <= 16
+    listwise = prepare_row(row, PrepareSettings.from_config(config_from_keywords(RerankerConfig, image_tokens=16)))
+    assert "neither image bytes nor image_uri" in listwise["candidates"][0]["error"]

@@ -1,0 +1,145 @@
+"""The pointwise protocol and the two-model cascade through the Ray pipeline: both actor pools, every way in.
+
+Scripted engines prove the bookkeeping (which pass decided each position,
+the scorer's counts, exactly once with resume); the tiny offline
+checkpoints prove the real hf engines run in the scorer and rerank pools.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmr5_batch import Reranker, build_reranker, run_job
+from mmr5_batch.cli.main import main
+from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
+from tests.conftest import grey_jpeg, read_folder
+from tests.support.ledger_support import forget_done
+
+# Darkness decides the scripted answers: darker is more relevant, to the scorer and to MM-R5 alike.
+LEVELS = [(200, 20, 140, 60, 180, 100, 240, 5), (30, 90, 150, 210, 240, 120, 70, 10), (250, 5)]
+TWO_MODELS = {
+    "backend": "scripted-test",
+    "window": 3,
+    "stride": 2,
+    "image_tokens": 64,
+    "actors": 1,
+    "batch_size": 2,
+    "prepare_batch_size": 2,
+    "cascade": True,
+    "cascade.first_pass": "pointwise",
+    "cascade.first_image_tokens": 16,
+    "cascade.detail_top": 3,
+    "scorer.backend": "scripted-test",
+    "scorer.batch_size": 2,
+}
+
+
+def queries():
+    return [
+        {
+            "query_id": f"q{number}",
+            "query": f"question {number}",
+            "candidates": [
+                {"doc_id": f"d{index}", "image": grey_jpeg(level), "image_uri": None, "text": None, "score": 1.0 - index / 10}
+                for index, level in enumerate(levels)
+            ],
+        }
+        for number, levels in enumerate(LEVELS)
+    ]
+
+
+def write_input(folder: Path, rows: list[dict], shards: int = 1) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        part = rows[shard::shards]
+        pq.write_table(pa.Table.from_pylist(part, schema=GROUPED_INPUT_SCHEMA), folder / f"part-{shard}.parquet")
+
+
+def darkest_first(levels):
+    return [f"d{index}" for index in sorted(range(len(levels)), key=lambda index: levels[index])]
+
+
+def test_two_model_cascade_api_step_job_and_cli_agree_and_say_who_decided(ray_session, tmp_path):
+    rows = queries()
+    api_settings = {key: value for key, value in TWO_MODELS.items() if key not in ("actors", "batch_size", "prepare_batch_size", "scorer.batch_size")}
+    with Reranker(**api_settings) as reranker:
+        api = {result.query_id: result for result in reranker.rank_many(rows)}
+    step = {
+        row["query_id"]: row
+        for row in build_reranker(TWO_MODELS)(ray_session.data.from_arrow(pa.Table.from_pylist(rows, schema=GROUPED_INPUT_SCHEMA))).take_all()
+    }
+    write_input(tmp_path / "in", rows)
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "job")}, **TWO_MODELS)
+    job = {row["query_id"]: row for row in read_folder(tmp_path / "job" / "ranked")}
+    flags = ["--backend", "scripted-test", "--window", "3", "--stride", "2", "--image-tokens", "64", "--actors", "1", "--batch-size", "2"]
+    flags += ["--cascade", "--first-pass", "pointwise", "--detail-top", "3", "--scorer-backend", "scripted-test"]
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "cli"), *flags]) == 0
+    cli = {row["query_id"]: row for row in read_folder(tmp_path / "cli" / "ranked")}
+
+    for query_id, levels in zip(("q0", "q1", "q2"), LEVELS):
+        assert api[query_id].doc_ids == step[query_id]["doc_ids"] == job[query_id]["doc_ids"] == cli[query_id]["doc_ids"] == darkest_first(levels)
+    # Eight candidates: MM-R5 reasoned over the scorer's best three (one window), the scorer placed the rest.
+    assert job["q0"]["decided_by"] == ["detail"] * 3 + ["pointwise"] * 5 and job["q0"]["windows"] == 1 and job["q0"]["scored"] == 8
+    # Two candidates, at most detail_top: MM-R5 looks at both.
+    assert job["q2"]["decided_by"] == ["detail", "detail"] and job["q2"]["scored"] == 2
+    assert api["q0"].decided_by == job["q0"]["decided_by"] and api["q0"].scored == 8
+    assert summary["totals"]["scored"] == 18 and summary["totals"]["windows"] == 3 and summary["totals"]["ok"] == 3
+
+
+def test_two_model_cascade_job_is_exactly_once_and_resumes_only_what_is_missing(ray_session, tmp_path):
+    rows = [dict(row, query_id=f"{row['query_id']}-{copy}") for copy in range(4) for row in queries()]
+    write_input(tmp_path / "in", rows, shards=3)
+    out = tmp_path / "out"
+    settings = {"input": str(tmp_path / "in"), "output": str(out), **TWO_MODELS}
+    first = run_job(settings)
+    assert first["failed"] is None and first["totals"]["queries"] == 12 and first["incomplete_shards"] == []
+    lost = sorted((out / "ranked").rglob("*.parquet"))[0]
+    lost_ids = {row["query_id"] for row in pq.read_table(lost).to_pylist()}
+    lost.unlink()
+    forget_done(out)
+    resumed = run_job(settings)
+    assert resumed["totals"]["queries"] == len(lost_ids) and resumed["totals"]["scored"] > 0
+    written = Counter(row["query_id"] for row in read_folder(out / "ranked"))
+    assert set(written.values()) == {1} and len(written) == 12
+
+
+def test_pointwise_protocol_job_ranks_images_and_text_by_p_yes(ray_session, tmp_path):
+    rows = [
+        {
+            "query_id": "q",
+            "query": "revenue table",
+            "candidates": [
+                {"doc_id": "light", "image": grey_jpeg(230), "image_uri": None, "text": None, "score": 0.9},
+                {"doc_id": "text", "image": None, "image_uri": None, "text": "the revenue table", "score": 0.8},
+                {"doc_id": "dark", "image": grey_jpeg(10), "image_uri": None, "text": None, "score": 0.7},
+                {"doc_id": "nothing", "image": None, "image_uri": None, "text": None, "score": 0.6},
+            ],
+        }
+    ]
+    write_input(tmp_path / "in", rows)
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, backend="scripted-test", protocol="pointwise", actors=1)
+    [row] = read_folder(tmp_path / "out" / "ranked")
+    # Scripted P(yes): darkness / 255 for images, the share of query words in the text: dark, text (1.0 beats 0.96), light.
+    assert row["doc_ids"] == ["text", "dark", "light", "nothing"] and row["status"] == "pointwise"
+    assert row["scores"][0] == 1.0 and row["scores"][3] is None and row["decided_by"] == ["pointwise"] * 3 + ["flagged"]
+    assert "neither image bytes, image_uri nor text" in row["flag_reasons"][0]
+    assert summary["totals"]["pointwise"] == 1 and summary["totals"]["scored"] == 3
+
+
+def test_two_model_cascade_on_the_tiny_checkpoints_with_hf_in_both_pools(ray_session, tmp_path, tiny_model_dir, tiny_pointwise_dir):
+    rows = queries()[:2]
+    write_input(tmp_path / "in", rows)
+    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
+    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_pointwise_dir})
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert summary["failed"] is None and set(ranked) == {"q0", "q1"}
+    for row in ranked.values():
+        # Random weights: the order is the models' own, but the bookkeeping is fixed.
+        assert sorted(row["doc_ids"]) == sorted(f"d{index}" for index in range(8)) and row["backend"] == "hf"
+        assert row["decided_by"] == ["detail"] * 3 + ["pointwise"] * 5 and row["scored"] == 8 and row["windows"] == 1
+        assert row["generated_tokens"] == 8 and row["status"] in ("ok", "repaired", "fallback")
