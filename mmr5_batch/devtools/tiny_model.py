@@ -107,6 +107,16 @@ def _train_tokenizer(vocab_size: int):
     return tokenizer
 
 
+def _save_tokenizer(backend: Any, output: Path) -> None:
+    """The trained tokenizer as a transformers tokenizer with Qwen's end and pad tokens and chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens={})
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output)
+
+
 def _tiny_config(backend: Any) -> Any:
     """A Qwen2.5-VL config at toy sizes, its special token ids from the trained tokenizer."""
     from transformers import Qwen2_5_VLConfig
@@ -151,21 +161,13 @@ def _tiny_config(backend: Any) -> Any:
 def build_tiny_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
     import torch
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
     backend = _train_tokenizer(vocab_size)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens={},
-    )
-    tokenizer.padding_side = "left"
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
-    tokenizer.save_pretrained(output)
+    _save_tokenizer(backend, output)
     token_id = backend.token_to_id
 
     config = _tiny_config(backend)
@@ -189,16 +191,6 @@ POINTWISE_IMAGE_PROCESSOR_CONFIG = {
     "max_pixels": 16384 * 32 * 32,
     "patch_size": 16,
 }
-
-
-def _save_tokenizer(backend: Any, output: Path) -> Any:
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens={})
-    tokenizer.padding_side = "left"
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
-    tokenizer.save_pretrained(output)
-    return tokenizer
 
 
 def _tiny_pointwise_config(backend: Any) -> Any:

@@ -86,3 +86,25 @@ def test_a_gpu_asked_for_the_test_engine_is_checked_too():
     with pytest.raises(JobError, match="no GPU available") as error:
         place_actors(config(**{"model.backend": "scripted-test", "execution.gpus_per_actor": 1}), ClusterGpus(now=0, reachable=0))
     assert "--device cpu" not in str(error.value)
+
+
+TWO_MODELS = {**VLLM, "cascade.enabled": True, "cascade.first_pass": "pointwise", "scorer.backend": "vllm"}
+
+
+def test_the_scorer_is_placed_first_and_the_rerank_actors_take_the_gpus_it_leaves():
+    from mmr5_batch.stages.placement import place_scorer
+
+    scorer = place_scorer(config(**TWO_MODELS), ClusterGpus(now=4, reachable=8))
+    assert (scorer.gpus, scorer.min_actors, scorer.max_actors) == (1.0, 1, 1)
+    rerank = place_actors(config(**TWO_MODELS), ClusterGpus(now=4, reachable=8))
+    assert (rerank.gpus, rerank.min_actors, rerank.max_actors) == (1.0, 3, 7)
+    assert gpus_wanted_at_start(config(**TWO_MODELS)) == 2.0
+    # One GPU, shared: a quarter for the scorer, the rest for MM-R5.
+    shared = config(**TWO_MODELS, **{"scorer.gpus_per_actor": 0.25, "execution.gpus_per_actor": 0.75})
+    assert place_scorer(shared, ClusterGpus(now=1, reachable=1)).gpus == 0.25
+    assert place_actors(shared, ClusterGpus(now=1, reachable=1)).min_actors == 1
+    # Whole GPUs for both on one GPU: the rerank actors find none left, and the message says how to share.
+    with pytest.raises(JobError, match="no GPU available"):
+        place_actors(config(**TWO_MODELS), ClusterGpus(now=1, reachable=1))
+    with pytest.raises(JobError, match="scorer.gpus_per_actor 0.25"):
+        place_scorer(config(**TWO_MODELS, **{"scorer.actors": 2}), ClusterGpus(now=1, reachable=1))
