@@ -84,6 +84,7 @@ bench: env
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/sizing.py
+	$(BIN)/python bench/cascade_cost.py
 
 # The job's own cost from 10 to 5,000 shards and 1k to 1M queries (about 40 minutes on 2 cores; nothing
 # else may use Ray on the machine meanwhile).

@@ -110,6 +110,12 @@ class JobConfig(RerankerConfig):
             raise ValueError(f"output {self.output!r} is the input or inside it: the next run would read its own results as input")
         return self
 
+    def with_local_output_absolute(self) -> JobConfig:
+        """A local output path made absolute: Ray's workers write it, and their working directory is not the driver's."""
+        if "://" in self.output or os.path.isabs(self.output):
+            return self
+        return self.model_copy(update={"output": os.path.abspath(self.output)})
+
     def with_run_id(self) -> JobConfig:
         if self.run_id:
             return self

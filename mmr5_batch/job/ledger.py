@@ -44,16 +44,31 @@ def shard_key(root: str, shard: str) -> str:
 
 
 def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide what a result row says; runs into one prefix must agree on them."""
+    """The settings that decide what a result row says; runs into one prefix must agree on them.
+
+    A setting added later enters only when it is away from what the job did before it existed, so that
+    outputs written by earlier versions keep their fingerprint (and resume)."""
+    model, cascade = public_config["model"], dict(public_config["cascade"])
+    pointwise_model = model.get("protocol") == "pointwise"
+    two_models = cascade.get("first_pass", "same-model") == "pointwise"
+    if not two_models:
+        cascade.pop("first_pass", None)
+    scorer = public_config.get("scorer") or {}
     shaping = {
         "input": public_config["input"],
         "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")}
         # Only when on, so that outputs written before the setting existed keep their fingerprint.
         | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {})
         # hf and vLLM run the same model; the scripted test engine is no model, its rows never mix with a model's.
-        | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {}),
+        | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {})
+        | ({"protocol": "pointwise", "instruction": model.get("instruction")} if pointwise_model else {}),
         "ranking": public_config["ranking"],
-        "cascade": public_config["cascade"],
+        "cascade": cascade
+        | (
+            {"scorer": {"name": scorer.get("name"), "instruction": scorer.get("instruction"), "scripted": scorer.get("backend") == "scripted-test"}}
+            if two_models
+            else {}
+        ),
         "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
     }
     digest = hashlib.sha256(repr(sorted(_flatten(shaping).items())).encode()).hexdigest()[:16]
@@ -128,9 +143,14 @@ class OutputState:
         """Every shard's files in one result folder (one recursive listing), superseded ones left out."""
         superseded = self.superseded()
         found: dict[str, list[str]] = {}
-        for uri in self.storage.list_files(join(self.output, name), ".parquet") if self.output else []:
+        if not self.output:
+            return found
+        folder = join(self.output, name)
+        # The listing spells files as the filesystem does (a relative output comes back absolute).
+        prefix = self.storage.listed_prefix(folder)
+        for uri in self.storage.list_files(folder, ".parquet"):
             if uri not in superseded:
-                found.setdefault(uri[len(join(self.output, name)) + 1 :].split("/", 1)[0], []).append(uri)
+                found.setdefault(uri[len(prefix) + 1 :].split("/", 1)[0], []).append(uri)
         return found
 
     def written_files(self) -> dict[str, list[str]]:

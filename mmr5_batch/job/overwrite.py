@@ -35,9 +35,9 @@ def supersede_results(state: OutputState, fingerprint: dict[str, Any]) -> int:
     return len(files)
 
 
-def _shard_of(uri: str, output: str) -> str:
-    """The shard key a result file belongs to (`<output>/<folder>/<key>/<file>`)."""
-    return uri[len(output.rstrip("/")) + 1 :].split("/")[1]
+def _shard_of(uri: str, prefix: str) -> str:
+    """The shard key a result file belongs to (`<prefix>/<folder>/<key>/<file>`, `prefix` as the listing spells the output)."""
+    return uri[len(prefix) + 1 :].split("/")[1]
 
 
 def delete_superseded(state: OutputState, keys: Iterable[str]) -> int:
@@ -46,7 +46,8 @@ def delete_superseded(state: OutputState, keys: Iterable[str]) -> int:
     if overwrite is None:
         return 0
     wanted = set(keys)
-    doomed = {uri for uri in overwrite["files"] if _shard_of(uri, state.output) in wanted}
+    prefix = state.storage.listed_prefix(state.output)
+    doomed = {uri for uri in overwrite["files"] if _shard_of(uri, prefix) in wanted}
     for uri in sorted(doomed):
         state.storage.remove(uri)
     state.record_overwrite(overwrite | {"files": [uri for uri in overwrite["files"] if uri not in doomed]})

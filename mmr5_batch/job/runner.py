@@ -95,7 +95,7 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     """
     if isinstance(config, str | os.PathLike):
         config = load_config(os.fspath(config))
-    config = config_from_keywords(JobConfig, config, **settings).with_run_id()
+    config = config_from_keywords(JobConfig, config, **settings).with_run_id().with_local_output_absolute()
     attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
     storage = Storage(config.storage.s3_options())
     state = OutputState(storage, config.output)

@@ -93,6 +93,12 @@ class Storage:
         if fs.exists(path):
             fs.rm(path, recursive=True)
 
+    def listed_prefix(self, uri: str) -> str:
+        """`uri` as `list_files` spells the files under it: a relative local path made absolute, a scheme kept,
+        so `file[len(prefix) + 1 :]` is the file's path below it."""
+        fs, path = self.filesystem(uri)
+        return self.uri(fs, path.rstrip("/"))
+
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Visible files under a prefix (URIs), sorted; none when it does not exist."""
         fs, path = self.filesystem(uri)

@@ -130,3 +130,20 @@ def test_waves_of_whole_shards_each_read_back_and_ledgered_when_they_end(ray_ses
     done_files = sorted((out / "_ledger" / "index").glob("*-done-*.jsonl"))
     assert [len(path.read_text().splitlines()) for path in done_files] == [2, 2, 2, 2]
     assert len(done_keys(out)) == 8
+
+
+def test_a_relative_output_is_read_back_and_overwritten_like_an_absolute_one(ray_session, tmp_path, monkeypatch):
+    """`make demo` writes to `demo/output`: the listing spells its files absolute, and the readback must still
+    find each shard's files (else every shard reads as unaccounted for), an --overwrite each shard's old ones."""
+    write_input(tmp_path / "in", shards=3)
+    monkeypatch.chdir(tmp_path)
+    relative = {**settings(tmp_path), "input": "in", "output": "out"}
+    first = run_job(**relative)
+    assert first["failed"] is None and first["incomplete_shards"] == [] and len(done_keys(tmp_path / "out")) == 3
+    files = sorted(p.name for p in (tmp_path / "out" / "ranked").rglob("*.parquet"))
+    again = run_job(**relative, overwrite=True)
+    assert again["failed"] is None and again["incomplete_shards"] == [] and again["totals"]["queries"] == 3 * PER_SHARD
+    # Each shard's old files went once its new rows were complete: one generation of files is left.
+    after = sorted(p.name for p in (tmp_path / "out" / "ranked").rglob("*.parquet"))
+    assert len(after) == len(files) and not set(after) & set(files)
+    assert set(written_ids(tmp_path / "out").values()) == {1}

@@ -35,6 +35,13 @@ def test_fingerprint_changes_with_result_settings_only():
     other = fingerprint(**{"images.image_tokens": 512})
     assert other["digest"] != base["digest"]
     assert describe_difference(base, other) == "images.image_tokens: 1024 -> 512"
+    # The protocol settings enter only when away from MM-R5's: outputs written before they existed keep their
+    # fingerprint (these digests are the previous version's, for the defaults and the same-model cascade).
+    assert base["digest"] == "a70f759ce268ce37" and fingerprint(**{"cascade.enabled": True})["digest"] == "3ed5cf257d9ba114"
+    two_models = fingerprint(**{"cascade.enabled": True, "cascade.first_pass": "pointwise"})
+    assert "cascade.scorer.name: None -> 'Qwen/Qwen3-VL-Reranker-2B'" in describe_difference(fingerprint(**{"cascade.enabled": True}), two_models)
+    assert fingerprint(**{"model.protocol": "pointwise"})["digest"] != base["digest"]
+    assert fingerprint(**{"scorer.name": "other"}) == base  # the scorer counts only when it runs
 
 
 NOTHING_WRITTEN: dict[str, set[str]] = defaultdict(set)
