@@ -37,6 +37,7 @@ from mmr5_batch.core.preparation import PrepareSettings, prepare_row_safely
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.errors import QueryFailed
+from mmr5_batch.stages.placement import two_models
 from mmr5_batch.storage.filesystems import Storage
 
 Result = TypeVar("Result")
@@ -107,7 +108,7 @@ class Reranker:
         self.storage = Storage(self.config.storage.s3_options())
         self._prepare = PrepareSettings.from_config(self.config)
         self._settings = RankingSettings.from_config(self.config)
-        self._scorer_settings = RankingSettings.for_scorer(self.config) if _two_models(self.config) else None
+        self._scorer_settings = RankingSettings.for_scorer(self.config) if two_models(self.config) else None
         self.scorer: AsyncEngine | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mmr5-batch-engine", daemon=True)
@@ -187,12 +188,6 @@ class Reranker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _two_models(config: RerankerConfig) -> bool:
-    from mmr5_batch.stages.placement import two_models
-
-    return two_models(config)
 
 
 def _unpack(item: QueryInput, index: int) -> tuple[str, str, Sequence[Any]]:
