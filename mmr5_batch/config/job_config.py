@@ -63,13 +63,11 @@ class RerankerConfig(Section):
             raise ValueError(
                 f"images.prompt_image_tokens ({total}) must allow the minimum of {MIN_IMAGE_TOKENS} tokens for each of the {window} candidates of a window"
             )
-        if self.model.protocol == POINTWISE and self.cascade.enabled and self.cascade.first_pass != POINTWISE:
-            raise ValueError(
-                "the same-model cascade is MM-R5's (windows over small images): with model.protocol 'pointwise' use cascade.first_pass 'pointwise' with an MM-R5 model, or no cascade"
-            )
         if self.model.protocol == POINTWISE and self.cascade.enabled:
             raise ValueError(
                 "the two-model cascade puts MM-R5 after the pointwise scorer: model must be MM-R5 (protocol 'mm-r5' or 'auto'), the scorer goes in `scorer`"
+                if self.cascade.first_pass == POINTWISE
+                else "the same-model cascade is MM-R5's (windows over small images): with model.protocol 'pointwise' use cascade.first_pass 'pointwise' with an MM-R5 model, or no cascade"
             )
         if self.model.protocol == POINTWISE and self.ranking.mode == FAST:
             raise ValueError("ranking.mode 'fast' scores MM-R5's answer ids; the pointwise protocol scores every pair in one forward pass already")

@@ -38,6 +38,11 @@ def model_protocol(model: Any) -> str:
     return model.protocol if model.protocol != "auto" else _detected(model.name)
 
 
+def two_models(config: Any) -> bool:
+    """The two-model cascade: a reranker config (`RerankerConfig`, `JobConfig`) whose cascade's first pass is the pointwise scorer."""
+    return bool(config.cascade.enabled and config.cascade.first_pass == POINTWISE)
+
+
 def protocol_grid(protocol: str) -> int:
     """Pixels per side of one image token for the protocol's model family: Qwen2.5-VL 28, Qwen3-VL 32."""
     return QWEN3_VL_GRID if protocol == POINTWISE else GRID

@@ -46,15 +46,14 @@ class PrepareSettings:
     @classmethod
     def from_config(cls, config: Any) -> PrepareSettings:
         """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
-        from mmr5_batch.config.protocol import model_protocol, protocol_grid
+        from mmr5_batch.config.protocol import model_protocol, protocol_grid, two_models
         from mmr5_batch.core.vocabulary import POINTWISE
 
         images = config.images
         protocol = model_protocol(config.model)
-        two_models = config.cascade.enabled and config.cascade.first_pass == POINTWISE
         return cls(
             grid=protocol_grid(protocol),
-            first_grid=protocol_grid(POINTWISE if two_models else protocol),
+            first_grid=protocol_grid(POINTWISE if two_models(config) else protocol),
             text_documents=protocol == POINTWISE,
             image_tokens=images.image_tokens,
             jpeg_quality=images.jpeg_quality,
@@ -88,10 +87,8 @@ def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | Non
     budget, first_budget = budgets
     try:
         # One decode serves both of the cascade's sizes.
-        if first_budget:
-            prepared, *rest = prepare_images(data, [budget, first_budget], settings.jpeg_quality, [settings.grid, settings.first_grid])
-        else:
-            prepared, *rest = prepare_images(data, [budget], settings.jpeg_quality, [settings.grid])
+        wanted, grids = ([budget, first_budget], [settings.grid, settings.first_grid]) if first_budget else ([budget], [settings.grid])
+        prepared, *rest = prepare_images(data, wanted, settings.jpeg_quality, grids)
     except ImageError as error:
         return _NO_IMAGE | {"error": str(error)}
     first = rest[0] if rest else None

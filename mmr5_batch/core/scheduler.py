@@ -60,14 +60,14 @@ class RankingSettings:
     @classmethod
     def from_config(cls, config: Any, run_id: str = "") -> RankingSettings:
         """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
-        from mmr5_batch.config.protocol import model_protocol
+        from mmr5_batch.config.protocol import model_protocol, two_models
 
         model, ranking, cascade = config.model, config.ranking, config.cascade
-        two_models = cascade.enabled and cascade.first_pass == POINTWISE
+        scorer_first = two_models(config)
         return cls(
             protocol=model_protocol(model),
             instruction=model.instruction,
-            after_scorer=cascade.detail_top if two_models else None,
+            after_scorer=cascade.detail_top if scorer_first else None,
             window=ranking.window,
             stride=ranking.stride,
             sampling=SamplingSettings.from_model_config(model),
@@ -79,7 +79,7 @@ class RankingSettings:
             think_tokens=model.think_tokens,
             constrain_answer=model.constrain_answer,
             mode=ranking.mode,
-            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if cascade.enabled and not two_models else None,
+            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if cascade.enabled and not scorer_first else None,
         )
 
     @classmethod
@@ -184,7 +184,7 @@ async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettin
     indices = state.to_score
     requests = [pointwise_request(state.row["query"], candidates[index], settings.instruction, image_field) for index in indices]
     completions = await asyncio.gather(*(_generate(engine, request) for request in requests))
-    record_relevance(state, indices, list(completions), "first_image_tokens" if image_field == "first_image" else "image_tokens")
+    record_relevance(state, indices, list(completions), f"{image_field}_tokens")
 
 
 async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings, image_field: str = "image") -> None:

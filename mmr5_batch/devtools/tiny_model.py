@@ -117,27 +117,44 @@ def _save_tokenizer(backend: Any, output: Path) -> None:
     tokenizer.save_pretrained(output)
 
 
+def _toy_text_config(backend: Any, **family: Any) -> dict[str, Any]:
+    """The text decoder at toy sizes, with the trained tokenizer's ids; `family`: the model family's own entries.
+
+    Head dims of 32 keep every attention kernel vLLM ships usable; the M-RoPE
+    sections must add up to half the text head dim."""
+    token_id = backend.token_to_id
+    return {
+        "vocab_size": backend.get_vocab_size(),
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+        "bos_token_id": token_id("<|endoftext|>"),
+        "eos_token_id": token_id("<|im_end|>"),
+        "pad_token_id": token_id("<|endoftext|>"),
+        **family,
+    }
+
+
+def _vision_token_ids(backend: Any) -> dict[str, Any]:
+    """The image and video placeholder and vision marker ids, as the model config names them."""
+    names = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    return {key: backend.token_to_id(token) for key, token in names.items()}
+
+
 def _tiny_config(backend: Any) -> Any:
     """A Qwen2.5-VL config at toy sizes, its special token ids from the trained tokenizer."""
     from transformers import Qwen2_5_VLConfig
 
-    token_id = backend.token_to_id
-    # Head dims of 32 keep every attention kernel vLLM ships usable; the M-RoPE
-    # sections must add up to half the text head dim.
     return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": backend.get_vocab_size(),
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
-            "bos_token_id": token_id("<|endoftext|>"),
-            "eos_token_id": token_id("<|im_end|>"),
-            "pad_token_id": token_id("<|endoftext|>"),
-        },
+        text_config=_toy_text_config(backend, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}),
         vision_config={
             "depth": 2,
             "hidden_size": 64,
@@ -150,35 +167,38 @@ def _tiny_config(backend: Any) -> Any:
             "window_size": 112,
             "fullatt_block_indexes": [1],
         },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
+        **_vision_token_ids(backend),
         tie_word_embeddings=True,
     )
 
 
-def build_tiny_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
-    """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
+def _write_checkpoint(output_dir: str | Path, seed: int, vocab_size: int, make_model: Any, processor_config: dict[str, Any]) -> Path:
+    """Train the tokenizer, then write it, the random model `make_model(backend)` builds and the processor settings."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-
     backend = _train_tokenizer(vocab_size)
     _save_tokenizer(backend, output)
-    token_id = backend.token_to_id
-
-    config = _tiny_config(backend)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
-    model.generation_config.pad_token_id = token_id("<|endoftext|>")
-    model.save_pretrained(output)
-
-    (output / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR_CONFIG, indent=2))
+    make_model(backend).save_pretrained(output)
+    (output / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2))
     return output
+
+
+def build_tiny_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
+
+    def make_model(backend: Any) -> Any:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        token_id = backend.token_to_id
+        model = Qwen2_5_VLForConditionalGeneration(_tiny_config(backend))
+        model.generation_config.eos_token_id = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
+        model.generation_config.pad_token_id = token_id("<|endoftext|>")
+        return model
+
+    return _write_checkpoint(output_dir, seed, vocab_size, make_model, IMAGE_PROCESSOR_CONFIG)
 
 
 # Qwen3-VL's image processor settings (16-px patches merged 2x2: one token per 32x32 px).
@@ -197,23 +217,9 @@ def _tiny_pointwise_config(backend: Any) -> Any:
     """A Qwen3-VL config at toy sizes (head dim 32: its M-RoPE sections add up to 16)."""
     from transformers import Qwen3VLConfig
 
-    token_id = backend.token_to_id
+    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [6, 5, 5], "mrope_interleaved": True}
     return Qwen3VLConfig(
-        text_config={
-            "vocab_size": backend.get_vocab_size(),
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 32,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [6, 5, 5], "mrope_interleaved": True},
-            "bos_token_id": token_id("<|endoftext|>"),
-            "eos_token_id": token_id("<|im_end|>"),
-            "pad_token_id": token_id("<|endoftext|>"),
-            "tie_word_embeddings": True,
-        },
+        text_config=_toy_text_config(backend, head_dim=32, rope_parameters=rope, tie_word_embeddings=True),
         vision_config={
             "depth": 2,
             "hidden_size": 64,
@@ -226,30 +232,22 @@ def _tiny_pointwise_config(backend: Any) -> Any:
             "num_position_embeddings": 256,
             "deepstack_visual_indexes": [0],
         },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
+        **_vision_token_ids(backend),
         tie_word_embeddings=True,
     )
 
 
 def build_tiny_pointwise_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
     """Write a tiny random Qwen3-VL reranker checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
-    import torch
-    from transformers import Qwen3VLForConditionalGeneration
 
-    from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
+    def make_model(backend: Any) -> Any:
+        from transformers import Qwen3VLForConditionalGeneration
 
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    backend = _train_tokenizer(vocab_size)
-    missing = [word for word in (RELEVANCE_YES, RELEVANCE_NO) if backend.token_to_id(word) is None]
-    if missing:
-        raise RuntimeError(f"the tiny tokenizer has no single token for {missing}")
-    _save_tokenizer(backend, output)
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(_tiny_pointwise_config(backend))
-    model.save_pretrained(output)
-    (output / "preprocessor_config.json").write_text(json.dumps(POINTWISE_IMAGE_PROCESSOR_CONFIG, indent=2))
-    return output
+        from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
+
+        missing = [word for word in (RELEVANCE_YES, RELEVANCE_NO) if backend.token_to_id(word) is None]
+        if missing:
+            raise RuntimeError(f"the tiny tokenizer has no single token for {missing}")
+        return Qwen3VLForConditionalGeneration(_tiny_pointwise_config(backend))
+
+    return _write_checkpoint(output_dir, seed, vocab_size, make_model, POINTWISE_IMAGE_PROCESSOR_CONFIG)

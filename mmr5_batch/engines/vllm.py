@@ -55,8 +55,8 @@ def pointwise_args(config: Any, model: Any) -> dict[str, Any]:
     from mmr5_batch.config.protocol import protocol_grid
 
     grid = protocol_grid(POINTWISE)
-    scorer = model is config.scorer if hasattr(config, "scorer") else False
-    image_tokens = config.cascade.first_image_tokens if scorer else config.images.image_tokens
+    # The scorer sees the cascade's first-pass images; a pointwise `model` the full-budget ones.
+    image_tokens = config.cascade.first_image_tokens if model is config.scorer else config.images.image_tokens
     return {
         "runner": "pooling",
         "hf_overrides": {
@@ -77,7 +77,8 @@ def engine_args(config: Any, model: Any = None) -> dict[str, Any]:
 
     model = model or config.model
     window, image_tokens = config.ranking.window, config.images.image_tokens
-    grid = protocol_grid(model_protocol(model))
+    protocol = model_protocol(model)
+    grid = protocol_grid(protocol)
     args: dict[str, Any] = {
         "model": model.name,
         "dtype": "bfloat16" if model.dtype == "auto" else model.dtype,
@@ -95,7 +96,7 @@ def engine_args(config: Any, model: Any = None) -> dict[str, Any]:
         "enable_prefix_caching": True,
         "seed": model.seed,
     }
-    if model_protocol(model) == POINTWISE:
+    if protocol == POINTWISE:
         args.update(pointwise_args(config, model))
         del args["enable_prefix_caching"]  # pooling requests share no decoded prefix worth caching
     if model.device == "cpu":
@@ -173,6 +174,7 @@ def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
 
 def relevance_completion(output: Any) -> Completion:
     """A pointwise completion from a finished pooling output: its one classifier value, P(yes)."""
+    # The async engine's `encode` gives a pooling output (`data`, a tensor), offline `classify` a classification one (`probs`).
     data = output.outputs.data if hasattr(output.outputs, "data") else output.outputs.probs
     values = data.reshape(-1).tolist() if hasattr(data, "reshape") else list(data)
     return Completion("", "stop", prompt_tokens=len(output.prompt_token_ids or []), relevance=float(values[0]))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
-from mmr5_batch.config.protocol import model_protocol, protocol_grid
+from mmr5_batch.config.protocol import model_protocol, protocol_grid, two_models
 from mmr5_batch.core.budgets import candidate_budgets
 from mmr5_batch.core.cost_model import H200, IMAGE_MARKERS, ScorerSize, WindowCost, gpu_seconds, pointwise_gpu_seconds, prompt_tokens, scorer_size
 from mmr5_batch.core.images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, padded_size
@@ -141,12 +141,12 @@ def price_setting(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], 
     """Our cost for one query: the budgets the job would give, the cascade when on (the same model's, or the two-model one)."""
     images, ranking, cascade = config.images, config.ranking, config.cascade
     budgets = candidate_budgets(len(sizes), cap=images.image_tokens, window=ranking.window, prompt_total=images.prompt_image_tokens, policy=images.policy)
-    grid = protocol_grid(model_protocol(config.model))
-    tokens = [fit_to_token_budget(w, h, budget, grid).tokens for (w, h), budget in zip(sizes, budgets)]
-    if model_protocol(config.model) == POINTWISE:
+    protocol = model_protocol(config.model)
+    tokens = [fit_to_token_budget(w, h, budget, protocol_grid(protocol)).tokens for (w, h), budget in zip(sizes, budgets)]
+    if protocol == POINTWISE:
         price_pointwise(ours, tokens, ranking.top_k, scorer_size(config.model.name))
         return
-    if cascade.enabled and cascade.first_pass == POINTWISE:
+    if two_models(config):
         # The scorer judges every candidate small (on its 32-px grid); MM-R5 reasons over its best in detail.
         scorer, detail = SettingCost("scorer"), SettingCost("detail")
         small = [fit_to_token_budget(w, h, cascade.first_image_tokens, protocol_grid(POINTWISE)).tokens for w, h in sizes]
@@ -171,7 +171,7 @@ def _setting_label(config: Any) -> str:
         return f"pointwise {config.model.name}: {config.images.image_tokens}-token cap, one prompt per candidate"
     label = f"{config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
     cascade = config.cascade
-    if cascade.enabled and cascade.first_pass == POINTWISE:
+    if two_models(config):
         label += f", two-model cascade: {config.scorer.name} at {cascade.first_image_tokens} tokens, then top {cascade.detail_top}"
     elif cascade.enabled:
         label += f", cascade {cascade.first_image_tokens} x {cascade.first_window} then top {cascade.detail_top}"

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from mmr5_batch.config import RerankerConfig
-from mmr5_batch.core.vocabulary import POINTWISE
+from mmr5_batch.config.protocol import two_models
 from mmr5_batch.errors import JobError
+
+__all__ = ["ActorPlacement", "ClusterGpus", "gpus_wanted_at_start", "place_actors", "place_scorer", "two_models"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,6 @@ def gpus_per_actor(config: RerankerConfig) -> float:
     if not backend_needs_gpu(config):
         return 0.0
     return float(model.tensor_parallel_size if model.backend == "vllm" else 1)
-
-
-def two_models(config: RerankerConfig) -> bool:
-    """The two-model cascade: a pointwise scorer's actor pool before the rerank actors."""
-    return config.cascade.enabled and config.cascade.first_pass == POINTWISE
 
 
 def scorer_gpus_per_actor(config: RerankerConfig) -> float:

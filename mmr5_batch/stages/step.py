@@ -108,8 +108,6 @@ class RerankStep:
         self.prepare = prepare or PrepareSettings.from_config(self.config)
 
     def __call__(self, dataset: Dataset) -> Dataset:
-        from ray.data import ActorPoolStrategy
-
         execution = self.config.execution
         if self.placement is None:
             self.placement, self.scorer_placement = self._place()
@@ -130,32 +128,26 @@ class RerankStep:
         )
         if two_models(self.config):
             scorer = self.scorer_placement or place_scorer(self.config, _cluster_gpus(self.config))
-            dataset = dataset.map_batches(
-                ScoreActor,
-                fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id},
-                compute=ActorPoolStrategy(
-                    min_size=scorer.min_actors,
-                    max_size=scorer.max_actors,
-                    max_concurrent_calls_per_actor=execution.concurrent_batches,
-                    max_tasks_in_flight_per_actor=execution.concurrent_batches,
-                ),
-                batch_size=self.config.scorer.batch_size,
-                batch_format="pyarrow",
-                num_cpus=scorer.cpus,
-                num_gpus=scorer.gpus,
-            )
+            dataset = self._actor_stage(dataset, ScoreActor, scorer, self.config.scorer.batch_size, config_json)
+        return self._actor_stage(dataset, RerankActor, placement, execution.batch_size, config_json)
+
+    def _actor_stage(self, dataset: Dataset, actor: type, placement: ActorPlacement, batch_size: int, config_json: str) -> Dataset:
+        """An actor pool of `actor` (one engine each, built from the config) over the dataset's batches."""
+        from ray.data import ActorPoolStrategy
+
+        concurrent = self.config.execution.concurrent_batches
         return dataset.map_batches(
-            RerankActor,
+            actor,
             fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id},
             # The actor's __call__ is async: several batches run through one
             # engine at once, so a batch's last answers overlap the next batch.
             compute=ActorPoolStrategy(
                 min_size=placement.min_actors,
                 max_size=placement.max_actors,
-                max_concurrent_calls_per_actor=execution.concurrent_batches,
-                max_tasks_in_flight_per_actor=execution.concurrent_batches,
+                max_concurrent_calls_per_actor=concurrent,
+                max_tasks_in_flight_per_actor=concurrent,
             ),
-            batch_size=execution.batch_size,
+            batch_size=batch_size,
             batch_format="pyarrow",
             num_cpus=placement.cpus,
             num_gpus=placement.gpus,

@@ -18,7 +18,8 @@ from mmr5_batch import Reranker, build_reranker, run_job
 from mmr5_batch.cli.main import main
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
 from mmr5_batch.stages.step import RerankStep
-from tests.conftest import grey_jpeg, read_folder
+from tests.conftest import read_folder
+from tests.support.queries import grey_queries
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"backend": "scripted-test", "window": 3, "stride": 2, "image_tokens": 64, "actors": 1, "batch_size": 3, "prepare_batch_size": 2}
@@ -26,17 +27,7 @@ LEVELS = [(200, 20, 140, 60, 180, 100), (30, 90, 150, 210, 240, 120), (250, 5)]
 
 
 def queries():
-    return [
-        {
-            "query_id": f"q{number}",
-            "query": f"question {number}",
-            "candidates": [
-                {"doc_id": f"d{index}", "image": grey_jpeg(level), "image_uri": None, "text": None, "score": 1.0 - index / 10}
-                for index, level in enumerate(levels)
-            ],
-        }
-        for number, levels in enumerate(LEVELS)
-    ]
+    return grey_queries(LEVELS)
 
 
 def test_python_api_dataset_step_and_job_rank_identically(ray_session, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from mmr5_batch.cli.main import main
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
 from tests.conftest import grey_jpeg, read_folder
 from tests.support.ledger_support import forget_done
+from tests.support.queries import grey_queries
 
 # Darkness decides the scripted answers: darker is more relevant, to the scorer and to MM-R5 alike.
 LEVELS = [(200, 20, 140, 60, 180, 100, 240, 5), (30, 90, 150, 210, 240, 120, 70, 10), (250, 5)]
@@ -39,17 +40,7 @@ TWO_MODELS = {
 
 
 def queries():
-    return [
-        {
-            "query_id": f"q{number}",
-            "query": f"question {number}",
-            "candidates": [
-                {"doc_id": f"d{index}", "image": grey_jpeg(level), "image_uri": None, "text": None, "score": 1.0 - index / 10}
-                for index, level in enumerate(levels)
-            ],
-        }
-        for number, levels in enumerate(LEVELS)
-    ]
+    return grey_queries(LEVELS)
 
 
 def write_input(folder: Path, rows: list[dict], shards: int = 1) -> None:
