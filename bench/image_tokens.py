@@ -2,7 +2,7 @@
 
 For each page kind (A4 at 150 and 200 dpi, a 1080p slide, a long receipt)
 and each setting, the image tokens one query sends in all its windows, and
-the cost model's GPU-seconds per query on an H200 (mmr5_batch/costmodel.py,
+the cost model's GPU-seconds per query on an H200 (mmr5_batch/core/cost_model.py,
 400 generated tokens per window). Sizes only: budgets and token counts are
 the job's own functions (`candidate_budgets`, `fit_to_token_budget`), the
 reference's are qwen_vl_utils' defaults through transformers' smart_resize.

@@ -1,11 +1,17 @@
-"""Can the CPU side feed a GPU? The whole Ray job with the scripted test engine, on this machine's cores.
+"""Can the CPU side feed a GPU? The whole Ray job with the scripted test engine, on this machine's cores, plus what
+the scripted engine does not do: the engine actor's own CPU and the cutting of pictures into patches.
 
 Writes queries with page-size JPEGs inline (A4 at 150 dpi by default, 5
 candidates each), runs the real job (read, plan, prepare, rerank actor,
 write, accounting) on a local Ray with the scripted test engine in place of
 the model, and compares the query rate with what one H200 would consume at
-the same settings per the cost model (mmr5_batch/costmodel.py, 400
-generated tokens per window).
+the same settings per the cost model (mmr5_batch/core/cost_model.py, 400
+generated tokens per window). The scripted engine reads no pixels, so the
+model's input work is added from the cost model's measured figures
+(bench/engine_inputs.py, with vLLM's CPU build in the loop): per
+images.processing path, the CPU stage's patch cutting and the engine actor's
+own CPU, which is one process and so needs to stay well under one core per
+GPU.
 
     python bench/pipeline_overhead.py [--queries 200] [--cpus 2]
 """
@@ -73,7 +79,7 @@ def main(argv=None) -> int:
 
     from mmr5_batch.config import load_config
     from mmr5_batch.core.budgets import candidate_budgets
-    from mmr5_batch.core.cost_model import H200, WindowCost, gpu_seconds, prompt_tokens
+    from mmr5_batch.core.cost_model import CPU_STAGE_PATCH_SECONDS_PER_IMAGE_TOKEN, H200, WindowCost, actor_cpu_seconds, gpu_seconds, prompt_tokens
     from mmr5_batch.core.images import fit_to_token_budget
     from mmr5_batch.core.windows import sliding_windows
     from mmr5_batch.job.runner import run_job
@@ -114,7 +120,17 @@ def main(argv=None) -> int:
     print(f"| images/s, CPU side | {cpu_rate * args.candidates:.1f} |")
     print(f"| queries/s one H200 consumes (cost model) | {gpu_rate:.2f} |")
     print(f"| CPU side / GPU consumption | {cpu_rate / gpu_rate:.2f}x |")
-    print(f"| cores per H200 for 5x headroom | {5 * gpu_rate / cpu_rate * args.cpus:.1f} |")
+    print(f"| cores per H200 for 5x headroom, CPU stage without patches (images.processing: engine) | {5 * gpu_rate / cpu_rate * args.cpus:.1f} |")
+    # What the scripted engine skips, per query, from the cost model's measured figures.
+    image_tokens = sum(sum(tokens[a:b]) for a, b in windows)
+    patching = sum(tokens) * CPU_STAGE_PATCH_SECONDS_PER_IMAGE_TOKEN
+    stage_core_seconds = args.cpus / cpu_rate  # core-seconds per query the measured CPU side took
+    print(f"| CPU stage's patch cutting per query, cost model (s) | {patching:.3f} |")
+    for path, actor in (("engine", actor_cpu_seconds(len(windows), image_tokens)), ("cpu-stage", actor_cpu_seconds(len(windows), 0))):
+        stage = stage_core_seconds + (patching if path == "cpu-stage" else 0.0)
+        print(f"| {path}: engine actor CPU per query, cost model (s) | {actor:.3f} |")
+        print(f"| {path}: engine actor cores per H200 (one process: must stay well under 1) | {actor * gpu_rate:.2f} |")
+        print(f"| {path}: cores per H200 for 5x headroom, CPU stage and actor | {5 * gpu_rate * (stage + actor):.1f} |")
     assert summary["totals"]["queries"] == args.queries
     return 0
 

@@ -36,6 +36,7 @@ from mmr5_batch.core.engine_protocol import AsyncEngine
 from mmr5_batch.core.preparation import PrepareSettings, prepare_row_safely
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
+from mmr5_batch.engines.image_processors import page_work
 from mmr5_batch.errors import QueryFailed
 from mmr5_batch.stages.placement import two_models
 from mmr5_batch.storage.filesystems import Storage
@@ -151,10 +152,11 @@ class Reranker:
         if self.engine is None:
             raise RuntimeError("this Reranker is closed")
         prepared, given = [], []
+        work = page_work(self._prepare)  # the call's queries share it: a page shown to several is prepared once
         for index, item in enumerate(queries):
             query_id, query, candidates = _unpack(item, index)
             rows, fetched = candidate_rows(candidates, self.storage)
-            prepared.append(prepare_row_safely({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched))
+            prepared.append(prepare_row_safely({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched, work))
             given.append([row["doc_id"] for row in rows])
         settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
         if self.scorer is not None and self._scorer_settings is not None:

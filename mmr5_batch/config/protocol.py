@@ -46,3 +46,13 @@ def two_models(config: Any) -> bool:
 def protocol_grid(protocol: str) -> int:
     """Pixels per side of one image token for the protocol's model family: Qwen2.5-VL 28, Qwen3-VL 32."""
     return QWEN3_VL_GRID if protocol == POINTWISE else GRID
+
+
+# Backends that take a picture's patches from the CPU stage (the scripted test engine reads no pixels).
+PATCH_BACKENDS = ("hf", "vllm")
+
+
+def patches_in_cpu_stage(config: Any, model: Any = None) -> bool:
+    """Whether the CPU stage builds `model`'s image inputs (its patches): `images.processing` for a backend that reads pixels."""
+    model = model or config.model
+    return bool(config.images.processing == "cpu-stage" and model.backend in PATCH_BACKENDS)

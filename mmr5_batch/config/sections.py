@@ -119,6 +119,16 @@ class ImageConfig(Section):
         ),
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the shrunk images sent to the model.")
+    processing: Literal["cpu-stage", "engine"] = Field(
+        "cpu-stage",
+        description=(
+            "Where each prepared picture becomes the model's input (its uint8 patches and patch grid, what vLLM's own "
+            "processor makes of it): 'cpu-stage' (the parallel preparation tasks, once per distinct page and budget; the "
+            "engine actor only submits; about 4.7 KB of object store per image token) or 'engine' (the engine actor "
+            "decodes the JPEG and the engine's input processor cuts it, at every send: the earlier path). The hf and "
+            "vllm backends; the scripted test engine needs neither."
+        ),
+    )
     allowed_uri_prefixes: list[str] = Field(
         default_factory=list,
         description=(
@@ -226,6 +236,14 @@ class ExecutionConfig(Section):
         ),
     )
     prepare_batch_size: int = Field(16, ge=1, description="Queries per CPU preparation task.")
+    group_by: str | None = Field(
+        None,
+        description=(
+            "A column (e.g. a document id) whose equal values should meet in one preparation task and actor batch: "
+            "the rows are sorted by it (a Ray Data sort: a shuffle) before preparation, so pages shared by queries "
+            "over one document are prepared once and the engine's own caches hit. Unset: input order."
+        ),
+    )
     cpus_per_prepare_task: float = Field(
         1.0, gt=0, description="CPUs Ray reserves per preparation task; below 1 packs more tasks per core (image decoding releases the GIL)."
     )

@@ -13,6 +13,16 @@ Per window: prompt = text (~250 tokens) + image tokens + 2 markers per
 image; generated tokens as given (the model's reasoning length is not known
 before running it; the same figure is used for every setting compared).
 
+Beside the GPU, the engine actor's own CPU (one process, one event loop
+feeding the engine): per request (rendering the prompt, its token ids, the
+request objects, handing it to the engine core, parsing the answer) and, for
+every picture the engine builds the input of itself (images.processing
+'engine', or the few detail-pass pictures of a cascade), its decode and
+vLLM's input processing, per image token. Measured with vLLM's CPU build in
+the loop by bench/engine_inputs.py on this project's 2-core machine (x86);
+the actor needs this many seconds of one core per query, so
+`actor_cpu_seconds / gpu_seconds` is the share of a core one GPU keeps busy.
+
 A pointwise scorer (Qwen3-VL-Reranker) generates nothing: one prompt per
 candidate, prefill only (~80 tokens of instruction, query and markup plus
 the image tokens), priced by the same prefill term with its own sizes: the
@@ -33,6 +43,22 @@ KV_BYTES_PER_TOKEN = 28 * 2 * 4 * 128 * 2
 PROMPT_TEXT_TOKENS = 250
 IMAGE_MARKERS = 2
 PREFILL_EFFICIENCY = 0.4
+
+
+# The engine actor's CPU per request, and per image token of a picture the engine decodes and processes itself
+# (bench/engine_inputs.py, 2026-12-03: 13.5 ms per 5-page query with the CPU stage's patches, 64.4 ms when the
+# actor decodes and vLLM processes its 3,106 image tokens: (64.4 - 13.5) / 3106).
+ACTOR_CPU_PER_REQUEST = 0.0135
+ACTOR_CPU_PER_ENGINE_IMAGE_TOKEN = 16.4e-6
+# The CPU stage's cost of cutting a prepared picture into the model's patches, per image token (one core; the
+# same run: 81.3 against 38.4 ms per query).
+CPU_STAGE_PATCH_SECONDS_PER_IMAGE_TOKEN = 13.8e-6
+
+
+def actor_cpu_seconds(requests: int, engine_image_tokens: int) -> float:
+    """Estimated CPU-seconds of the engine actor for `requests` (windows or pointwise pairs), of which pictures
+    worth `engine_image_tokens` image tokens the engine decodes and processes itself."""
+    return requests * ACTOR_CPU_PER_REQUEST + engine_image_tokens * ACTOR_CPU_PER_ENGINE_IMAGE_TOKEN
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A request carries the chat messages (text parts and image placeholders), or
 a prompt already rendered (the pointwise protocol's, with one `<|image_pad|>`
 per image), the images as bytes already fitted to their token budget, in
-placeholder order, and the sampling settings. A completion carries the text, why generation
+placeholder order (and, when the CPU stage built them, as the model's patches),
+and the sampling settings. A completion carries the text, why generation
 stopped, token counts, and an error when the engine refused the request (that
 query then becomes an error record; the rest of the batch goes on).
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mmr5_batch.core.model_inputs import ImagePatches
 from mmr5_batch.core.vocabulary import ANSWER_STOP
 
 
@@ -68,6 +70,9 @@ class EngineRequest:
     prompt: str = ""
     # Pointwise: no generation; the completion carries P("yes") against "no" at the next token.
     relevance: bool = False
+    # The images as the model's input already (core/model_inputs.py), aligned with `images`: an engine that
+    # takes them submits them as they are instead of decoding and processing `images`. Empty: not built.
+    image_inputs: tuple[ImagePatches, ...] = ()
 
 
 @dataclass(frozen=True)

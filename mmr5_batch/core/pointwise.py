@@ -13,15 +13,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmr5_batch.core.engine_protocol import EngineRequest, SamplingSettings
+from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise_prompt import render_pointwise_prompt
 
 
 def pointwise_request(query: str, candidate: Mapping[str, Any], instruction: str, image_field: str = "image") -> EngineRequest:
     """The request judging one candidate: its image (the `image_field` version) and text, as available."""
     image = candidate.get(image_field)
+    patches = candidate_patches(candidate, image_field) if image is not None else None
     prompt = render_pointwise_prompt(query, image=image is not None, text=candidate.get("text"), instruction=instruction)
     return EngineRequest(
-        messages=[], images=(image,) if image is not None else (), sampling=SamplingSettings(max_new_tokens=1, stop=()), prompt=prompt, relevance=True
+        messages=[],
+        images=(image,) if image is not None else (),
+        sampling=SamplingSettings(max_new_tokens=1, stop=()),
+        prompt=prompt,
+        relevance=True,
+        image_inputs=(patches,) if patches is not None else (),
     )
 
 

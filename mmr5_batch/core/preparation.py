@@ -11,13 +11,15 @@ could not be read) are fetched by the caller and handed in.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.core.budgets import candidate_budgets
-from mmr5_batch.core.images import GRID, ImageError, prepare_images
+from mmr5_batch.core.images import GRID, ImageError, PreparedImage, prepare_images
+from mmr5_batch.core.model_inputs import ImagePatches, patch_image
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
 from mmr5_batch.core.windows import first_stage_order
 from mmr5_batch.errors import error_line
@@ -42,16 +44,30 @@ class PrepareSettings:
     first_grid: int = GRID
     # The pointwise protocol judges text too: a candidate with text and no image is usable.
     text_documents: bool = False
+    # Where the image processor of the model that sees `image` (and `first_image`) is read from, when the CPU
+    # stage builds the model's patches (images.processing 'cpu-stage'); None: the engine builds them.
+    processor_source: str | None = None
+    first_processor_source: str | None = None
+    # Which pictures are certain to be sent, so worth their patches: the first top_k usable candidates; under a
+    # cascade (detail_top set) the full-budget ones only when no more than detail_top are shown (otherwise which
+    # ones the detail pass shows is known only after the first pass: the engine processes those few), the small
+    # ones when a first pass runs (always for the two-model cascade's scorer).
+    top_k: int | None = None
+    detail_top: int | None = None
+    scorer_first: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> PrepareSettings:
         """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
-        from mmr5_batch.config.protocol import model_protocol, protocol_grid, two_models
+        from mmr5_batch.config.protocol import model_protocol, patches_in_cpu_stage, protocol_grid, two_models
         from mmr5_batch.core.vocabulary import POINTWISE
 
         images = config.images
         protocol = model_protocol(config.model)
+        first_model = config.scorer if two_models(config) else config.model
         return cls(
+            processor_source=config.model.name if patches_in_cpu_stage(config) else None,
+            first_processor_source=first_model.name if config.cascade.enabled and patches_in_cpu_stage(config, first_model) else None,
             grid=protocol_grid(protocol),
             first_grid=protocol_grid(POINTWISE if two_models(config) else protocol),
             text_documents=protocol == POINTWISE,
@@ -61,16 +77,57 @@ class PrepareSettings:
             prompt_image_tokens=images.prompt_image_tokens,
             policy=images.policy,
             first_image_tokens=config.cascade.first_image_tokens if config.cascade.enabled else None,
+            top_k=config.ranking.top_k,
+            detail_top=config.cascade.detail_top if config.cascade.enabled else None,
+            scorer_first=two_models(config),
         )
 
     def budgets(self, count: int) -> list[int]:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
 
 
-_NO_IMAGE = {"image": None, "image_tokens": 0, "first_image": None, "first_image_tokens": None}
+_NO_PATCHES = {"image_patches": None, "image_grid": None, "image_key": None, "first_image_patches": None, "first_image_grid": None, "first_image_key": None}
+_NO_IMAGE = {"image": None, "image_tokens": 0, "first_image": None, "first_image_tokens": None} | _NO_PATCHES
 
 
-def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched) -> dict[str, Any]:
+@dataclass
+class PageWork:
+    """One CPU task's page work, shared by its rows: each distinct source page is decoded and fitted once per set of
+    budgets, each prepared picture cut into the model's patches once (windows, cascade passes and queries of the
+    task that show the same page reuse it); and how much of either it did."""
+
+    # The image processors cutting `image` and `first_image` (None: no patches, the engine builds them).
+    processor: Any = None
+    first_processor: Any = None
+    prepared: dict[tuple[Any, ...], list[PreparedImage]] = field(default_factory=dict)
+    patched: dict[tuple[str, int], ImagePatches] = field(default_factory=dict)
+    decoded: int = 0
+    processed: int = 0
+
+    def prepare(self, data: bytes, wanted: list[int], grids: list[int], quality: int) -> list[PreparedImage]:
+        key = (hashlib.blake2b(data, digest_size=16).digest(), tuple(wanted), tuple(grids), quality)
+        if key not in self.prepared:
+            self.prepared[key] = prepare_images(data, wanted, quality, grids)
+            self.decoded += 1
+        return self.prepared[key]
+
+    def patch(self, picture: bytes, tokens: int, processor: Any, grid: int) -> ImagePatches:
+        key = (hashlib.blake2b(picture, digest_size=16).hexdigest(), id(processor))
+        if key not in self.patched:
+            self.patched[key] = patch_image(picture, processor, grid, tokens)
+            self.processed += 1
+        return self.patched[key]
+
+
+def _patch_fields(prefix: str, patches: ImagePatches | None) -> dict[str, Any]:
+    if patches is None:
+        return {f"{prefix}_patches": None, f"{prefix}_grid": None, f"{prefix}_key": None}
+    return {f"{prefix}_patches": patches.patches, f"{prefix}_grid": list(patches.grid), f"{prefix}_key": patches.key}
+
+
+def _candidate_image(
+    candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched, work: PageWork
+) -> dict[str, Any]:
     """The candidate's image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
     data = candidate.get("image")
     uri = candidate.get("image_uri")
@@ -88,7 +145,7 @@ def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | Non
     try:
         # One decode serves both of the cascade's sizes.
         wanted, grids = ([budget, first_budget], [settings.grid, settings.first_grid]) if first_budget else ([budget], [settings.grid])
-        prepared, *rest = prepare_images(data, wanted, settings.jpeg_quality, grids)
+        prepared, *rest = work.prepare(data, wanted, grids, settings.jpeg_quality)
     except ImageError as error:
         return _NO_IMAGE | {"error": str(error)}
     first = rest[0] if rest else None
@@ -98,7 +155,26 @@ def _candidate_image(candidate: Mapping[str, Any], budgets: tuple[int, int | Non
         "first_image": first.data if first else None,
         "first_image_tokens": first.tokens if first else None,
         "error": None,
-    }
+    } | _NO_PATCHES
+
+
+def _attach_patches(prepared: list[dict[str, Any]], order: list[int], settings: PrepareSettings, work: PageWork) -> None:
+    """Cut the pictures certain to be sent into the model's patches (see PrepareSettings.top_k); a picture the
+    processor refuses flags its candidate."""
+    usable = [index for index in order if prepared[index]["error"] is None]
+    shown = usable[: settings.top_k] if settings.top_k is not None else usable
+    cascade = settings.detail_top is not None
+    full = not cascade or len(shown) <= (settings.detail_top or 0)
+    first_pass = settings.scorer_first or (cascade and not full)
+    versions = [("image", work.processor, settings.grid, full), ("first_image", work.first_processor, settings.first_grid, first_pass)]
+    for index in shown:
+        candidate = prepared[index]
+        try:
+            for name, processor, grid, wanted in versions:
+                if wanted and processor is not None and candidate[name] is not None:
+                    candidate.update(_patch_fields(name, work.patch(candidate[name], candidate[f"{name}_tokens"], processor, grid)))
+        except ImageError as error:
+            candidate.update(_NO_IMAGE, error=str(error))
 
 
 def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSettings) -> str | None:
@@ -123,8 +199,11 @@ def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSe
     return None
 
 
-def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None) -> dict[str, Any]:
-    """One prepared row (`rows.PreparedRow`) from one grouped input row (`rows.InputRow`, plus `path`)."""
+def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None, work: PageWork | None = None) -> dict[str, Any]:
+    """One prepared row (`rows.PreparedRow`) from one grouped input row (`rows.InputRow`, plus `path`); `work` is the
+    task's page work (its processors and what it already prepared), a fresh one without patches by default."""
+    work = work if work is not None else PageWork()
+    decoded, processed = work.decoded, work.processed
     candidates = row.get("candidates") or []
     error = _query_error(row.get("query_id"), row.get("query"), candidates, settings)
     prepared = []
@@ -135,8 +214,10 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
         for budget, index in zip(settings.budgets(len(candidates)), order):
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
-            images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {})
+            images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {}, work)
             prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score"), "text": candidate.get("text")} | images)
+        if work.processor is not None or work.first_processor is not None:
+            _attach_patches(prepared, order, settings, work)
         if all(candidate["error"] for candidate in prepared):
             error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
     if error is not None:
@@ -148,13 +229,15 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
         SOURCE_PATH: row.get(READ_PATH),
         "error": error,
         "candidates": prepared,
+        "pages_decoded": work.decoded - decoded,
+        "pages_processed": work.processed - processed,
     }
 
 
-def prepare_row_safely(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None) -> dict[str, Any]:
+def prepare_row_safely(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None, work: PageWork | None = None) -> dict[str, Any]:
     """`prepare_row`, with anything unforeseen in the row turned into that row's reason instead of the batch's failure."""
     try:
-        return prepare_row(row, settings, fetched)
+        return prepare_row(row, settings, fetched, work)
     except Exception as error:
         return {
             "query_id": row.get("query_id") if isinstance(row.get("query_id"), str) else None,

@@ -68,6 +68,10 @@ class QueryState:
     to_score: list[int] = field(default_factory=list)  # the pointwise protocol's candidates still to judge
     relevance: dict[int, float] | None = None  # the pointwise protocol's P(yes) per candidate index
     scorer_depth: int = 0  # the two-model cascade: candidates its scorer ranked
+    # Pictures sent to engines; source pages decoded and pictures processed into patches (CPU stage and engines).
+    pages_sent: int = 0
+    pages_decoded: int = 0
+    pages_processed: int = 0
 
     @property
     def active(self) -> bool:
@@ -88,7 +92,7 @@ def candidate_ok(candidate: dict[str, Any]) -> bool:
 
 def plan_query(row: dict[str, Any], plan: WindowPlan) -> QueryState:
     """The starting state of one prepared row: no windows at all when the row carries an error."""
-    state = QueryState(row)
+    state = QueryState(row, pages_sent=row.get("pages_sent") or 0, pages_decoded=row.get("pages_decoded") or 0, pages_processed=row.get("pages_processed") or 0)
     if row.get("error"):
         state.error = row["error"]
         return state
@@ -180,6 +184,7 @@ def scored_row(state: QueryState) -> dict[str, Any]:
     relevance = state.relevance or {}
     row["candidates"] = [dict(candidate, relevance=relevance.get(index)) for index, candidate in enumerate(row.get("candidates") or [])]
     row.update(scored=state.scored, scorer_prompt_tokens=state.prompt_tokens, scorer_image_tokens=state.image_tokens)
+    row.update(pages_sent=state.pages_sent, pages_decoded=state.pages_decoded, pages_processed=state.pages_processed)
     return row
 
 
@@ -215,6 +220,9 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
         prompt_tokens=state.prompt_tokens,
         generated_tokens=state.generated_tokens,
         forced_answers=state.forced_answers,
+        pages_sent=state.pages_sent,
+        pages_decoded=state.pages_decoded,
+        pages_processed=state.pages_processed,
         model=model_id,
         backend=backend or None,
         run_id=run_id,

@@ -90,6 +90,15 @@ class PreparedCandidate:
     # The cascade's first-pass version (small budget); null without a cascade.
     first_image: bytes | None = column(pa.binary())
     first_image_tokens: int | None = column(pa.int32())
+    # The model's input for `image` (images.processing 'cpu-stage'): uint8 patch rows, their (frames, rows, columns)
+    # grid and a content key (core/model_inputs.py); null where the engine builds it from the JPEG.
+    image_patches: bytes | None = column(pa.large_binary())
+    image_grid: list[int] | None = column(pa.list_(pa.int32()))
+    image_key: str | None = column(pa.string())
+    # The same for `first_image`, under the model that sees it (the two-model cascade's scorer, or this model).
+    first_image_patches: bytes | None = column(pa.large_binary())
+    first_image_grid: list[int] | None = column(pa.list_(pa.int32()))
+    first_image_key: str | None = column(pa.string())
     score: float | None = column(pa.float64())
     error: str | None = column(pa.string())  # why the candidate has no usable image (or, pointwise, no image nor text)
     text: str | None = column(pa.string())  # the document's text: the pointwise protocol shows it beside (or instead of) the image
@@ -107,6 +116,12 @@ class PreparedRow:
     source_path: str | None = column(pa.string())
     error: str | None = column(pa.string())  # why the whole query cannot be reranked
     candidates: list[dict[str, Any]] | None = column(pa.list_(PREPARED_CANDIDATE_TYPE))
+    # Source pages decoded and pictures turned into patches while preparing this row (a page the task had
+    # already prepared, for this query or another, counts once, at its first use); pictures the two-model
+    # cascade's scorer sent (and the pages its engine decoded and processed) are added on.
+    pages_decoded: int | None = column(pa.int32())
+    pages_processed: int | None = column(pa.int32())
+    pages_sent: int | None = column(pa.int32())
     # What the two-model cascade's scorer spent on the query (null without one).
     scored: int | None = column(pa.int32())
     scorer_prompt_tokens: int | None = column(pa.int64())
@@ -138,6 +153,11 @@ class ResultRow:
     generated_tokens: int | None = column(pa.int64())
     # Windows whose reasoning hit the thinking budget and were made to answer.
     forced_answers: int | None = column(pa.int32())
+    # Pictures sent to an engine (every window's and pair's), source pages decoded and pictures turned into the
+    # model's patches, by the CPU stage (once per distinct page and budget) or, on the engine path, at every send.
+    pages_sent: int | None = column(pa.int32())
+    pages_decoded: int | None = column(pa.int32())
+    pages_processed: int | None = column(pa.int32())
     model: str | None = column(pa.string())
     # Which engine ran the model: hf, vllm, or scripted-test (no model: plumbing tests).
     backend: str | None = column(pa.string())

@@ -22,6 +22,7 @@ from typing import Any
 
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
+from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 from mmr5_batch.core.prompt import build_messages
@@ -56,15 +57,18 @@ class RankingSettings:
     instruction: str = DEFAULT_INSTRUCTION  # the pointwise protocol's task instruction
     # The two-model cascade: the candidates arrive scored; MM-R5 reranks this many of the best.
     after_scorer: int | None = None
+    # The engine decodes and processes the pictures it gets without their patches (hf, vLLM; not the scripted one).
+    engine_reads_pixels: bool = False
 
     @classmethod
     def from_config(cls, config: Any, run_id: str = "") -> RankingSettings:
         """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
-        from mmr5_batch.config.protocol import model_protocol, two_models
+        from mmr5_batch.config.protocol import PATCH_BACKENDS, model_protocol, two_models
 
         model, ranking, cascade = config.model, config.ranking, config.cascade
         scorer_first = two_models(config)
         return cls(
+            engine_reads_pixels=model.backend in PATCH_BACKENDS,
             protocol=model_protocol(model),
             instruction=model.instruction,
             after_scorer=cascade.detail_top if scorer_first else None,
@@ -85,8 +89,11 @@ class RankingSettings:
     @classmethod
     def for_scorer(cls, config: Any, run_id: str = "") -> RankingSettings:
         """The two-model cascade's scorer stage: the `scorer` model, pointwise, over the first `ranking.top_k`."""
+        from mmr5_batch.config.protocol import PATCH_BACKENDS
+
         scorer = config.scorer
         return cls(
+            engine_reads_pixels=scorer.backend in PATCH_BACKENDS,
             window=2,
             stride=1,
             sampling=SamplingSettings(max_new_tokens=1, stop=()),
@@ -131,7 +138,13 @@ class _EngineCallFailed(Exception):
         self.error = error
 
 
-async def _generate(engine: AsyncEngine, request: EngineRequest) -> Completion:
+async def _send(state: QueryState, engine: AsyncEngine, request: EngineRequest, settings: RankingSettings) -> Completion:
+    """One request to the engine, its pictures counted as sent (and, where the engine builds their inputs, as decoded
+    and processed there)."""
+    state.pages_sent += len(request.images)
+    if settings.engine_reads_pixels and not request.image_inputs:
+        state.pages_decoded += len(request.images)
+        state.pages_processed += len(request.images)
     try:
         return await engine.generate_async(request)
     except Exception as error:
@@ -140,10 +153,12 @@ async def _generate(engine: AsyncEngine, request: EngineRequest) -> Completion:
 
 def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
     candidates = state.row["candidates"]
+    patches = [candidate_patches(candidates[index], state.image_field) for index in window_indices]
     return EngineRequest(
         messages=build_messages(state.row["query"], len(window_indices)),
         images=tuple(candidates[index][state.image_field] for index in window_indices),
         sampling=sampling,
+        image_inputs=tuple(patches) if all(patches) else (),  # type: ignore[arg-type]
     )
 
 
@@ -152,11 +167,13 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
     sampling = settings.sampling
     if settings.mode == FAST:
         request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_ids=len(indices))
-        return await _generate(engine, request)
+        return await _send(state, engine, request, settings)
     if settings.think_tokens is None:
-        return await _generate(engine, _request(state, indices, sampling))
+        return await _send(state, engine, _request(state, indices, sampling), settings)
     cap = min(settings.think_tokens, sampling.max_new_tokens)
-    first = await _generate(engine, _request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens))))
+    first = await _send(
+        state, engine, _request(state, indices, replace(sampling, max_new_tokens=cap, min_new_tokens=min(cap, sampling.min_new_tokens))), settings
+    )
     prefix = forced_prefix(first.text, settings.constrain_answer) if first.error is None and first.finish_reason == "length" else None
     if prefix is None:
         return first
@@ -166,7 +183,7 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
         assistant_prefix=prefix,
         constrain_answer=len(indices) if settings.constrain_answer else 0,
     )
-    second = await _generate(engine, request)
+    second = await _send(state, engine, request, settings)
     state.forced_answers += 1
     return Completion(
         text=prefix + second.text,
@@ -183,7 +200,7 @@ async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettin
     candidates = state.row["candidates"]
     indices = state.to_score
     requests = [pointwise_request(state.row["query"], candidates[index], settings.instruction, image_field) for index in indices]
-    completions = await asyncio.gather(*(_generate(engine, request) for request in requests))
+    completions = await asyncio.gather(*(_send(state, engine, request, settings) for request in requests))
     record_relevance(state, indices, list(completions), f"{image_field}_tokens")
 
 

@@ -19,15 +19,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from mmr5_batch.core.answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW, RELEVANCE_NO, RELEVANCE_YES
 from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
-
-IMAGE_PAD = "<|image_pad|>"
 
 
 def expand_image_pads(prompt: str, tokens_per_image: Sequence[int]) -> str:
@@ -176,8 +177,15 @@ class HFEngine:
 
         prompts, pixel_values, grids, image_tokens = [], [], [], []
         for request in requests:
-            pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
             counts: list[int] = []
+            if request.image_inputs:  # the CPU stage's patches: normalised here, as vLLM does on its device
+                pixel_values.append(torch.cat([self.pixel_values(patches) for patches in request.image_inputs]))
+                grids.append(torch.tensor([patches.grid for patches in request.image_inputs]))
+                counts = [patches.tokens(self.image_processor.merge_size) for patches in request.image_inputs]
+                prompts.append(expand_image_pads(self.render(request), counts))
+                image_tokens.append(sum(counts))
+                continue
+            pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
             if pictures:
                 vision = self.image_processor(images=pictures, return_tensors="pt")
                 pixel_values.append(vision["pixel_values"])
@@ -195,6 +203,17 @@ class HFEngine:
             inputs["pixel_values"] = torch.cat(pixel_values)
             inputs["image_grid_thw"] = torch.cat(grids)
         return inputs, image_tokens
+
+    def pixel_values(self, patches: ImagePatches) -> Any:
+        """A picture's raw uint8 patches rescaled and normalised by the image processor's own functions: the float
+        patches its full call gives (the same elementwise steps, over the patches' channel-first layout)."""
+        import torch
+
+        rows = patch_rows(patches.patches, patches.grid)
+        channel_first = rows.reshape(rows.shape[0], 3, -1).transpose(1, 0, 2)  # (channels, patches, values)
+        processor = self.image_processor
+        values = processor.normalize(processor.rescale(channel_first, processor.rescale_factor), processor.image_mean, processor.image_std)
+        return torch.from_numpy(np.ascontiguousarray(values.transpose(1, 0, 2), dtype=np.float32).reshape(rows.shape))
 
     def id_token_ids(self, count: int) -> list[int]:
         """Token ids of "1".."count" (single digits: Qwen's tokenizer splits numbers into digits)."""

@@ -26,12 +26,15 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from mmr5_batch.core.answer_constraint import answer_regex
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, expand_image_pad_ids, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW, POINTWISE, RELEVANCE_NO, RELEVANCE_YES
 from mmr5_batch.errors import EngineUnavailable
@@ -73,19 +76,25 @@ def pointwise_args(config: Any, model: Any) -> dict[str, Any]:
 def engine_args(config: Any, model: Any = None) -> dict[str, Any]:
     """Arguments for vllm.LLM derived from the job config, for its `model` (or another model section: the
     two-model cascade's `scorer`); `model.engine_kwargs` win over ours."""
-    from mmr5_batch.config.protocol import model_protocol, protocol_grid
+    from mmr5_batch.config.protocol import model_protocol, protocol_grid, two_models
 
     model = model or config.model
     window, image_tokens = config.ranking.window, config.images.image_tokens
     protocol = model_protocol(model)
     grid = protocol_grid(protocol)
+    context = max_model_len_for(window, image_tokens, model.max_new_tokens)
+    if config.cascade.enabled and not two_models(config):
+        # The same-model cascade's first pass shows first_window smaller pictures per prompt.
+        cascade = config.cascade
+        window = max(window, cascade.first_window)
+        context = max(context, max_model_len_for(cascade.first_window, cascade.first_image_tokens, model.max_new_tokens))
     args: dict[str, Any] = {
         "model": model.name,
         "dtype": "bfloat16" if model.dtype == "auto" else model.dtype,
         # Not the model's 128k default: a window's prompt plus its answer is
         # all one sequence ever needs, and a short context leaves KV memory
         # for many concurrent sequences.
-        "max_model_len": max_model_len_for(window, image_tokens, model.max_new_tokens),
+        "max_model_len": context,
         "limit_mm_per_prompt": {"image": window, "video": 0},
         # Our images are already on the model's grid within budget: tell the
         # processor the same bounds so it neither resizes them again nor
@@ -163,13 +172,87 @@ def check_build(vllm: Any, model: Any) -> None:
         raise EngineUnavailable(f"this vLLM is its CPU build but model.device is {model.device!r}; pass --device cpu, or install vllm for GPUs")
 
 
-def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
-    """The prompt vLLM gets: the chat template's text with one placeholder per image, and the images."""
+def prompt_text(tokenizer: Any, request: EngineRequest) -> str:
+    """The request's prompt: the chat template's text (or the pointwise protocol's) with one placeholder per image."""
+    return (request.prompt or render_prompt(tokenizer, request.messages)) + request.assistant_prefix
+
+
+def decode_images(request: EngineRequest) -> list[Any]:
+    """The request's JPEGs as the RGB pictures vLLM's own input processing takes (the engine-side path)."""
     from PIL import Image
 
-    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
-    prompt = (request.prompt or render_prompt(tokenizer, request.messages)) + request.assistant_prefix
-    return {"prompt": prompt, "multi_modal_data": {"image": images}} if images else {"prompt": prompt}
+    return [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
+
+
+def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
+    """The prompt vLLM processes itself: the prompt text and the decoded images (images.processing: engine)."""
+    prompt = prompt_text(tokenizer, request)
+    return {"prompt": prompt, "multi_modal_data": {"image": decode_images(request)}} if request.images else {"prompt": prompt}
+
+
+class ProcessedInputs:
+    """Requests whose pictures arrive as the model's patches, as vLLM's rendered multimodal input: nothing to decode,
+    resize or cut; the prompt's token ids with each image pad expanded, and each picture's kwargs item, identity and
+    place in the prompt, exactly what vLLM's input processing would make of the same prompt and pictures
+    (tests/engines/test_vllm_real.py compares the two)."""
+
+    # Kwargs items kept for pictures that recur across windows; the patches they point to are the batch's own buffers.
+    ITEMS_KEPT = 512
+    PROMPTS_KEPT = 4096
+
+    def __init__(self, tokenizer: Any, input_processor: Any) -> None:
+        from transformers.feature_extraction_utils import BatchFeature
+        from vllm.inputs import mm_input
+        from vllm.multimodal.inputs import MultiModalKwargsItems, PlaceholderRange
+
+        self._batch_feature = BatchFeature
+        self._mm_input = mm_input
+        self._items_type = MultiModalKwargsItems
+        self._range = PlaceholderRange
+        self._processor = input_processor.renderer.get_mm_processor()
+        self.merge_size = int(self._processor.info.get_hf_config().vision_config.spatial_merge_size)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self._items: dict[str, Any] = {}
+        self._token_ids = lru_cache(maxsize=self.PROMPTS_KEPT)(self._encode)
+
+    @staticmethod
+    def usable(input_processor: Any) -> bool:
+        """The engine takes raw uint8 patches: it normalises on the device (vLLM >= 0.32 for Qwen-VL models)."""
+        config = getattr(getattr(input_processor, "model_config", None), "multimodal_config", None)
+        return bool(getattr(config, "mm_device_do_normalize", False))
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text))
+
+    def _item(self, patches: ImagePatches) -> Any:
+        item = self._items.get(patches.key)
+        if item is None:
+            import torch
+
+            with warnings.catch_warnings():
+                # The patches are the batch's read-only Arrow bytes; nothing writes to them (vLLM only sends them on).
+                warnings.simplefilter("ignore", UserWarning)
+                rows = torch.from_numpy(patch_rows(patches.patches, patches.grid))
+            hf_inputs = self._batch_feature({"pixel_values": rows, "image_grid_thw": torch.tensor([patches.grid])})
+            # The model's own field layout (which keys are per patch, which per picture), as its processor declares it.
+            fields = self._processor._get_mm_fields_config(hf_inputs, {})
+            item = self._items_type.from_hf_inputs(hf_inputs, fields)["image"][0]
+            if len(self._items) >= self.ITEMS_KEPT:
+                self._items.pop(next(iter(self._items)))
+            self._items[patches.key] = item
+        return item
+
+    def engine_input(self, request: EngineRequest) -> dict[str, Any]:
+        text = prompt_text(self.tokenizer, request)
+        pictures = request.image_inputs
+        token_ids, places = expand_image_pad_ids(self._token_ids(text), self.pad_id, [patches.tokens(self.merge_size) for patches in pictures])
+        return self._mm_input(
+            prompt_token_ids=token_ids,
+            mm_kwargs=self._items_type({"image": [self._item(patches) for patches in pictures]}),
+            mm_hashes={"image": [patches.key for patches in pictures]},
+            mm_placeholders={"image": [self._range(offset=offset, length=length) for offset, length in places]},
+        )
 
 
 def relevance_completion(output: Any) -> Completion:
@@ -205,9 +288,19 @@ class _VLLMRequests:
     sampling_params: Any
     structured_outputs: Any = None
     tokenizer: Any
+    # Set when the engine takes pictures as patches (ProcessedInputs.usable); None: it processes them itself.
+    processed: ProcessedInputs | None = None
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
+        if request.image_inputs and self.processed is not None:
+            return self.processed.engine_input(request)
         return vllm_prompt(self.tokenizer, request)
+
+    def _take_patches(self, input_processor: Any) -> None:
+        if ProcessedInputs.usable(input_processor):
+            self.processed = ProcessedInputs(self.tokenizer, input_processor)
+        elif input_processor is not None:
+            log.warning("this vLLM engine normalises pictures on the CPU: it processes them itself (the CPU stage's patches are not used)")
 
     def _params(self, request: EngineRequest) -> Any:
         if request.score_ids:
@@ -233,6 +326,8 @@ class VLLMEngine(_VLLMRequests):
         self.sampling_params = sampling_params
         self.structured_outputs = structured_outputs
         self.tokenizer = llm.get_tokenizer()
+        self._ids = itertools.count()
+        self._take_patches(getattr(getattr(llm, "llm_engine", None), "input_processor", None))
 
     @classmethod
     def from_config(cls, config: Any, vllm_module: Any = None, model: Any = None) -> VLLMEngine:
@@ -255,7 +350,7 @@ class VLLMEngine(_VLLMRequests):
         params = [self._params(request) for request in requests]
         prompts = [self._prompt(request) for request in requests]
         try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self._run(prompts, params) if self._rendered(prompts) else self.llm.generate(prompts, params, use_tqdm=False)
         except ValueError as error:
             if len(requests) == 1:
                 return [Completion("", "error", error=f"engine rejected the request: {error}")]
@@ -266,14 +361,44 @@ class VLLMEngine(_VLLMRequests):
 
     def _classify(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         """Pointwise requests through the pooling runner's classify API: P(yes) per pair."""
+        prompts = [self._prompt(request) for request in requests]
         try:
-            outputs = self.llm.classify([self._prompt(request) for request in requests], use_tqdm=False)
+            if self._rendered(prompts):
+                outputs = self._run(prompts, [self.llm_pooling_params() for _ in prompts])
+            else:
+                outputs = self.llm.classify(prompts, use_tqdm=False)
         except ValueError as error:
             if len(requests) == 1:
                 return [Completion("", "error", error=f"engine rejected the request: {error}")]
             log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
             return [completion for request in requests for completion in self._classify([request])]
         return [relevance_completion(output) for output in outputs]
+
+    @staticmethod
+    def _rendered(prompts: list[dict[str, Any]]) -> bool:
+        """Whether the prompts are vLLM's rendered inputs (built from patches), which `LLM.generate` does not take."""
+        return any("type" in prompt for prompt in prompts)
+
+    def llm_pooling_params(self) -> Any:
+        from vllm import PoolingParams
+
+        return PoolingParams(task="classify")
+
+    def _run(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        """Rendered inputs through the offline engine's own request loop (`LLMEngine.add_request` and `step`)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        ids = []
+        for prompt, param in zip(prompts, params, strict=True):
+            if hasattr(param, "output_kind"):
+                param.output_kind = RequestOutputKind.FINAL_ONLY
+            ids.append(f"mmr5-offline-{next(self._ids)}")
+            engine.add_request(ids[-1], prompt, param)
+        finished: dict[str, Any] = {}
+        while engine.has_unfinished_requests():
+            finished.update((output.request_id, output) for output in engine.step() if output.finished)
+        return [finished[request_id] for request_id in ids]
 
     def close(self) -> None:
         """Stop the engine's core process now (not from an exit hook)."""
@@ -290,6 +415,7 @@ class AsyncVLLMEngine(_VLLMRequests):
         self.pooling_params = pooling_params
         self.tokenizer = tokenizer
         self._ids = itertools.count()
+        self._take_patches(getattr(engine, "input_processor", None))
 
     @classmethod
     def from_config(cls, config: Any, vllm_module: Any = None, model: Any = None) -> AsyncVLLMEngine:

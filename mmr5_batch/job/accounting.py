@@ -21,7 +21,7 @@ from mmr5_batch.core.vocabulary import ERROR, STATUSES
 from mmr5_batch.storage.filesystems import join
 
 # Fixed counter names: the same keys in every shard's stats and the summary.
-SUMMED = ("windows", "scored", "image_tokens", "prompt_tokens", "generated_tokens")
+SUMMED = ("windows", "scored", "image_tokens", "prompt_tokens", "generated_tokens", "pages_sent", "pages_decoded", "pages_processed")
 COUNTERS = ("queries", *STATUSES, "candidates", "flagged_candidates", *SUMMED)
 # The result columns the counters read (dead letters lack some: they count as 0).
 COUNTED_COLUMNS = ("query_id", "status", "first_stage_doc_ids", "flagged_doc_ids", *SUMMED)

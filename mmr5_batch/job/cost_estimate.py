@@ -5,7 +5,8 @@ planner would dead-letter, and, given an output prefix, what is done there
 already), reads a sample of rows to measure candidates and page sizes (from
 image headers; `image_uri`s are fetched), and prices our settings and MM-R5's
 reference settings (pages near native size, the same windows) on the same
-rows with the cost model in costmodel.py. Next to the configured setting it
+rows with the cost model in core/cost_model.py, GPU seconds and the engine
+actor's CPU both. Next to the configured setting it
 prices the other ways to rerank the same lists: sliding windows alone, the
 same-model cascade and the two-model cascade (the pointwise scorer first).
 """
@@ -17,9 +18,19 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
-from mmr5_batch.config.protocol import model_protocol, protocol_grid, two_models
+from mmr5_batch.config.protocol import model_protocol, patches_in_cpu_stage, protocol_grid, two_models
 from mmr5_batch.core.budgets import candidate_budgets
-from mmr5_batch.core.cost_model import H200, IMAGE_MARKERS, ScorerSize, WindowCost, gpu_seconds, pointwise_gpu_seconds, prompt_tokens, scorer_size
+from mmr5_batch.core.cost_model import (
+    H200,
+    IMAGE_MARKERS,
+    ScorerSize,
+    WindowCost,
+    actor_cpu_seconds,
+    gpu_seconds,
+    pointwise_gpu_seconds,
+    prompt_tokens,
+    scorer_size,
+)
 from mmr5_batch.core.images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_token_budget, padded_size
 from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.preparation import group_pairs, uris_to_fetch
@@ -45,10 +56,15 @@ class SettingCost:
     prompt_tokens: list[int] = field(default_factory=list)
     gpu_seconds: list[float] = field(default_factory=list)
     scored: list[int] = field(default_factory=list)  # pointwise prompts (one per candidate judged)
+    actor_seconds: list[float] = field(default_factory=list)  # the engine actor's CPU (cost_model.actor_cpu_seconds)
 
     def row(self, queries: int) -> dict[str, Any]:
         per_query = mean(self.gpu_seconds) if self.gpu_seconds else 0.0
+        actor = mean(self.actor_seconds) if self.actor_seconds else 0.0
         return {
+            "actor_cpu_ms_per_query": round(1000 * actor, 1),
+            # Cores of actor CPU one GPU keeps busy: above 1, the actor's one event loop, not the GPU, sets the pace.
+            "actor_cores_per_gpu": round(actor / per_query, 3) if per_query else 0.0,
             "setting": self.name,
             "queries": queries,
             "windows_per_query": round(mean(self.windows), 2) if self.windows else 0,
@@ -76,7 +92,10 @@ def _size(data: bytes) -> tuple[int, int]:
     return padded_size(width, height)
 
 
-def price_query(setting: SettingCost, tokens_by_position: list[int], window: int, stride: int, top_k: int | None, generated: int) -> None:
+def price_query(
+    setting: SettingCost, tokens_by_position: list[int], window: int, stride: int, top_k: int | None, generated: int, engine_processes: bool = True
+) -> None:
+    """One pass of sliding windows; `engine_processes`: the engine decodes and processes the pictures itself (no patches)."""
     depth = len(tokens_by_position) if top_k is None else min(top_k, len(tokens_by_position))
     # The first-stage order stands in for the order the windows will see.
     plan = sliding_windows(depth, window, stride) if depth >= 2 else []
@@ -86,9 +105,10 @@ def price_query(setting: SettingCost, tokens_by_position: list[int], window: int
     setting.image_tokens.append(sum(cost.image_tokens for cost in costs))
     setting.prompt_tokens.append(sum(cost.prompt_tokens for cost in costs))
     setting.gpu_seconds.append(sum(gpu_seconds(cost, H200) for cost in costs))
+    setting.actor_seconds.append(actor_cpu_seconds(len(costs), setting.image_tokens[-1] if engine_processes else 0))
 
 
-def price_pointwise(setting: SettingCost, tokens_by_position: list[int], top_k: int | None, scorer: ScorerSize) -> None:
+def price_pointwise(setting: SettingCost, tokens_by_position: list[int], top_k: int | None, scorer: ScorerSize, engine_processes: bool = True) -> None:
     """A pointwise pass: one prefill per candidate within `top_k`, nothing generated."""
     judged = tokens_by_position if top_k is None else tokens_by_position[:top_k]
     setting.windows.append(0)
@@ -96,11 +116,12 @@ def price_pointwise(setting: SettingCost, tokens_by_position: list[int], top_k: 
     setting.image_tokens.append(sum(judged))
     setting.prompt_tokens.append(sum(scorer.prompt_text_tokens + tokens + IMAGE_MARKERS for tokens in judged))
     setting.gpu_seconds.append(sum(pointwise_gpu_seconds(tokens, H200, scorer) for tokens in judged))
+    setting.actor_seconds.append(actor_cpu_seconds(len(judged), sum(judged) if engine_processes else 0))
 
 
 def _add(total: SettingCost, *parts: SettingCost) -> None:
     """One query's cost as the sum of its passes' (each priced as one query)."""
-    for name in ("windows", "scored", "image_tokens", "prompt_tokens", "gpu_seconds"):
+    for name in ("windows", "scored", "image_tokens", "prompt_tokens", "gpu_seconds", "actor_seconds"):
         getattr(total, name).append(sum(getattr(part, name)[-1] for part in parts))
 
 
@@ -143,26 +164,30 @@ def price_setting(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], 
     budgets = candidate_budgets(len(sizes), cap=images.image_tokens, window=ranking.window, prompt_total=images.prompt_image_tokens, policy=images.policy)
     protocol = model_protocol(config.model)
     tokens = [fit_to_token_budget(w, h, budget, protocol_grid(protocol)).tokens for (w, h), budget in zip(sizes, budgets)]
+    # Without the CPU stage's patches the engine decodes and processes every picture it is sent; with them, only a
+    # cascade's detail-pass pictures (which ones is known only after the first pass).
+    in_engine = not patches_in_cpu_stage(config)
     if protocol == POINTWISE:
-        price_pointwise(ours, tokens, ranking.top_k, scorer_size(config.model.name))
+        price_pointwise(ours, tokens, ranking.top_k, scorer_size(config.model.name), in_engine)
         return
+    shown = len(sizes) if ranking.top_k is None else min(ranking.top_k, len(sizes))
     if two_models(config):
         # The scorer judges every candidate small (on its 32-px grid); MM-R5 reasons over its best in detail.
         scorer, detail = SettingCost("scorer"), SettingCost("detail")
         small = [fit_to_token_budget(w, h, cascade.first_image_tokens, protocol_grid(POINTWISE)).tokens for w, h in sizes]
-        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name))
-        price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated)
+        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name), not patches_in_cpu_stage(config, config.scorer))
+        price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated, in_engine or shown > cascade.detail_top)
         _add(ours, scorer, detail)
         return
     if not (cascade.enabled and len(sizes) > cascade.detail_top):
-        price_query(ours, tokens, ranking.window, ranking.stride, ranking.top_k, generated)
+        price_query(ours, tokens, ranking.window, ranking.stride, ranking.top_k, generated, in_engine)
         return
     # First pass: every candidate small, big windows; then the top in detail, summed as one query.
     first = SettingCost("first")
     small = [fit_to_token_budget(w, h, cascade.first_image_tokens).tokens for w, h in sizes]
-    price_query(first, small, cascade.first_window, cascade.first_stride, ranking.top_k, generated)
+    price_query(first, small, cascade.first_window, cascade.first_stride, ranking.top_k, generated, in_engine)
     detail = SettingCost("detail")
-    price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated)
+    price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated, True)
     _add(ours, first, detail)
 
 
@@ -243,14 +268,14 @@ def format_estimate(report: dict[str, Any]) -> str:
         f"queries to rerank: {report['queries']} ({report['planner_dead_letters']} rows would be dead-lettered by the planner)",
         f"sample: {report['sampled_queries']} queries, {report['candidates_per_query']} candidates each, "
         f"{report['unusable_candidates_in_sample']} candidates without a usable image",
-        f"cost model: {report['gpu']}, {report['generated_tokens_assumed']} generated tokens per window (see mmr5_batch/costmodel.py)",
+        f"cost model: {report['gpu']}, {report['generated_tokens_assumed']} generated tokens per window (see mmr5_batch/core/cost_model.py)",
         "",
-        "| setting | windows/query | scored/query | image tokens/query | prompt tokens/query | GPU-s/query | GPU-hours total |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | windows/query | scored/query | image tokens/query | prompt tokens/query | GPU-s/query | GPU-hours total | actor CPU ms/query | actor cores per GPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["settings"]:
         lines.append(
             f"| {row['setting']} | {row['windows_per_query']} | {row['scored_per_query']} | {row['image_tokens_per_query']} | {row['prompt_tokens_per_query']} | "
-            f"{row['gpu_seconds_per_query']:.3f} | {row['gpu_hours_total']:.2f} |"
+            f"{row['gpu_seconds_per_query']:.3f} | {row['gpu_hours_total']:.2f} | {row['actor_cpu_ms_per_query']} | {row['actor_cores_per_gpu']:.2f} |"
         )
     return "\n".join(lines)

@@ -162,6 +162,9 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     schema = _run_schema(to_run, layout, bad, None if config.overwrite else reading_output(state, state.passthrough_types))
     if not to_run and not skipped:
         raise JobError("no readable shard: " + "; ".join(bad.values()))
+    group_by = config.execution.group_by
+    if to_run and group_by and group_by not in schema.names:
+        raise JobError(f"execution.group_by: the input has no column {group_by!r}; its columns are {schema.names}")
     _mark_unaddressable_by_hash(to_run, layout, hashes, storage)
     return InputPlan(root, layout, to_run, skipped, [shard for shard in to_run if shard.key in changed_keys], bad, schema, listing.ignored)
 

@@ -2,7 +2,9 @@
 
 A Ray Data UDF over Arrow batches. It fetches the batch's image_uri
 candidates (within the allowed prefixes, a bounded number at once), then
-prepares each row with `core.preparation.prepare_row`; bad rows and
+prepares each row with `core.preparation.prepare_row` (with `images.processing:
+cpu-stage` also cutting each distinct picture into the model's patches, once per
+task); bad rows and
 candidates carry reasons, nothing raises on bad data. For the pairs layout,
 `group_pairs_batch` turns each query_id's rows into one grouped row first.
 """
@@ -17,6 +19,7 @@ import pyarrow as pa
 from mmr5_batch.core.layouts import append_passthrough
 from mmr5_batch.core.preparation import PrepareSettings, group_pairs, prepare_row_safely, uris_to_fetch
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PREPARED_COLUMNS, READ_PATH, PreparedRow, to_table
+from mmr5_batch.engines.image_processors import page_work
 from mmr5_batch.stages.contracts import StageContract
 from mmr5_batch.storage.fetching import fetch_for_preparation
 from mmr5_batch.storage.filesystems import Storage
@@ -57,7 +60,9 @@ def prepare_batch(batch: pa.Table, settings: PrepareSettings, fetch: FetchSettin
     own = set(PREPARE.reads.names)
     rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
     fetched = fetch_for_preparation(fetch.storage, uris_to_fetch(rows), fetch.allowed_uri_prefixes, fetch.concurrency, fetch.retries)
-    table = to_table([prepare_row_safely(row, settings, fetched) for row in rows], PreparedRow)
+    # One task's rows share its page work: a page shown to several of its queries is prepared once.
+    work = page_work(settings)
+    table = to_table([prepare_row_safely(row, settings, fetched, work) for row in rows], PreparedRow)
     PREPARE.check_output(table.schema)
     return append_passthrough(table, batch, own)
 

@@ -119,6 +119,8 @@ class RerankStep:
         if not self.columns.is_identity:
             dataset = dataset.map_batches(self.columns.to_grouped, batch_format="pyarrow")
         self._check_known_schema(dataset)
+        if execution.group_by:
+            dataset = group_rows(dataset, execution.group_by)
         dataset = dataset.repartition(target_num_rows_per_block=execution.prepare_batch_size)
         dataset = dataset.map_batches(
             partial(prepare_batch, settings=self.prepare, fetch=FetchSettings.from_config(self.config)),
@@ -165,6 +167,24 @@ class RerankStep:
         schema = dataset.schema(fetch_if_missing=False)
         if schema is not None and isinstance(getattr(schema, "base_schema", None), pa.Schema):
             PREPARE.check_input(schema.base_schema)
+
+
+# The sort key `group_rows` adds and drops again: the grouping column as a string, nulls as "" (a sort needs values).
+GROUP_KEY = "__mmr5_group_key"
+
+
+def _with_group_key(batch: pa.Table, column: str) -> pa.Table:
+    if column not in batch.column_names:
+        raise ContractError(f"execution.group_by: the input has no column {column!r}; it has {batch.column_names}")
+    import pyarrow.compute as pc
+
+    return batch.append_column(GROUP_KEY, pc.fill_null(pc.cast(batch.column(column), pa.string()), ""))
+
+
+def group_rows(dataset: Dataset, column: str) -> Dataset:
+    """The rows sorted by `column`, so equal values (queries over one document) land in the same blocks and batches."""
+    keyed = dataset.map_batches(partial(_with_group_key, column=column), batch_format="pyarrow")
+    return keyed.sort(GROUP_KEY).drop_columns([GROUP_KEY])
 
 
 def _cluster_gpus(config: RerankerConfig) -> Any:

@@ -186,6 +186,44 @@ def test_the_cronjob_creates_the_rayjob_it_guards_against():
     assert "generateName" in manifest("kuberay/rayjob.yaml")["metadata"]  # every slot creates a new RayJob
 
 
+# The Secret holding the token of the project's KubeRay clusters (docs/cluster.md, "Token authentication").
+AUTH_SECRET = "mmr5-ray-auth"
+
+
+@pytest.mark.parametrize("name", ["rayjob", "raycluster"])
+def test_kuberay_clusters_turn_token_authentication_on_with_the_documented_secret(name):
+    spec = ray_cluster_specs()[name]
+    assert spec["authOptions"] == {"mode": "token", "secretName": AUTH_SECRET}
+    assert f"kubectl create secret generic {AUTH_SECRET} --from-literal=auth_token=" in (CLUSTER / "kuberay" / f"{name}.yaml").read_text()
+    assert f"kubectl create secret generic {AUTH_SECRET} --from-literal=auth_token=" in (REPO / "docs" / "cluster.md").read_text()
+
+
+def test_the_rayjob_submitter_and_the_cronjobs_rayjob_send_the_secrets_token():
+    """The CronJob creates the RayJob of the mmr5-rayjob ConfigMap (this file); its submitter runs `ray job submit`
+    with the mode and the token of the cluster's Secret."""
+    submitter = manifest("kuberay/rayjob.yaml")["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in submitter["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": AUTH_SECRET, "key": "auth_token"}
+    cronjob = (CLUSTER / "schedule" / "cronjob.yaml").read_text()
+    assert "--from-file=rayjob.yaml=cluster/kuberay/rayjob.yaml" in cronjob and f"kubectl create secret generic {AUTH_SECRET}" in cronjob
+
+
+def test_the_launcher_starts_every_node_with_token_authentication_and_one_token():
+    launcher = manifest("launcher/aws.yaml")
+    [(path, source)] = launcher["file_mounts"].items()
+    assert source == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        [start] = [command for command in launcher[key] if "ray start" in command]
+        assert "RAY_AUTH_MODE=token" in start and f"RAY_AUTH_TOKEN_PATH={path}" in start, key
+
+
+def test_the_cron_script_sends_a_token_it_finds_and_retries_a_head_not_ready():
+    script = (CLUSTER / "schedule" / "submit.sh").read_text()
+    assert "export RAY_AUTH_MODE=token" in script and "$HOME/.ray/auth_token" in script and "RAY_AUTH_TOKEN_PATH" in script
+    assert "try again later" in script and "MMR5_SUBMIT_WAIT" in script
+
+
 def test_uploads_and_images_leave_environments_caches_and_outputs_behind():
     excludes = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["excludes"]
     dockerignore = (REPO / ".dockerignore").read_text().split()

@@ -1,9 +1,10 @@
 """`ray job submit` against a real Ray head, as users run the job on a cluster.
 
-The head is started with `ray start --head` (token authentication on, the
-dashboard's job server on loopback); jobs go in over HTTP with this checkout
-as the working dir and cluster/runtime_env.yaml as the runtime env, exactly
-as the README says. The scripted test engine stands in for the model;
+The head is started with `ray start --head` and Ray's defaults (so token
+authentication on, the dashboard's job server on loopback); jobs go in over
+HTTP with this checkout as the working dir and cluster/runtime_env.yaml as
+the runtime env, from a client holding only what docs/cluster.md tells a
+user to set, exactly as the docs say. The scripted test engine stands in for the model;
 everything else is real.
 """
 
@@ -102,3 +103,16 @@ def test_scheduled_submissions_rerank_only_the_shards_that_arrived_since_the_las
         fcntl.flock(held, fcntl.LOCK_EX)
         skipped = slot()
     assert skipped.returncode == 75 and "this slot skips" in skipped.stderr and "ray job submit" not in skipped.stdout
+
+
+def test_a_client_without_the_token_setting_gets_the_error_the_docs_explain(head, tmp_path):
+    """docs/cluster.md, "Token authentication": without RAY_AUTH_MODE=token, `ray job submit` fails at once with this."""
+    env = {key: value for key, value in head.env.items() if key != "RAY_AUTH_MODE"}
+    done = subprocess.run(
+        ["ray", "job", "submit", "--address", head.address, "--", "python", "-c", "pass"], env=env, capture_output=True, text=True, timeout=300
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Token authentication is enabled but no authentication token was found" in said and "RAY_AUTH_MODE is currently 'disabled'" in said
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    assert "Token authentication is enabled but no authentication token was found" in docs and "export RAY_AUTH_MODE=token" in docs

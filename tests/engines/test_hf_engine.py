@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import pytest
@@ -191,3 +192,44 @@ def test_pointwise_relevance_equals_a_direct_forward_pass(tiny_pointwise_dir):
         assert engine.generate([request_])[0].relevance == pytest.approx(completion.relevance, abs=1e-5)  # batching changes nothing
     # Fitted on Qwen3-VL's 32-px grid, the image is kept as it is by the model's processor: the tokens we count are its.
     assert batched[0].image_tokens == prepared.tokens == 12 and batched[1].image_tokens == 0
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_model_dir", "tiny_pointwise_dir"])
+def test_patches_from_the_cpu_stage_give_the_processors_pixels_and_the_same_completions(model_dir, request: pytest.FixtureRequest):
+    """The CPU stage's raw patches, normalised by the engine, are bit for bit the float patches the image processor's
+    own call gives the same picture; so completions through both paths are identical (MM-R5 and the pointwise model)."""
+    import torch
+
+    from mmr5_batch.core.model_inputs import patch_image
+    from mmr5_batch.engines.image_processors import load_image_processor
+
+    source = request.getfixturevalue(model_dir)
+    model = HFEngine.from_config(ModelConfig(name=source, device="cpu", max_batch_size=4))
+    grid = 32 if model_dir == "tiny_pointwise_dir" else 28
+    pictures = [prepare_image(grey_jpeg(level, size), 48, grid=grid).data for level, size in ((40, (200, 300)), (160, (320, 180)))]
+    patches = [patch_image(data, load_image_processor(source), grid, 48) for data in pictures]
+    for data, cut in zip(pictures, patches, strict=True):
+        from PIL import Image
+
+        own = model.image_processor(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="pt")
+        assert torch.equal(model.pixel_values(cut), own["pixel_values"])
+        assert list(own["image_grid_thw"][0]) == list(cut.grid)
+    if model_dir == "tiny_pointwise_dir":
+        from mmr5_batch.core.pointwise import pointwise_request
+        from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
+
+        def candidate(index, with_patches):
+            fields = {"image_patches": patches[index].patches, "image_grid": list(patches[index].grid), "image_key": patches[index].key} if with_patches else {}
+            return {"image": pictures[index], "text": "page", **fields}
+
+        requests = [pointwise_request("which?", candidate(index, with_patches), DEFAULT_INSTRUCTION) for with_patches in (False, True) for index in (0, 1)]
+        assert [bool(r.image_inputs) for r in requests] == [False, False, True, True]
+        relevance = [completion.relevance for completion in model.generate(requests)]
+        assert relevance[:2] == relevance[2:]
+        return
+    sampling = SamplingSettings(max_new_tokens=6, min_new_tokens=6)
+    from_jpeg = EngineRequest(build_messages("which?", 2), tuple(pictures), sampling)
+    from_patches = replace(from_jpeg, image_inputs=tuple(patches))
+    assert [(c.text, c.prompt_tokens, c.image_tokens) for c in model.generate([from_jpeg])] == [
+        (c.text, c.prompt_tokens, c.image_tokens) for c in model.generate([from_patches])
+    ]

@@ -122,6 +122,10 @@ def test_engine_arguments_follow_the_job_config(tiny_model_dir):
     assert args["enable_prefix_caching"] is True and args["seed"] == 0
     assert args["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in args
     assert args["gpu_memory_utilization"] == 0.9
+    # The same-model cascade's first pass shows 10 pictures of 256 tokens per prompt: the engine takes them.
+    cascade = engine_args(job(tiny_model_dir, **{"cascade.enabled": True, "cascade.first_image_tokens": 512, "model.max_new_tokens": 2048}))
+    assert cascade["limit_mm_per_prompt"] == {"image": 10, "video": 0}
+    assert cascade["max_model_len"] == max_model_len_for(10, 512, 2048) > max_model_len_for(5, 1024, 2048)
 
 
 def test_on_cpu_the_kv_cache_is_a_fixed_size_not_a_share_of_memory(tiny_model_dir):

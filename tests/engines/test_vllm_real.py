@@ -161,3 +161,122 @@ def test_two_model_cascade_on_vllm_in_both_pools(ray_session, tiny_model_dir, ti
     assert summary["totals"]["queries"] == 4 and summary["totals"]["error"] == 0 and summary["totals"]["scored"] == 32
     for row in read_folder(tmp_path / "out" / "ranked"):
         assert row["decided_by"] == ["detail"] * 3 + ["pointwise"] * 5 and row["windows"] == 1
+
+
+def page_jpegs(count):
+    """Page-like JPEGs of different sizes and contents (the demo's drawn pages)."""
+    import io
+
+    from PIL import Image
+
+    from mmr5_batch.devtools.demo_data import draw_page
+
+    pages = []
+    for number in range(count):
+        picture = Image.open(io.BytesIO(draw_page(f"Page {number}", [f"Line {i}: value {i * number}" for i in range(12)]))).convert("RGB")
+        buffer = io.BytesIO()
+        picture.resize((300 + 40 * number, 420)).save(buffer, format="JPEG", quality=90)
+        pages.append(buffer.getvalue())
+    return pages
+
+
+def prepared_window(source, count=3, image_tokens=64):
+    """Rows prepared by the CPU stage's code with the checkpoint's own image processor: patches built."""
+    from mmr5_batch.core.preparation import PageWork, PrepareSettings, prepare_row
+    from mmr5_batch.engines.image_processors import load_image_processor
+
+    pages = page_jpegs(count)
+    row = {
+        "query_id": "q",
+        "query": "which page shows value 4?",
+        "candidates": [{"doc_id": f"d{i}", "image": page, "score": 1 - i / 10} for i, page in enumerate(pages)],
+    }
+    settings = PrepareSettings(image_tokens=image_tokens, window=count, policy="uniform")
+    work = PageWork(processor=load_image_processor(source))
+    prepared = prepare_row(row, settings, work=work)
+    candidates = prepared["candidates"]
+    assert all(candidate["image_patches"] for candidate in candidates)
+    return prepared
+
+
+def test_patches_from_the_cpu_stage_are_what_vllm_makes_of_the_same_prompt(tiny_model_dir, tmp_path):
+    """Token ids, pictures' patches, grids and places in the prompt: the CPU stage's input equals vLLM's own processing."""
+    from dataclasses import replace
+
+    from mmr5_batch.core.model_inputs import candidate_patches
+
+    def window(image_tokens):
+        prepared = prepared_window(tiny_model_dir, image_tokens=image_tokens)
+        candidates = prepared["candidates"]
+        return EngineRequest(
+            build_messages(prepared["query"], 3),
+            tuple(c["image"] for c in candidates),
+            SamplingSettings(max_new_tokens=12, min_new_tokens=12),
+            image_inputs=tuple(candidate_patches(c, "image") for c in candidates),
+        )
+
+    engine = VLLMEngine.from_config(real_config(tiny_model_dir, tmp_path))
+    try:
+        assert engine.processed is not None, "vLLM's CPU build normalises on the device: it takes patches"
+        # The inputs themselves, on pictures nothing else uses (a request processed and never submitted leaves
+        # vLLM's processor cache believing its engine core holds the pictures).
+        request = window(64)
+        processor = engine.llm.llm_engine.input_processor
+        params = vllm.SamplingParams(max_tokens=4)
+        own = processor.process_inputs("own", engine._prompt(replace(request, image_inputs=())), params, supported_tasks=("generate",))
+        ours = processor.process_inputs("ours", engine._prompt(request), params, supported_tasks=("generate",))
+        assert ours.prompt_token_ids == own.prompt_token_ids
+        assert len(ours.mm_features) == len(own.mm_features) == 3
+        for mine, theirs in zip(ours.mm_features, own.mm_features, strict=True):
+            assert mine.mm_position == theirs.mm_position
+            assert sorted(mine.data) == sorted(theirs.data)
+            for key in theirs.data:
+                assert mine.data[key].data.dtype == theirs.data[key].data.dtype
+                assert torch.equal(mine.data[key].data, theirs.data[key].data), key
+                assert type(mine.data[key].field) is type(theirs.data[key].field)
+        # Both paths in one call and alone: the same completions (greedy, every token forced to be generated).
+        request = window(40)
+        in_engine = replace(request, image_inputs=())
+        together = engine.generate([in_engine, request])
+        alone = engine.generate([request]) + engine.generate([in_engine])
+        assert [c.finish_reason for c in together + alone] == ["length"] * 4
+        assert len({(c.text, c.generated_tokens, c.prompt_tokens) for c in together + alone}) == 1
+    finally:
+        engine.close()
+
+
+def test_pointwise_pairs_from_patches_score_as_vllms_own_processing(tiny_pointwise_dir, tmp_path):
+    """The Qwen3-VL reranker on the pooling runner: pairs whose picture comes as the CPU stage's patches get the same
+    inputs and the same P(yes) as pairs vLLM processes itself."""
+    from dataclasses import replace
+
+    from mmr5_batch.core.model_inputs import patch_image
+    from mmr5_batch.core.pointwise import pointwise_request
+    from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
+    from mmr5_batch.engines.image_processors import load_image_processor
+
+    config = real_config(tiny_pointwise_dir, tmp_path, **{"images.image_tokens": 16})
+    engine = VLLMEngine.from_config(config)
+    try:
+        assert engine.processed is not None
+
+        def pair(level, tokens):
+            image = prepare_image(grey_jpeg(level, (200, 300)), tokens, grid=32).data
+            cut = patch_image(image, load_image_processor(tiny_pointwise_dir), 32, tokens)
+            candidate = {"image": image, "text": "Q3 revenue", "image_patches": cut.patches, "image_grid": list(cut.grid), "image_key": cut.key}
+            return pointwise_request("which page shows revenue?", candidate, DEFAULT_INSTRUCTION)
+
+        probe = pair(50, 16)
+        processor = engine.llm.llm_engine.input_processor
+        params = vllm.PoolingParams(task="classify")
+        own = processor.process_inputs("own", engine._prompt(replace(probe, image_inputs=())), params, supported_tasks=("classify",))
+        ours = processor.process_inputs("ours", engine._prompt(probe), params, supported_tasks=("classify",))
+        assert ours.prompt_token_ids == own.prompt_token_ids and ours.mm_features[0].mm_position == own.mm_features[0].mm_position
+        for key, elem in own.mm_features[0].data.items():
+            assert torch.equal(ours.mm_features[0].data[key].data, elem.data), key
+        requests = [pair(level, 12) for level in (30, 150)]
+        scores = engine.generate([replace(request, image_inputs=()) for request in requests] + requests)
+        assert [completion.error for completion in scores] == [None] * 4
+        assert [completion.relevance for completion in scores[:2]] == [completion.relevance for completion in scores[2:]]
+    finally:
+        engine.close()

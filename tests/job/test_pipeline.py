@@ -76,6 +76,11 @@ def test_hf_backend_on_the_tiny_model_end_to_end(ray_session, tiny_model_dir, tm
     totals = summary["totals"]
     assert totals["queries"] == 6 and totals["windows"] == 12
     assert totals["image_tokens"] == sum(r["image_tokens"] for r in ranked)
+    # The CPU stage built every shown picture's patches (images.processing: cpu-stage): each page decoded and
+    # processed once there, none again in the engine, however many windows showed it.
+    for row in ranked:
+        assert row["pages_sent"] == 10 and 0 < row["pages_processed"] == row["pages_decoded"] <= 6
+    assert totals["pages_sent"] == 60 and totals["pages_processed"] == sum(r["pages_processed"] for r in ranked)
     assert set(summary["per_shard"]) == {str(tmp_path / "in" / f"shard-0000{i}.parquet") for i in range(2)}
     resolved = load_config(tmp_path / "out" / "config.yaml")
     assert resolved.run_id == summary["run_id"] and resolved.images.image_tokens == 64
@@ -279,3 +284,25 @@ def test_relabel_pairs_are_exactly_once_across_a_crashed_write(ray_session, tmp_
     assert summary["totals"]["queries"] == len(lost_ids)
     pairs = read_folder(tmp_path / "out" / "pairs")
     assert Counter(p["query_id"] for p in pairs) == {f"q{i:04d}": 4 for i in range(8)}
+
+
+def test_group_by_puts_queries_over_one_document_in_one_preparation_task(ray_session, tmp_path):
+    """Queries over two documents, interleaved in the input: with execution.group_by each preparation task holds one
+    document's queries, so its pages are decoded once per task instead of in every task."""
+    pages = {"A": [grey_jpeg(level) for level in (30, 60, 90)], "B": [grey_jpeg(level) for level in (120, 150, 180)]}
+    rows = [
+        grouped_row(f"q{i}", f"question {i}?", [candidate(f"{doc}{p}", image=page, score=1 - p / 10) for p, page in enumerate(pages[doc])], domain=doc)
+        for i, doc in enumerate("ABABABAB")
+    ]
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "part-0.parquet", rows)
+
+    def decoded(output, **settings):
+        values = {"input": str(tmp_path / "in"), "output": str(tmp_path / output), "model.backend": "scripted-test", "execution.prepare_batch_size": 2}
+        summary = run_job(load_config(None, values | settings))
+        assert summary["totals"]["queries"] == 8 and summary["totals"]["error"] == 0
+        return summary["totals"]["pages_decoded"]
+
+    assert decoded("grouped", **{"execution.group_by": "domain"}) == 4 * 3 < decoded("input-order")
+    with pytest.raises(JobError, match="execution.group_by: the input has no column 'document'"):
+        decoded("bad", **{"execution.group_by": "document"})

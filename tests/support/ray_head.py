@@ -1,9 +1,14 @@
 """A real Ray head for `ray job submit` tests, started the way users start one.
 
-`ray start --head` with token authentication on and the dashboard's job
-server on loopback, optionally with Ray's fake multi-node autoscaler behind
-it (its node types become local processes). Jobs go in over HTTP with the
-`ray` CLI of this environment, exactly as the README says.
+`ray start --head` with Ray's defaults (no `RAY_*` variable; its own home
+directory holding a token in `~/.ray/auth_token`, as any machine where Ray
+ran locally does, so Ray turns token authentication on by itself) and the dashboard's job server on loopback, optionally with Ray's fake
+multi-node autoscaler behind it (its node types become local processes).
+Jobs go in over HTTP with the `ray` CLI of this environment, from a client
+environment holding only what docs/cluster.md tells a user to set
+(`RAY_AUTH_MODE=token`; the token in `~/.ray/auth_token`), exactly as the
+docs say. `start_head` returns once the head accepts a job, not only once
+it answers a listing: its job agent registers later.
 
 The fake autoscaler's nodes share the head's session directory, so a job
 with a working dir must not run there: every node's runtime-env agent unpacks
@@ -15,9 +20,9 @@ manifests do, with the code installed and no working dir.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -82,16 +87,11 @@ def start_head(autoscaling_worker: dict[str, float] | None = None) -> Head:
 
     # Under /tmp: Ray's socket paths must stay short.
     root = Path(tempfile.mkdtemp(prefix="mmr5-rj-", dir="/tmp"))
-    token = root / "token"
-    token.write_text(secrets.token_hex(32))
+    (root / "home").mkdir()
     gcs_port, dashboard_port = _free_port(), _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-    env.update(
-        # The job's `python` and the workers are this environment's.
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(token),
-    )
+    # The job's `python` and the workers are this environment's; the head's home is its own, as on a fresh machine.
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", HOME=str(root / "home"))
     start = [
         RAY, "start", "--head", f"--port={gcs_port}", "--num-cpus=2",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
@@ -102,15 +102,44 @@ def start_head(autoscaling_worker: dict[str, float] | None = None) -> Head:
         config.write_text(json.dumps(fake_autoscaling_config(f"{get_node_ip_address()}:{gcs_port}", autoscaling_worker)))
         start.append(f"--autoscaling-config={config}")
         env.update(AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
-    head = Head(address=f"http://127.0.0.1:{dashboard_port}", env=env, root=root)
-    deadline = time.monotonic() + 120
-    while ray_cli(head, "job", "list").returncode != 0:  # the job server comes up after `ray start` returns
-        if time.monotonic() > deadline:
-            stop_head(head)
-            raise RuntimeError("the dashboard's job server did not come up")
-        time.sleep(1)
+    # The token a user's machine holds once Ray ran there (every local ray.init() leaves ~/.ray/auth_token), made
+    # the way docs/cluster.md says; `ray start --head` then turns token authentication on by itself.
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=120)
+    started = subprocess.run(start, env=env, check=True, capture_output=True, text=True, timeout=180)
+    assert "Token authentication is enabled" in started.stdout + started.stderr, "Ray's default for `ray start --head` changed"
+    # The client: what docs/cluster.md tells a user on the head's machine to set, and nothing else.
+    head = Head(address=f"http://127.0.0.1:{dashboard_port}", env={**env, "RAY_AUTH_MODE": "token"}, root=root)
+    try:
+        wait_until_it_accepts_a_job(head)
+    except BaseException:
+        stop_head(head)
+        raise
     return head
+
+
+# What a head answers while it cannot take a job yet (its job agent has not registered).
+NOT_READY = ("No available agent", "try again later", "Connection refused", "Failed to connect")
+
+
+def wait_until_it_accepts_a_job(head: Head, seconds: float = 300) -> None:
+    """Submit a no-op job until the head takes it, backing off while it says it is not ready; then wait for the job
+    to end. A head that never takes one fails with its last answer."""
+    deadline, pause, answer = time.monotonic() + seconds, 0.5, ""
+    for attempt in itertools.count():
+        if time.monotonic() >= deadline:
+            break
+        done = subprocess.run(
+            [RAY, "job", "submit", "--address", head.address, "--submission-id", f"mmr5-ready-{attempt}", "--", "python", "-c", "pass"],
+            env=head.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        answer = done.stdout + done.stderr
+        if done.returncode == 0:
+            return
+        if not any(sign in answer for sign in NOT_READY):
+            raise RuntimeError(f"the head refused a no-op job: {answer[-2000:]}")
+        time.sleep(pause)
+        pause = min(2 * pause, 5)
+    raise RuntimeError(f"the head did not accept a job within {seconds:.0f} s; its last answer: {answer[-2000:]}")
 
 
 def stop_head(head: Head) -> None:
@@ -133,7 +162,8 @@ def submit(head: Head, submission_id: str, entrypoint: list[str], runtime_env: P
 
 def job_info(head: Head, submission_id: str) -> dict:
     """The job's record from the Jobs REST API (status, message, entrypoint, ...)."""
-    request = urllib.request.Request(f"{head.address}/api/jobs/{submission_id}", headers={"Authorization": f"Bearer {(head.root / 'token').read_text()}"})
+    token = (Path(head.env["HOME"]) / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(f"{head.address}/api/jobs/{submission_id}", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
