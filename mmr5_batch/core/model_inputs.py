@@ -67,8 +67,9 @@ def raw_patch_kwargs(grid: int, max_tokens: int) -> dict[str, Any]:
     return {"do_rescale": False, "do_normalize": False, "size": {"shortest_edge": 4 * grid * grid, "longest_edge": max_tokens * grid * grid}}
 
 
-def patch_image(prepared: bytes, processor: Any, grid: int, max_tokens: int) -> ImagePatches:
-    """A prepared (already budgeted, on-grid) JPEG as the engine's patches, decoded as the engine decodes it (Pillow, RGB)."""
+def patch_image(prepared: bytes, processor: Any, grid: int, max_tokens: int, key: str | None = None) -> ImagePatches:
+    """A prepared (already budgeted, on-grid) JPEG as the engine's patches, decoded as the engine decodes it (Pillow, RGB);
+    `key`: its `image_key` when the caller has it already."""
     from PIL import Image
 
     with Image.open(io.BytesIO(prepared)) as picture:
@@ -82,7 +83,8 @@ def patch_image(prepared: bytes, processor: Any, grid: int, max_tokens: int) -> 
     if pixel_values.dtype != np.uint8:
         # Pillow's backend hands back float32 (exact integers 0..255 without rescaling); the engine takes uint8.
         pixel_values = pixel_values.astype(np.uint8)
-    return ImagePatches(np.ascontiguousarray(pixel_values).tobytes(), grid_thw, image_key(prepared, processor_signature(processor)))  # type: ignore[arg-type]
+    key = key or image_key(prepared, processor_signature(processor))
+    return ImagePatches(np.ascontiguousarray(pixel_values).tobytes(), grid_thw, key)  # type: ignore[arg-type]
 
 
 def patch_rows(patches: bytes | memoryview, grid: Sequence[int]) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 
 from mmr5_batch.core.budgets import candidate_budgets
 from mmr5_batch.core.images import GRID, ImageError, PreparedImage, prepare_images
-from mmr5_batch.core.model_inputs import ImagePatches, patch_image
+from mmr5_batch.core.model_inputs import ImagePatches, image_key, patch_image, processor_signature
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
 from mmr5_batch.core.windows import first_stage_order
 from mmr5_batch.errors import error_line
@@ -100,7 +100,7 @@ class PageWork:
     processor: Any = None
     first_processor: Any = None
     prepared: dict[tuple[Any, ...], list[PreparedImage]] = field(default_factory=dict)
-    patched: dict[tuple[str, int], ImagePatches] = field(default_factory=dict)
+    patched: dict[str, ImagePatches] = field(default_factory=dict)  # by image_key: content and processor
     decoded: int = 0
     processed: int = 0
 
@@ -112,9 +112,10 @@ class PageWork:
         return self.prepared[key]
 
     def patch(self, picture: bytes, tokens: int, processor: Any, grid: int) -> ImagePatches:
-        key = (hashlib.blake2b(picture, digest_size=16).hexdigest(), id(processor))
+        # The picture's content key is its cache key too: one hash per picture.
+        key = image_key(picture, processor_signature(processor))
         if key not in self.patched:
-            self.patched[key] = patch_image(picture, processor, grid, tokens)
+            self.patched[key] = patch_image(picture, processor, grid, tokens, key)
             self.processed += 1
         return self.patched[key]
 
