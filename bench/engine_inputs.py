@@ -162,10 +162,11 @@ def config_for(model_dir: str, path: str, args: argparse.Namespace, **overrides:
 
 
 def prepare(rows: list[dict[str, Any]], config) -> tuple[list[dict[str, Any]], float]:
-    from mmr5_batch.core.preparation import PrepareSettings, prepare_row
+    from mmr5_batch.config.run import resolve_run
+    from mmr5_batch.core.preparation import prepare_row
     from mmr5_batch.engines.image_processors import page_work
 
-    settings = PrepareSettings.from_config(config)
+    settings = resolve_run(config).prepare
     work = page_work(settings)
     started = time.process_time()
     prepared = [prepare_row(row, settings, work=work) for row in rows]
@@ -186,9 +187,10 @@ def engine_core_seconds() -> float:
 
 
 def measure(engine, rows: list[dict[str, Any]], config, timer: CallTimer) -> dict[str, Any]:
-    from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async
+    from mmr5_batch.config.run import resolve_run
+    from mmr5_batch.core.scheduler import rerank_queries_async
 
-    settings = RankingSettings.from_config(config)
+    settings = resolve_run(config).ranking()
     before = (time.process_time(), engine_core_seconds(), timer.snapshot(), time.perf_counter())
     results = LOOP.run_until_complete(rerank_queries_async(rows, engine, settings))
     after = (time.process_time(), engine_core_seconds(), timer.snapshot(), time.perf_counter())
@@ -275,6 +277,7 @@ def run_job_both(model_dir: str, args: argparse.Namespace, sources: list[bytes])
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from mmr5_batch.config.run import resolve_run
     from mmr5_batch.core.budgets import candidate_budgets
     from mmr5_batch.devtools.tiny_model import build_tiny_model
     from mmr5_batch.engines.vllm import AsyncVLLMEngine
@@ -301,7 +304,7 @@ def main(argv=None) -> int:
         for path in PATHS:
             config = config_for(model_dir, path, args)
             # Engine arguments that also fit the cascade's first pass (10 smaller pictures per prompt), for the pages table.
-            engine = AsyncVLLMEngine.from_config(config_for(model_dir, path, args, **{"cascade.enabled": True}))
+            engine = AsyncVLLMEngine.from_run(resolve_run(config_for(model_dir, path, args, **{"cascade.enabled": True})).main)
             try:
 
                 def make_rows(count: int, first: int, config=config) -> list[dict[str, Any]]:

@@ -32,13 +32,14 @@ from typing import Any, TypeVar
 
 from mmr5_batch.api.inputs import candidate_rows
 from mmr5_batch.config import RerankerConfig, config_from_keywords
+from mmr5_batch.config.run import ModelRun, resolve_run
 from mmr5_batch.core.engine_protocol import AsyncEngine
-from mmr5_batch.core.preparation import PrepareSettings, prepare_row_safely
-from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
+from mmr5_batch.core.preparation import prepare_row
+from mmr5_batch.core.scheduler import rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
+from mmr5_batch.engines import create_async_engine
 from mmr5_batch.engines.image_processors import page_work
 from mmr5_batch.errors import QueryFailed
-from mmr5_batch.stages.placement import two_models
 from mmr5_batch.storage.filesystems import Storage
 
 Result = TypeVar("Result")
@@ -105,29 +106,28 @@ class Reranker:
         scripted-test; `device`: auto, cpu or cuda. `settings`: any config field by name (`window=5`,
         `image_tokens=512`, `think_tokens=256`, `mode="fast"`, `cascade=True`, ...), over `config`."""
         given = {"model.name": model, "model.backend": backend, "model.device": device}
-        self.config = config_from_keywords(RerankerConfig, config, **{name: value for name, value in given.items() if value is not None}, **settings)
+        self.run = resolve_run(config_from_keywords(RerankerConfig, config, **{name: value for name, value in given.items() if value is not None}, **settings))
+        self.config = self.run.config
         self.storage = Storage(self.config.storage.s3_options())
-        self._prepare = PrepareSettings.from_config(self.config)
-        self._settings = RankingSettings.from_config(self.config)
-        self._scorer_settings = RankingSettings.for_scorer(self.config) if two_models(self.config) else None
+        self._prepare = self.run.prepare
+        self._settings = self.run.ranking()
+        self._scorer_settings = self.run.scoring()
         self.scorer: AsyncEngine | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mmr5-batch-engine", daemon=True)
         self._thread.start()
         try:
-            self.engine: AsyncEngine | None = self._run(self._start_engine())
-            if self._scorer_settings is not None:
-                self.scorer = self._run(self._start_engine(scorer=True))
+            self.engine: AsyncEngine | None = self._run(self._start_engine(self.run.main))
+            if self.run.scorer is not None:
+                self.scorer = self._run(self._start_engine(self.run.scorer))
         except BaseException:
             self._close_engines()
             self._stop_loop()
             raise
 
-    async def _start_engine(self, scorer: bool = False) -> AsyncEngine:
-        from mmr5_batch.engines import create_async_engine
-
+    async def _start_engine(self, spec: ModelRun) -> AsyncEngine:
         # Built on the engine's own loop: vLLM's async engine binds to the loop it starts on.
-        return create_async_engine(self.config, self.config.scorer if scorer else None)
+        return create_async_engine(spec)
 
     def _run(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
         future: Future[Result] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -156,7 +156,7 @@ class Reranker:
         for index, item in enumerate(queries):
             query_id, query, candidates = _unpack(item, index)
             rows, fetched = candidate_rows(candidates, self.storage)
-            prepared.append(prepare_row_safely({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched, work))
+            prepared.append(prepare_row({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched, work))
             given.append([row["doc_id"] for row in rows])
         settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
         if self.scorer is not None and self._scorer_settings is not None:

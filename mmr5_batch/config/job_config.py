@@ -14,6 +14,7 @@ import uuid
 
 from pydantic import Field, field_validator, model_validator
 
+from mmr5_batch.config.protocol import model_protocol, spelled_protocol
 from mmr5_batch.config.sections import (
     CascadeConfig,
     ExecutionConfig,
@@ -63,14 +64,22 @@ class RerankerConfig(Section):
             raise ValueError(
                 f"images.prompt_image_tokens ({total}) must allow the minimum of {MIN_IMAGE_TOKENS} tokens for each of the {window} candidates of a window"
             )
-        if self.model.protocol == POINTWISE and self.cascade.enabled:
+        # Checked on the resolved protocols, so 'auto' is refused exactly where the value it resolves to is.
+        protocol = model_protocol(self.model)
+        if protocol == POINTWISE and self.cascade.enabled:
             raise ValueError(
-                "the two-model cascade puts MM-R5 after the pointwise scorer: model must be MM-R5 (protocol 'mm-r5' or 'auto'), the scorer goes in `scorer`"
+                f"{spelled_protocol(self.model, 'model')}: the two-model cascade puts MM-R5 after the pointwise scorer, so model must be "
+                "MM-R5 (protocol 'mm-r5'), the scorer goes in `scorer`"
                 if self.cascade.first_pass == POINTWISE
-                else "the same-model cascade is MM-R5's (windows over small images): with model.protocol 'pointwise' use cascade.first_pass 'pointwise' with an MM-R5 model, or no cascade"
+                else f"{spelled_protocol(self.model, 'model')}: the same-model cascade is MM-R5's (windows over small images); "
+                "use cascade.first_pass 'pointwise' with an MM-R5 model, or no cascade"
             )
-        if self.model.protocol == POINTWISE and self.ranking.mode == FAST:
-            raise ValueError("ranking.mode 'fast' scores MM-R5's answer ids; the pointwise protocol scores every pair in one forward pass already")
+        if protocol == POINTWISE and self.ranking.mode == FAST:
+            raise ValueError(
+                f"{spelled_protocol(self.model, 'model')}: ranking.mode 'fast' scores MM-R5's answer ids; the pointwise protocol scores every pair in one forward pass already"
+            )
+        if model_protocol(self.scorer) != POINTWISE:
+            raise ValueError(f"{spelled_protocol(self.scorer, 'scorer')}: the scorer judges one pair per prompt, it must be a pointwise model")
         if self.cascade.enabled and self.ranking.mode == FAST and self.cascade.first_window > FAST_MAX_WINDOW:
             raise ValueError(f"fast mode scores single-digit ids: cascade.first_window must be at most {FAST_MAX_WINDOW}, got {self.cascade.first_window}")
         return self

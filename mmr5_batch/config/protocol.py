@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from typing import Any
 
+from mmr5_batch.config.sections import ImageConfig, ModelConfig
 from mmr5_batch.core.images import GRID, QWEN3_VL_GRID
 from mmr5_batch.core.vocabulary import MM_R5, POINTWISE
 
@@ -33,14 +33,18 @@ def _detected(name: str) -> str:
     return POINTWISE if "qwen3-vl-reranker" in name.lower() else MM_R5
 
 
-def model_protocol(model: Any) -> str:
-    """The protocol of a `model` section (`ModelConfig`, `ScorerConfig`): as set, or detected for 'auto'."""
+def model_protocol(model: ModelConfig) -> str:
+    """The protocol of a `model` section (`ModelConfig`, `ScorerConfig`): as set, or detected for 'auto'.
+    Only validation and `config/run.py: resolve_run` call it; everything else reads the resolved run."""
     return model.protocol if model.protocol != "auto" else _detected(model.name)
 
 
-def two_models(config: Any) -> bool:
-    """The two-model cascade: a reranker config (`RerankerConfig`, `JobConfig`) whose cascade's first pass is the pointwise scorer."""
-    return bool(config.cascade.enabled and config.cascade.first_pass == POINTWISE)
+def spelled_protocol(model: ModelConfig, section: str) -> str:
+    """How an error names a section's protocol: 'auto' with what it resolves to, or the value as set."""
+    resolved = model_protocol(model)
+    if model.protocol == "auto":
+        return f"{section}.protocol 'auto' (resolved to {resolved!r} for {model.name!r})"
+    return f"{section}.protocol {resolved!r}"
 
 
 def protocol_grid(protocol: str) -> int:
@@ -52,7 +56,6 @@ def protocol_grid(protocol: str) -> int:
 PATCH_BACKENDS = ("hf", "vllm")
 
 
-def patches_in_cpu_stage(config: Any, model: Any = None) -> bool:
+def patches_in_cpu_stage(images: ImageConfig, model: ModelConfig) -> bool:
     """Whether the CPU stage builds `model`'s image inputs (its patches): `images.processing` for a backend that reads pixels."""
-    model = model or config.model
-    return bool(config.images.processing == "cpu-stage" and model.backend in PATCH_BACKENDS)
+    return bool(images.processing == "cpu-stage" and model.backend in PATCH_BACKENDS)

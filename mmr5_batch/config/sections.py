@@ -325,7 +325,9 @@ class ScorerConfig(ModelConfig):
     """The two-model cascade's first-pass model (a pointwise reranker) and its actor pool."""
 
     name: str = Field("Qwen/Qwen3-VL-Reranker-2B", description="The pointwise scorer: Hugging Face model id or local checkpoint directory.")
-    protocol: Literal["auto", "mm-r5", "pointwise"] = Field("pointwise", description="Always 'pointwise': the scorer judges one pair per prompt.")
+    protocol: Literal["auto", "mm-r5", "pointwise"] = Field(
+        "pointwise", description="Always 'pointwise' (or 'auto' resolving to it): the scorer judges one pair per prompt."
+    )
     max_new_tokens: int = Field(1, ge=1, description="Unused by a scorer (it generates nothing); kept for the shared engine settings.")
     actors: int | None = Field(
         None,
@@ -339,10 +341,3 @@ class ScorerConfig(ModelConfig):
         description="GPUs per scorer actor; auto is the engine's need (a whole GPU, or none on CPU). A fraction shares a GPU with a rerank actor.",
     )
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per scorer actor; auto as for the rerank actors.")
-
-    @field_validator("protocol")
-    @classmethod
-    def _pointwise_only(cls, protocol: str) -> str:
-        if protocol == "mm-r5":
-            raise ValueError("the scorer is a pointwise model: protocol must be 'pointwise' (or 'auto')")
-        return protocol

@@ -34,17 +34,6 @@ class SamplingSettings:
     seed: int = 0
     stop: tuple[str, ...] = (ANSWER_STOP,)
 
-    @classmethod
-    def from_model_config(cls, model: Any) -> SamplingSettings:
-        """The decoding settings of a config's `model` section (`ModelConfig`)."""
-        return cls(
-            max_new_tokens=model.max_new_tokens,
-            min_new_tokens=model.min_new_tokens,
-            temperature=model.temperature,
-            top_p=model.top_p,
-            seed=model.seed,
-        )
-
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0

@@ -1,12 +1,16 @@
 """Preparing one query: validate the row, fit candidate images to their budgets, flag what is bad.
 
-Per-query problems (no id, empty query, no candidates, duplicate doc_id, a
+Per-query problems (no id, empty query, no candidates, a missing or
+non-string doc_id, a score that is not a number, duplicate doc_id, a
 query_id seen more than once in the input, no usable candidate) put a reason
 on the row, which later becomes a dead letter. Per-candidate problems (no
-image, undecodable bytes, a refused or unreadable URI) put a reason on the
-candidate, which is kept, ranked last and flagged. Nothing here raises on bad
-data, and nothing here reads storage: image_uri bytes (or the reason they
-could not be read) are fetched by the caller and handed in.
+image, a field of the wrong kind, undecodable bytes, a refused or unreadable
+URI) put a reason on the candidate, which is kept, ranked last and flagged.
+Nothing here raises on bad data; anything that does raise is a bug, and fails
+the batch (Ray retries it, and the job stops with the error if it persists)
+instead of hiding as a higher error rate. Nothing here reads storage:
+image_uri bytes (or the reason they could not be read) are fetched by the
+caller and handed in.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from mmr5_batch.core.images import GRID, ImageError, PreparedImage, prepare_imag
 from mmr5_batch.core.model_inputs import ImagePatches, image_key, patch_image, processor_signature
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
 from mmr5_batch.core.windows import first_stage_order
-from mmr5_batch.errors import error_line
 
 # image_uri -> its bytes, or the reason it could not be read.
 Fetched = Mapping[str, "bytes | str"]
@@ -55,32 +58,6 @@ class PrepareSettings:
     top_k: int | None = None
     detail_top: int | None = None
     scorer_first: bool = False
-
-    @classmethod
-    def from_config(cls, config: Any) -> PrepareSettings:
-        """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
-        from mmr5_batch.config.protocol import model_protocol, patches_in_cpu_stage, protocol_grid, two_models
-        from mmr5_batch.core.vocabulary import POINTWISE
-
-        images = config.images
-        protocol = model_protocol(config.model)
-        first_model = config.scorer if two_models(config) else config.model
-        return cls(
-            processor_source=config.model.name if patches_in_cpu_stage(config) else None,
-            first_processor_source=first_model.name if config.cascade.enabled and patches_in_cpu_stage(config, first_model) else None,
-            grid=protocol_grid(protocol),
-            first_grid=protocol_grid(POINTWISE if two_models(config) else protocol),
-            text_documents=protocol == POINTWISE,
-            image_tokens=images.image_tokens,
-            jpeg_quality=images.jpeg_quality,
-            window=config.ranking.window,
-            prompt_image_tokens=images.prompt_image_tokens,
-            policy=images.policy,
-            first_image_tokens=config.cascade.first_image_tokens if config.cascade.enabled else None,
-            top_k=config.ranking.top_k,
-            detail_top=config.cascade.detail_top if config.cascade.enabled else None,
-            scorer_first=two_models(config),
-        )
 
     def budgets(self, count: int) -> list[int]:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
@@ -130,6 +107,9 @@ def _candidate_image(
     candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched, work: PageWork
 ) -> dict[str, Any]:
     """The candidate's image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
+    problem = _field_problem(candidate)
+    if problem is not None:
+        return _NO_IMAGE | {"error": problem}
     data = candidate.get("image")
     uri = candidate.get("image_uri")
     if not data:
@@ -178,6 +158,22 @@ def _attach_patches(prepared: list[dict[str, Any]], order: list[int], settings: 
             candidate.update(_NO_IMAGE, error=str(error))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# A candidate's optional fields and the kinds they must be (the Python API takes rows without a schema).
+_FIELD_KINDS = {"image": bytes, "image_uri": str, "text": str}
+
+
+def _field_problem(candidate: Mapping[str, Any]) -> str | None:
+    for name, kind in _FIELD_KINDS.items():
+        value = candidate.get(name)
+        if value is not None and not isinstance(value, kind):
+            return f"{name} must be {kind.__name__}, got {type(value).__name__}"
+    return None
+
+
 def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSettings) -> str | None:
     if not isinstance(query_id, str) or not query_id.strip():
         return "missing query_id"
@@ -194,6 +190,13 @@ def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSe
     missing = [position for position, doc_id in enumerate(doc_ids, 1) if not doc_id]
     if missing:
         return f"candidate(s) {missing} have no doc_id"
+    not_text = [position for position, doc_id in enumerate(doc_ids, 1) if not isinstance(doc_id, str)]
+    if not_text:
+        return f"candidate(s) {not_text} have a doc_id that is not a string"
+    # The first-stage order (and so every budget) is read from the scores.
+    not_numbers = [position for position, c in enumerate(candidates, 1) if c.get("score") is not None and not _is_number(c.get("score"))]
+    if not_numbers:
+        return f"candidate(s) {not_numbers} have a score that is not a number"
     repeated = sorted(doc_id for doc_id, count in Counter(doc_ids).items() if count > 1)
     if repeated:
         return f"duplicate doc_id(s) within the query: {repeated}"
@@ -216,17 +219,22 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
             images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {}, work)
-            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score"), "text": candidate.get("text")} | images)
+            text = candidate.get("text") if isinstance(candidate.get("text"), str) else None
+            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score"), "text": text} | images)
         if work.processor is not None or work.first_processor is not None:
             _attach_patches(prepared, order, settings, work)
         if all(candidate["error"] for candidate in prepared):
             error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
     if error is not None:
         # Keep the first-stage list (without images) so the dead letter says what was asked.
-        prepared = [{"doc_id": c.get("doc_id"), "score": c.get("score"), "error": None} | _NO_IMAGE for c in candidates if isinstance(c, Mapping)]
+        prepared = [
+            {"doc_id": _text_or_none(c.get("doc_id")), "score": c.get("score") if _is_number(c.get("score")) else None, "error": None} | _NO_IMAGE
+            for c in candidates
+            if isinstance(c, Mapping)
+        ]
     return {
-        "query_id": row.get("query_id"),
-        "query": row.get("query"),
+        "query_id": _text_or_none(row.get("query_id")),
+        "query": _text_or_none(row.get("query")),
         SOURCE_PATH: row.get(READ_PATH),
         "error": error,
         "candidates": prepared,
@@ -235,18 +243,8 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
     }
 
 
-def prepare_row_safely(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None, work: PageWork | None = None) -> dict[str, Any]:
-    """`prepare_row`, with anything unforeseen in the row turned into that row's reason instead of the batch's failure."""
-    try:
-        return prepare_row(row, settings, fetched, work)
-    except Exception as error:
-        return {
-            "query_id": row.get("query_id") if isinstance(row.get("query_id"), str) else None,
-            "query": row.get("query") if isinstance(row.get("query"), str) else None,
-            SOURCE_PATH: row.get(READ_PATH),
-            "error": f"cannot prepare the row: {error_line(error)}",
-            "candidates": [],
-        }
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def uris_to_fetch(rows: Sequence[Mapping[str, Any]]) -> list[str]:

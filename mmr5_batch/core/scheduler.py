@@ -28,7 +28,6 @@ from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.core.ranking import SCORING, Cascade, QueryState, WindowPlan, next_pass, plan_query, record, record_relevance, result_row, scored_row
 from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, MM_R5, POINTWISE, THINK_CLOSE
-from mmr5_batch.errors import error_line
 
 __all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async", "score_queries_async"]
 
@@ -60,51 +59,6 @@ class RankingSettings:
     # The engine decodes and processes the pictures it gets without their patches (hf, vLLM; not the scripted one).
     engine_reads_pixels: bool = False
 
-    @classmethod
-    def from_config(cls, config: Any, run_id: str = "") -> RankingSettings:
-        """The settings a reranker config (`RerankerConfig`, `JobConfig`) implies."""
-        from mmr5_batch.config.protocol import PATCH_BACKENDS, model_protocol, two_models
-
-        model, ranking, cascade = config.model, config.ranking, config.cascade
-        scorer_first = two_models(config)
-        return cls(
-            engine_reads_pixels=model.backend in PATCH_BACKENDS,
-            protocol=model_protocol(model),
-            instruction=model.instruction,
-            after_scorer=cascade.detail_top if scorer_first else None,
-            window=ranking.window,
-            stride=ranking.stride,
-            sampling=SamplingSettings.from_model_config(model),
-            model_id=model.name,
-            backend=model.backend,
-            run_id=run_id,
-            top_k=ranking.top_k,
-            keep_reasoning=ranking.keep_reasoning,
-            think_tokens=model.think_tokens,
-            constrain_answer=model.constrain_answer,
-            mode=ranking.mode,
-            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if cascade.enabled and not scorer_first else None,
-        )
-
-    @classmethod
-    def for_scorer(cls, config: Any, run_id: str = "") -> RankingSettings:
-        """The two-model cascade's scorer stage: the `scorer` model, pointwise, over the first `ranking.top_k`."""
-        from mmr5_batch.config.protocol import PATCH_BACKENDS
-
-        scorer = config.scorer
-        return cls(
-            engine_reads_pixels=scorer.backend in PATCH_BACKENDS,
-            window=2,
-            stride=1,
-            sampling=SamplingSettings(max_new_tokens=1, stop=()),
-            model_id=scorer.name,
-            backend=scorer.backend,
-            run_id=run_id,
-            top_k=config.ranking.top_k,
-            protocol=POINTWISE,
-            instruction=scorer.instruction,
-        )
-
     @property
     def plan(self) -> WindowPlan:
         return WindowPlan(self.window, self.stride, self.top_k, self.cascade, pointwise=self.protocol == POINTWISE, after_scorer=self.after_scorer)
@@ -130,14 +84,6 @@ def answer_tokens(window: int) -> int:
     return max(32, 4 * window + 16)
 
 
-class _EngineCallFailed(Exception):
-    """An exception raised by the engine call itself (not by handling one query's answer)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 async def _send(state: QueryState, engine: AsyncEngine, request: EngineRequest, settings: RankingSettings) -> Completion:
     """One request to the engine, its pictures counted as sent (and, where the engine builds their inputs, as decoded
     and processed there)."""
@@ -145,10 +91,7 @@ async def _send(state: QueryState, engine: AsyncEngine, request: EngineRequest, 
     if settings.engine_reads_pixels and not request.image_inputs:
         state.pages_decoded += len(request.images)
         state.pages_processed += len(request.images)
-    try:
-        return await engine.generate_async(request)
-    except Exception as error:
-        raise _EngineCallFailed(error) from error
+    return await engine.generate_async(request)
 
 
 def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
@@ -207,26 +150,20 @@ async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettin
 async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings, image_field: str = "image") -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
-    # batch finishes its window.
-    window = 0
-    try:
-        if state.stage == SCORING and state.error is None:
-            await _score(state, engine, settings, image_field)
+    # batch finishes its window. A request the engine rejects comes back as an error completion and becomes this
+    # query's dead letter (`record`); an exception, from the engine or from this code, is no data problem: it fails
+    # the batch, so Ray retries it and the job stops with the error if it persists.
+    if state.stage == SCORING and state.error is None:
+        await _score(state, engine, settings, image_field)
+        return
+    while True:
+        while state.active:
+            assert state.ranking is not None
+            indices = state.ranking.current_window()
+            completion = await _window(state, indices, engine, settings)
+            record(state, indices, completion)
+        if not next_pass(state, settings.plan):
             return
-        while True:
-            while state.active:
-                assert state.ranking is not None
-                window += 1
-                indices = state.ranking.current_window()
-                completion = await _window(state, indices, engine, settings)
-                record(state, indices, completion)
-            if not next_pass(state, settings.plan):
-                return
-    except _EngineCallFailed as failed:
-        # The engine itself broke: every query of the batch is affected, so the batch fails and Ray retries it.
-        raise failed.error from None
-    except Exception as error:  # anything else is about this query: its dead letter, not the batch's failure
-        state.fail(f"{'pointwise scoring' if state.stage == SCORING else f'window {window}'}: {error_line(error)}")
 
 
 async def rerank_queries_async(

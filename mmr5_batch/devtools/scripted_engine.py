@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Sequence
 
+from mmr5_batch.config.run import ModelRun
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest
 
 
@@ -121,3 +122,8 @@ class ScriptedTestEngine:
         else:
             text = f"<think>{self.think}</think><answer>[{', '.join(map(str, ranked))}]</answer>"
         return Completion(text, "stop", prompt_tokens=len(question.split()), generated_tokens=len(text.split()))
+
+
+def create_scripted_engine(spec: ModelRun) -> ScriptedTestEngine:
+    """The `scripted-test` backend (registered as an `mmr5_batch.backends` entry point in pyproject.toml)."""
+    return ScriptedTestEngine(**spec.model.engine_kwargs)

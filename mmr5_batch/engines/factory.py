@@ -2,44 +2,52 @@
 
 So the job never imports vllm or torch unless the configured backend needs
 them, and a missing package is an `EngineUnavailable` that says what to install.
+hf and vllm are built in; any other backend name is looked up among the
+installed `mmr5_batch.backends` entry points (the development aids register
+the scripted test engine there), so production code never imports them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
+from mmr5_batch.config.run import ModelRun
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import AsyncEngine, Engine
 from mmr5_batch.errors import EngineUnavailable
 
-if TYPE_CHECKING:
-    from mmr5_batch.config import ModelConfig, RerankerConfig
+BACKEND_ENTRY_POINTS = "mmr5_batch.backends"
 
 
-def create_engine(config: RerankerConfig, model: ModelConfig | None = None) -> Engine:
-    """Build the configured backend for the config's model (or `model`: the two-model cascade's scorer);
+def registered_backend(name: str) -> Callable[[ModelRun], Engine]:
+    """The engine builder an installed package registered for `name` (entry point group `mmr5_batch.backends`)."""
+    for entry in entry_points(group=BACKEND_ENTRY_POINTS):
+        if entry.name == name:
+            builder: Callable[[ModelRun], Engine] = entry.load()
+            return builder
+    raise EngineUnavailable(f"unknown backend {name!r}: no installed package registers it (entry point group {BACKEND_ENTRY_POINTS!r})")
+
+
+def create_engine(spec: ModelRun) -> Engine:
+    """Build the backend for one model of the resolved run (its main model or the two-model cascade's scorer);
     raises EngineUnavailable with an actionable message."""
-    model = model or config.model
-    if model.backend == "hf":
+    backend = spec.model.backend
+    if backend == "hf":
         from mmr5_batch.engines.hf import HFEngine
 
-        return HFEngine.from_config(model)
-    if model.backend == "vllm":
+        return HFEngine.from_config(spec.model)
+    if backend == "vllm":
         from mmr5_batch.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_config(config, model=model)
-    if model.backend == "scripted-test":
-        from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
-
-        return ScriptedTestEngine(**model.engine_kwargs)
-    raise EngineUnavailable(f"unknown backend {model.backend!r}")
+        return VLLMEngine.from_run(spec)
+    return registered_backend(backend)(spec)
 
 
-def create_async_engine(config: RerankerConfig, model: ModelConfig | None = None) -> AsyncEngine:
+def create_async_engine(spec: ModelRun) -> AsyncEngine:
     """The engine the scheduler drives: vLLM's async engine, or a batch engine behind `BatchingEngine`."""
-    model = model or config.model
-    if model.backend == "vllm" and model.vllm_engine == "async":
+    if spec.model.backend == "vllm" and spec.model.vllm_engine == "async":
         from mmr5_batch.engines.vllm import AsyncVLLMEngine
 
-        return AsyncVLLMEngine.from_config(config, model=model)
-    return BatchingEngine(create_engine(config, model))
+        return AsyncVLLMEngine.from_run(spec)
+    return BatchingEngine(create_engine(spec))

@@ -15,7 +15,6 @@ P(yes), what the reranker's own code and vLLM's pooling runner compute.
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +24,9 @@ from mmr5_batch.core.answer_constraint import ANSWER_CHARACTERS, answer_complete
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, patch_rows
 from mmr5_batch.core.prompt import render_prompt
-from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW, RELEVANCE_NO, RELEVANCE_YES
+from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
+from mmr5_batch.engines.shared import id_token_ids, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
-
-log = logging.getLogger(__name__)
 
 
 def expand_image_pads(prompt: str, tokens_per_image: Sequence[int]) -> str:
@@ -159,16 +157,9 @@ class HFEngine:
     def _generate_group(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         completions: list[Completion] = []
         for start in range(0, len(requests), self.max_batch_size):
-            chunk = list(requests[start : start + self.max_batch_size])
-            try:
-                completions.extend(self._generate_batch(chunk))
-            except Exception as error:  # isolate the request that broke the batch
-                if len(chunk) == 1:
-                    log.warning("request failed in the hf engine: %s", error)
-                    completions.append(Completion("", "error", error=f"engine rejected the request: {error}"))
-                else:
-                    for request in chunk:
-                        completions.extend(self._generate_group([request]))
+            # transformers and torch say "this input" with many exception types (a size the processor refuses, out of
+            # memory on a long prompt): any of them isolates the request that broke the chunk.
+            completions.extend(split_on_rejection(requests[start : start + self.max_batch_size], self._generate_batch, (Exception,), "the hf engine"))
         return completions
 
     def _encode(self, requests: Sequence[EngineRequest]) -> tuple[dict[str, Any], list[int]]:
@@ -215,13 +206,6 @@ class HFEngine:
         values = processor.normalize(processor.rescale(channel_first, processor.rescale_factor), processor.image_mean, processor.image_std)
         return torch.from_numpy(np.ascontiguousarray(values.transpose(1, 0, 2), dtype=np.float32).reshape(rows.shape))
 
-    def id_token_ids(self, count: int) -> list[int]:
-        """Token ids of "1".."count" (single digits: Qwen's tokenizer splits numbers into digits)."""
-        ids = [self.tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
-        if count > FAST_MAX_WINDOW or any(token is None or token == self.tokenizer.unk_token_id for token in ids):
-            raise ValueError(f"fast mode scores single-token ids 1..9; a window of {count} does not fit")
-        return ids
-
     def _score_batch(self, requests: list[EngineRequest]) -> list[Completion]:
         """Fast mode: one forward pass; the log-probabilities of ids 1..n as the next token."""
         import torch
@@ -235,7 +219,7 @@ class HFEngine:
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         completions = []
         for row, request in enumerate(requests):
-            ids = self.id_token_ids(request.score_ids)
+            ids = id_token_ids(self.tokenizer, request.score_ids)
             scores = tuple(float(logprobs[row, token]) for token in ids)
             completions.append(Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], id_scores=scores))
         return completions

@@ -32,11 +32,14 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
+from mmr5_batch.config.run import ModelRun
+from mmr5_batch.config.sections import ModelConfig
 from mmr5_batch.core.answer_constraint import answer_regex
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, expand_image_pad_ids, patch_rows
 from mmr5_batch.core.prompt import render_prompt
-from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW, POINTWISE, RELEVANCE_NO, RELEVANCE_YES
+from mmr5_batch.core.vocabulary import POINTWISE, RELEVANCE_NO, RELEVANCE_YES
+from mmr5_batch.engines.shared import id_token_ids, rejected, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,13 +56,9 @@ def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> in
     return window * (image_tokens + 2) + PROMPT_TEXT_TOKENS + max_new_tokens
 
 
-def pointwise_args(config: Any, model: Any) -> dict[str, Any]:
-    """The pooling runner's arguments for a pointwise reranker (the config's model, or its two-model cascade's scorer)."""
-    from mmr5_batch.config.protocol import protocol_grid
-
-    grid = protocol_grid(POINTWISE)
-    # The scorer sees the cascade's first-pass images; a pointwise `model` the full-budget ones.
-    image_tokens = config.cascade.first_image_tokens if model is config.scorer else config.images.image_tokens
+def pointwise_args(spec: ModelRun) -> dict[str, Any]:
+    """The pooling runner's arguments for a pointwise reranker (the run's model, or its two-model cascade's scorer)."""
+    grid = spec.grid
     return {
         "runner": "pooling",
         "hf_overrides": {
@@ -67,27 +66,17 @@ def pointwise_args(config: Any, model: Any) -> dict[str, Any]:
             "classifier_from_token": [RELEVANCE_NO, RELEVANCE_YES],
             "is_original_qwen3_reranker": True,
         },
-        "max_model_len": image_tokens + 2 + POINTWISE_TEXT_TOKENS,
+        "max_model_len": spec.image_tokens + 2 + POINTWISE_TEXT_TOKENS,
         "limit_mm_per_prompt": {"image": 1, "video": 0},
-        "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": image_tokens * grid * grid},
+        "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": spec.image_tokens * grid * grid},
     }
 
 
-def engine_args(config: Any, model: Any = None) -> dict[str, Any]:
-    """Arguments for vllm.LLM derived from the job config, for its `model` (or another model section: the
-    two-model cascade's `scorer`); `model.engine_kwargs` win over ours."""
-    from mmr5_batch.config.protocol import model_protocol, protocol_grid, two_models
-
-    model = model or config.model
-    window, image_tokens = config.ranking.window, config.images.image_tokens
-    protocol = model_protocol(model)
-    grid = protocol_grid(protocol)
-    context = max_model_len_for(window, image_tokens, model.max_new_tokens)
-    if config.cascade.enabled and not two_models(config):
-        # The same-model cascade's first pass shows first_window smaller pictures per prompt.
-        cascade = config.cascade
-        window = max(window, cascade.first_window)
-        context = max(context, max_model_len_for(cascade.first_window, cascade.first_image_tokens, model.max_new_tokens))
+def engine_args(spec: ModelRun) -> dict[str, Any]:
+    """Arguments for vllm.LLM for one model of the resolved run, sized for every pass it makes;
+    `model.engine_kwargs` win over ours."""
+    model, grid = spec.model, spec.grid
+    context = max(max_model_len_for(step.window, step.image_tokens, model.max_new_tokens) for step in spec.passes)
     args: dict[str, Any] = {
         "model": model.name,
         "dtype": "bfloat16" if model.dtype == "auto" else model.dtype,
@@ -95,18 +84,18 @@ def engine_args(config: Any, model: Any = None) -> dict[str, Any]:
         # all one sequence ever needs, and a short context leaves KV memory
         # for many concurrent sequences.
         "max_model_len": context,
-        "limit_mm_per_prompt": {"image": window, "video": 0},
+        "limit_mm_per_prompt": {"image": spec.window, "video": 0},
         # Our images are already on the model's grid within budget: tell the
         # processor the same bounds so it neither resizes them again nor
         # reserves memory for 16k-token images.
-        "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": image_tokens * grid * grid},
+        "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": spec.image_tokens * grid * grid},
         "gpu_memory_utilization": model.gpu_memory_utilization,
         "tensor_parallel_size": model.tensor_parallel_size,
         "enable_prefix_caching": True,
         "seed": model.seed,
     }
-    if protocol == POINTWISE:
-        args.update(pointwise_args(config, model))
+    if spec.protocol == POINTWISE:
+        args.update(pointwise_args(spec))
         del args["enable_prefix_caching"]  # pooling requests share no decoded prefix worth caching
     if model.device == "cpu":
         # vLLM's CPU build reads gpu_memory_utilization as a share of the
@@ -133,13 +122,6 @@ def sampling_params_args(sampling: SamplingSettings) -> dict[str, Any]:
     }
 
 
-def id_token_ids(tokenizer: Any, count: int) -> list[int]:
-    """Token ids of "1".."count"; fast mode needs single-token ids (Qwen splits numbers into digits)."""
-    if count > FAST_MAX_WINDOW:
-        raise ValueError(f"fast mode scores single-token ids 1..9; a window of {count} does not fit")
-    return [tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
-
-
 def scoring_params_args(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
     """Fast mode: one token, restricted to the ids, with all their log-probabilities returned."""
     ids = id_token_ids(tokenizer, request.score_ids)
@@ -163,7 +145,7 @@ def load_vllm() -> Any:
     return vllm
 
 
-def check_build(vllm: Any, model: Any) -> None:
+def check_build(vllm: Any, model: ModelConfig) -> None:
     """The vLLM build must match model.device: its CPU build ignores GPUs, its GPU build cannot run without one."""
     on_cpu = vllm.platforms.current_platform.is_cpu()
     if model.device == "cpu" and not on_cpu:
@@ -274,10 +256,10 @@ def completion_from(output: Any) -> Completion:
     )
 
 
-def structured_outputs_class(vllm: Any, config: Any) -> Any:
+def structured_outputs_class(vllm: Any, spec: ModelRun) -> Any:
     """vLLM's StructuredOutputsParams (vLLM >= 0.12); the answer constraint cannot start without it."""
     found = getattr(getattr(vllm, "sampling_params", None), "StructuredOutputsParams", None)
-    if found is None and config.model.constrain_answer:
+    if found is None and spec.constrain_answer:
         raise EngineUnavailable("model.constrain_answer needs vLLM's structured outputs (vLLM >= 0.12); upgrade vllm or drop the setting")
     return found
 
@@ -330,48 +312,42 @@ class VLLMEngine(_VLLMRequests):
         self._take_patches(getattr(getattr(llm, "llm_engine", None), "input_processor", None))
 
     @classmethod
-    def from_config(cls, config: Any, vllm_module: Any = None, model: Any = None) -> VLLMEngine:
-        """Start the engine for the config's model (or `model`, the scorer's section); a bad model id or
-        out-of-memory at load fails here, before any work."""
+    def from_run(cls, spec: ModelRun, vllm_module: Any = None) -> VLLMEngine:
+        """Start the engine for one model of the resolved run; a bad model id or out-of-memory at load fails
+        here, before any work."""
         vllm = vllm_module or load_vllm()
-        model = model or config.model
+        model = spec.model
         check_build(vllm, model)
         try:
-            llm = vllm.LLM(**engine_args(config, model))
+            llm = vllm.LLM(**engine_args(spec))
         except Exception as error:
             raise EngineUnavailable(f"vLLM could not start {model.name!r}: {str(error).splitlines()[0]}") from error
-        return cls(llm, vllm.SamplingParams, structured_outputs_class(vllm, config))
+        return cls(llm, vllm.SamplingParams, structured_outputs_class(vllm, spec))
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         if not requests:
             return []
         if all(request.relevance for request in requests):
             return self._classify(requests)
+        # One bad prompt (e.g. longer than max_model_len) fails the whole call with a ValueError: isolated.
+        return split_on_rejection(requests, self._generate_batch, (ValueError,), "vLLM")
+
+    def _generate_batch(self, requests: list[EngineRequest]) -> list[Completion]:
         params = [self._params(request) for request in requests]
         prompts = [self._prompt(request) for request in requests]
-        try:
-            outputs = self._run(prompts, params) if self._rendered(prompts) else self.llm.generate(prompts, params, use_tqdm=False)
-        except ValueError as error:
-            if len(requests) == 1:
-                return [Completion("", "error", error=f"engine rejected the request: {error}")]
-            # One bad prompt (e.g. longer than max_model_len) fails the whole call: isolate it.
-            log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
-            return [completion for request in requests for completion in self.generate([request])]
+        outputs = self._run(prompts, params) if self._rendered(prompts) else self.llm.generate(prompts, params, use_tqdm=False)
         return [self._completion(output, request) for output, request in zip(outputs, requests)]
 
     def _classify(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         """Pointwise requests through the pooling runner's classify API: P(yes) per pair."""
+        return split_on_rejection(requests, self._classify_batch, (ValueError,), "vLLM")
+
+    def _classify_batch(self, requests: list[EngineRequest]) -> list[Completion]:
         prompts = [self._prompt(request) for request in requests]
-        try:
-            if self._rendered(prompts):
-                outputs = self._run(prompts, [self.llm_pooling_params() for _ in prompts])
-            else:
-                outputs = self.llm.classify(prompts, use_tqdm=False)
-        except ValueError as error:
-            if len(requests) == 1:
-                return [Completion("", "error", error=f"engine rejected the request: {error}")]
-            log.warning("vLLM rejected a batch (%s); retrying its requests one by one", error)
-            return [completion for request in requests for completion in self._classify([request])]
+        if self._rendered(prompts):
+            outputs = self._run(prompts, [self.llm_pooling_params() for _ in prompts])
+        else:
+            outputs = self.llm.classify(prompts, use_tqdm=False)
         return [relevance_completion(output) for output in outputs]
 
     @staticmethod
@@ -418,22 +394,22 @@ class AsyncVLLMEngine(_VLLMRequests):
         self._take_patches(getattr(engine, "input_processor", None))
 
     @classmethod
-    def from_config(cls, config: Any, vllm_module: Any = None, model: Any = None) -> AsyncVLLMEngine:
-        """Start the engine for the config's model (or `model`, the scorer's section); a bad model id or
-        out-of-memory at load fails here, before any work."""
+    def from_run(cls, spec: ModelRun, vllm_module: Any = None) -> AsyncVLLMEngine:
+        """Start the engine for one model of the resolved run; a bad model id or out-of-memory at load fails
+        here, before any work."""
         from transformers import AutoTokenizer
 
         vllm = vllm_module or load_vllm()
-        model = model or config.model
+        model = spec.model
         check_build(vllm, model)
-        args = engine_args(config, model)
+        args = engine_args(spec)
         try:
             engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args))
             # The same tokenizer (and chat template) vLLM loads for the model.
             tokenizer = AutoTokenizer.from_pretrained(args.get("tokenizer") or args["model"])
         except Exception as error:
             raise EngineUnavailable(f"vLLM could not start {model.name!r}: {str(error).splitlines()[0]}") from error
-        return cls(engine, vllm.SamplingParams, tokenizer, structured_outputs_class(vllm, config), getattr(vllm, "PoolingParams", None))
+        return cls(engine, vllm.SamplingParams, tokenizer, structured_outputs_class(vllm, spec), getattr(vllm, "PoolingParams", None))
 
     async def generate_async(self, request: EngineRequest) -> Completion:
         if request.relevance:
@@ -446,7 +422,7 @@ class AsyncVLLMEngine(_VLLMRequests):
                 final = output
         except ValueError as error:
             # vLLM refuses this prompt alone (e.g. longer than max_model_len); the others go on.
-            return Completion("", "error", error=f"engine rejected the request: {error}")
+            return rejected(error)
         if final is None or not final.finished:
             raise RuntimeError("vLLM ended a request without a finished output")
         return self._completion(final, request)
@@ -458,7 +434,7 @@ class AsyncVLLMEngine(_VLLMRequests):
             async for output in self.engine.encode(self._prompt(request), self.pooling_params(task="classify"), request_id=f"mmr5-{next(self._ids)}"):
                 final = output
         except ValueError as error:
-            return Completion("", "error", error=f"engine rejected the request: {error}")
+            return rejected(error)
         if final is None or not final.finished:
             raise RuntimeError("vLLM ended a request without a finished output")
         return relevance_completion(final)

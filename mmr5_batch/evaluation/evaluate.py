@@ -1,6 +1,8 @@
 """`mmr5-batch evaluate`: did reranking help? Metrics of the reranked and the first-stage order, side by side.
 
-Ray Data reads the run's ranked rows and dead letters and scores every query
+Ray Data reads the run's ranked rows and dead letters as of its last commit
+(the output's manifest, so an unfinished `--overwrite` is read once) and
+scores every query
 against the qrels in parallel (`score_batch`); the driver folds the
 per-query metrics into micro means, macro means over `--group-by` groups
 and a breakdown by row status. A dead letter is scored with its first-stage
@@ -21,8 +23,9 @@ import pyarrow as pa
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.evaluation.metrics import macro, micro, query_metrics
 from mmr5_batch.evaluation.qrels import Qrels, QrelsError, load_qrels
+from mmr5_batch.output.store import OutputStore
 from mmr5_batch.stages.cluster import ensure_ray
-from mmr5_batch.storage.filesystems import Storage, join
+from mmr5_batch.storage.filesystems import Storage
 
 ORDERS = ("first_stage", "reranked")
 NO_GROUP = "<none>"
@@ -93,7 +96,9 @@ def evaluate_run(
     if protocol == "mmdocir":
         group_by = group_by or "domain"
         domains = list(domains) if domains else mmdocir_domains(qrels_uri, storage)
-    files = [uri for folder in ("ranked", "dead_letter") for uri in storage.list_files(join(run, folder), ".parquet")]
+    # The results as of the last commit (the manifest): each query once, even while an --overwrite's old and new
+    # results lie side by side (output/store.py).
+    files = OutputStore(storage, run).committed_files()
     if not files:
         raise FileNotFoundError(f"no results under {run} (ranked/ or dead_letter/)")
     ensure_ray(address)  # only now: a bad qrels file or an empty run is reported without starting Ray

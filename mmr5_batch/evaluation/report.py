@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from mmr5_batch.evaluation.evaluate import format_report
 from mmr5_batch.storage.filesystems import Storage, join
 
 ORDERS = {"first_stage": "first stage", "reranked": "reranked"}
@@ -90,8 +91,6 @@ def _plot_cost(cost: dict[str, float]) -> Any:
 
 
 def _markdown(report: dict[str, Any], figures: list[str]) -> str:
-    from mmr5_batch.evaluation.evaluate import format_report
-
     lines = [f"# Evaluation of {report['run']}", "", f"Qrels: `{report['qrels']}`. {report.get('protocol_definition', '')}", ""]
     lines += [f"![{name}]({name})" for name in figures]
     lines += ["", format_report(report), ""]

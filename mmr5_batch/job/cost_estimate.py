@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
-from mmr5_batch.config.protocol import model_protocol, patches_in_cpu_stage, protocol_grid, two_models
+from mmr5_batch.config import JobConfig
+from mmr5_batch.config.run import NO_CASCADE, SAME_MODEL, TWO_MODELS, ResolvedRun, resolve_run
 from mmr5_batch.core.budgets import candidate_budgets
 from mmr5_batch.core.cost_model import (
     H200,
@@ -37,8 +38,8 @@ from mmr5_batch.core.preparation import group_pairs, uris_to_fetch
 from mmr5_batch.core.rows import READ_PATH
 from mmr5_batch.core.vocabulary import POINTWISE
 from mmr5_batch.core.windows import first_stage_order, sliding_windows
-from mmr5_batch.job.ledger import OutputState
 from mmr5_batch.job.planner import plan_input
+from mmr5_batch.output.store import OutputStore
 from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.fetching import fetch_images
 from mmr5_batch.storage.filesystems import Storage
@@ -87,8 +88,11 @@ def reference_tokens(width: int, height: int) -> int:
 def _size(data: bytes) -> tuple[int, int]:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as picture:  # the header only: no decode
-        width, height = picture.size
+    try:
+        with Image.open(io.BytesIO(data)) as picture:  # the header only: no decode
+            width, height = picture.size
+    except Exception as error:  # PIL raises many types for bytes that are no picture: this candidate's problem
+        raise ImageError(f"undecodable image: {type(error).__name__}: {error}") from error
     return padded_size(width, height)
 
 
@@ -153,29 +157,29 @@ def _page_sizes(row: dict[str, Any], fetched: dict[str, bytes | Exception]) -> t
             if not isinstance(data, bytes) or not data:
                 raise ImageError("no image")
             sizes.append(_size(data))
-        except Exception:
+        except ImageError:  # only the data's problems: anything else is a bug and stops the plan
             unusable += 1
     return sizes, unusable
 
 
-def price_setting(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], generated: int) -> None:
+def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, int]], generated: int) -> None:
     """Our cost for one query: the budgets the job would give, the cascade when on (the same model's, or the two-model one)."""
+    config = run.config
     images, ranking, cascade = config.images, config.ranking, config.cascade
     budgets = candidate_budgets(len(sizes), cap=images.image_tokens, window=ranking.window, prompt_total=images.prompt_image_tokens, policy=images.policy)
-    protocol = model_protocol(config.model)
-    tokens = [fit_to_token_budget(w, h, budget, protocol_grid(protocol)).tokens for (w, h), budget in zip(sizes, budgets)]
+    tokens = [fit_to_token_budget(w, h, budget, run.main.grid).tokens for (w, h), budget in zip(sizes, budgets)]
     # Without the CPU stage's patches the engine decodes and processes every picture it is sent; with them, only a
     # cascade's detail-pass pictures (which ones is known only after the first pass).
-    in_engine = not patches_in_cpu_stage(config)
-    if protocol == POINTWISE:
+    in_engine = not run.main.patches_in_cpu_stage
+    if run.protocol == POINTWISE:
         price_pointwise(ours, tokens, ranking.top_k, scorer_size(config.model.name), in_engine)
         return
     shown = len(sizes) if ranking.top_k is None else min(ranking.top_k, len(sizes))
-    if two_models(config):
+    if run.scorer is not None:
         # The scorer judges every candidate small (on its 32-px grid); MM-R5 reasons over its best in detail.
         scorer, detail = SettingCost("scorer"), SettingCost("detail")
-        small = [fit_to_token_budget(w, h, cascade.first_image_tokens, protocol_grid(POINTWISE)).tokens for w, h in sizes]
-        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name), not patches_in_cpu_stage(config, config.scorer))
+        small = [fit_to_token_budget(w, h, cascade.first_image_tokens, run.scorer.grid).tokens for w, h in sizes]
+        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name), not run.scorer.patches_in_cpu_stage)
         price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated, in_engine or shown > cascade.detail_top)
         _add(ours, scorer, detail)
         return
@@ -191,40 +195,43 @@ def price_setting(ours: SettingCost, config: Any, sizes: list[tuple[int, int]], 
     _add(ours, first, detail)
 
 
-def _setting_label(config: Any) -> str:
-    if model_protocol(config.model) == POINTWISE:
+def _setting_label(run: ResolvedRun) -> str:
+    config = run.config
+    if run.protocol == POINTWISE:
         return f"pointwise {config.model.name}: {config.images.image_tokens}-token cap, one prompt per candidate"
     label = f"{config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
     cascade = config.cascade
-    if two_models(config):
+    if run.two_models:
         label += f", two-model cascade: {config.scorer.name} at {cascade.first_image_tokens} tokens, then top {cascade.detail_top}"
     elif cascade.enabled:
         label += f", cascade {cascade.first_image_tokens} x {cascade.first_window} then top {cascade.detail_top}"
     return label
 
 
-def alternatives(config: Any) -> list[Any]:
+def alternatives(run: ResolvedRun) -> list[ResolvedRun]:
     """The configured setting first, then the other ways to rerank with MM-R5: windows alone, the same-model cascade,
     the two-model cascade (with the configured budgets and scorer)."""
-    options = [config]
-    if model_protocol(config.model) == POINTWISE:
+    options = [run]
+    if run.protocol == POINTWISE:
         return options
-    configured = (config.cascade.enabled, config.cascade.first_pass if config.cascade.enabled else None)
-    for way in ((False, None), (True, "same-model"), (True, POINTWISE)):
-        if way != configured:
-            update = {"enabled": way[0], **({"first_pass": way[1]} if way[1] else {})}
-            options.append(config.model_copy(update={"cascade": config.cascade.model_copy(update=update)}))
+    config = run.config
+    for kind in (NO_CASCADE, SAME_MODEL, TWO_MODELS):
+        if kind != run.cascade:
+            update = {"enabled": kind != NO_CASCADE, **({"first_pass": POINTWISE if kind == TWO_MODELS else "same-model"} if kind != NO_CASCADE else {})}
+            options.append(resolve_run(config.model_copy(update={"cascade": config.cascade.model_copy(update=update)})))
     return options
 
 
-def estimate(config: Any, sample: int = 200, generated_tokens: int = 400) -> dict[str, Any]:
+def estimate(config: JobConfig, sample: int = 200, generated_tokens: int = 400) -> dict[str, Any]:
     """The plan report as data: shards, problems found, and the cost table rows."""
+    run = resolve_run(config)
+    config = run.config
     storage = Storage(config.storage.s3_options())
-    plan = plan_input(config, storage, OutputState(storage, config.output))
+    plan = plan_input(config, storage, OutputStore(storage, config.output))
     rows = _sample_rows(plan, storage, sample)
     images = config.images
     fetched = fetch_images(storage, uris_to_fetch(rows), images.allowed_uri_prefixes, images.fetch_concurrency, images.fetch_retries)
-    options = alternatives(config)
+    options = alternatives(run)
     costs = [SettingCost(("ours: " if index == 0 else "") + _setting_label(option)) for index, option in enumerate(options)]
     reference = SettingCost("MM-R5 reference: pages near native size")
     unusable, candidates = 0, []

@@ -30,11 +30,13 @@ import pyarrow as pa
 
 from mmr5_batch.core.layouts import GROUPED, passthrough_problem, run_schema
 from mmr5_batch.errors import JobError, error_line
-from mmr5_batch.job.ledger import OutputState, shard_key
-from mmr5_batch.job.ledger_index import DONE, FORGOTTEN
 from mmr5_batch.job.shard_groups import group_shards
 from mmr5_batch.job.shard_survey import SURVEY_SCHEMA, id_hashes, query_ids, survey_shard
 from mmr5_batch.job.shard_tasks import map_shards
+from mmr5_batch.output.layout import shard_key
+from mmr5_batch.output.ledger_index import DONE, FORGOTTEN
+from mmr5_batch.output.store import OutputStore
+from mmr5_batch.stages.cluster import ensure_ray
 from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.filesystems import InputNotFound, Storage
 
@@ -116,7 +118,7 @@ def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], estab
     return run_schema(layout, canonical)
 
 
-def _classify(shards: list[ShardPlan], state: OutputState, overwrite: bool) -> tuple[list[ShardPlan], list[ShardPlan], list[ShardPlan]]:
+def _classify(shards: list[ShardPlan], state: OutputStore, overwrite: bool) -> tuple[list[ShardPlan], list[ShardPlan], list[ShardPlan]]:
     """(to survey, skipped, changed) from the ledger: done and unchanged is skipped; done, begun or found stale with
     other content is changed (its rows are deleted and it is processed from scratch)."""
     fresh: list[ShardPlan] = []
@@ -135,7 +137,7 @@ def _classify(shards: list[ShardPlan], state: OutputState, overwrite: bool) -> t
     return fresh, skipped, changed
 
 
-def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
+def plan_input(config: Any, storage: Storage, state: OutputStore) -> InputPlan:
     """The shards and rows this run processes; raises JobError when nothing can run at all."""
     try:
         listing = storage.list_input(config.input)
@@ -154,10 +156,13 @@ def plan_input(config: Any, storage: Storage, state: OutputState) -> InputPlan:
     bad: dict[str, str] = {}
     hashes = _survey(to_survey, storage, bad, config.execution.address)
     to_run = [shard for shard in to_survey if shard.uri not in bad]
-    layouts = Counter(shard.layout for shard in to_run)
-    layout = layouts.most_common(1)[0][0] if layouts else GROUPED
+    # The layout is the job's, decided once: as the first run into the output found most of its shards (ties to
+    # grouped), so a shard refused for its layout is refused again on every rerun, whatever else is pending.
+    established = None if config.overwrite else reading_output(state, state.input_layout)
+    layout = established or _majority_layout(to_run)
     for shard in [shard for shard in to_run if shard.layout != layout]:
-        bad[shard.uri] = f"{shard.uri}: uses the {shard.layout} layout while the other shards use {layout}"
+        whose = "this output's shards use" if established else "the other shards use"
+        bad[shard.uri] = f"{shard.uri}: uses the {shard.layout} layout while {whose} {layout}"
         to_run.remove(shard)
     schema = _run_schema(to_run, layout, bad, None if config.overwrite else reading_output(state, state.passthrough_types))
     if not to_run and not skipped:
@@ -173,8 +178,6 @@ def _survey(shards: list[ShardPlan], storage: Storage, bad: dict[str, str], addr
     """Fill in each shard's survey (Ray tasks); bad ones go to `bad`. Returns uri -> (id hashes, pending id hashes)."""
     if not shards:
         return {}
-    from mmr5_batch.stages.cluster import ensure_ray
-
     ensure_ray(address)
     by_uri = {shard.uri: shard for shard in shards}
     descriptors = [{"uri": shard.uri, "written": shard.written_files} for shard in shards]
@@ -221,7 +224,12 @@ def _mark_unaddressable_by_hash(shards: list[ShardPlan], layout: str, hashes: di
         shard.pending -= len(unwritten)
 
 
-def reading_output(state: OutputState, read: Any) -> Any:
+def _majority_layout(shards: list[ShardPlan]) -> str:
+    counts = Counter(shard.layout for shard in shards)
+    return max(sorted(counts), key=lambda layout: (counts[layout], layout == GROUPED)) if counts else GROUPED
+
+
+def reading_output(state: OutputStore, read: Any) -> Any:
     """Run `read`; an output prefix that cannot be read (bucket, credentials, endpoint) is one JobError line."""
     try:
         return read()

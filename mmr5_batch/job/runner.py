@@ -15,7 +15,9 @@ changes. Then:
 
 and finally every processed shard's written rows are read back and counted
 in Ray tasks (readback.py): shards whose every query is there exactly once
-go into the ledger, in one write.
+go into the ledger, in one write. Every write to the output prefix is a call
+on its store (output/store.py: open, begin, commit a wave, finish), which
+holds the crash-safe order.
 """
 
 from __future__ import annotations
@@ -29,28 +31,28 @@ from typing import Any
 
 import pyarrow as pa
 
-from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config, public_dump
+from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config
+from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.layouts import layout_schema
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.accounting import COUNTERS, RunOutcome, failures, merge_counters, now_iso, totals
 from mmr5_batch.job.dead_letters import write_unaddressable
-from mmr5_batch.job.lease import OutputLease
-from mmr5_batch.job.ledger import OutputState, describe_difference, job_fingerprint
-from mmr5_batch.job.overwrite import delete_superseded, finish_overwrite, supersede_results
+from mmr5_batch.job.fingerprint import describe_difference, run_fingerprint
 from mmr5_batch.job.planner import InputPlan, plan_input
 from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
+from mmr5_batch.output.store import OutputStore
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
-from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer, two_models
+from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer
 from mmr5_batch.stages.step import RerankStep
-from mmr5_batch.storage.filesystems import Storage, join
+from mmr5_batch.storage.filesystems import Storage
 from mmr5_batch.version import __version__
 
 log = logging.getLogger(__name__)
 
 
-def check_same_job(state: OutputState, fingerprint: dict[str, Any], overwrite: bool) -> None:
+def check_same_job(state: OutputStore, fingerprint: dict[str, Any], overwrite: bool) -> None:
     """Refuse to add rows to a prefix that holds results made with other settings (they would mix)."""
     try:
         earlier = state.job()
@@ -95,11 +97,12 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     """
     if isinstance(config, str | os.PathLike):
         config = load_config(os.fspath(config))
-    config = config_from_keywords(JobConfig, config, **settings).with_run_id().with_local_output_absolute()
+    run = resolve_run(config_from_keywords(JobConfig, config, **settings).with_run_id().with_local_output_absolute())
+    config = run.config  # every later step reads the resolved run ('auto' decided here, once)
     attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
     storage = Storage(config.storage.s3_options())
-    state = OutputState(storage, config.output)
-    fingerprint = job_fingerprint(public_dump(config))
+    state = OutputStore(storage, config.output)
+    fingerprint = run_fingerprint(run)
     timings: dict[str, float] = {}
     started = time.monotonic()
     runs_before = _finished_runs_or_none(state)
@@ -108,16 +111,15 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     timings["plan_seconds"] = time.monotonic() - started
     _log_plan(config, plan)
     ensure_ray(config.execution.address)
-    gpus = cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds)
-    placement = place_actors(config, gpus)
-    scorer = place_scorer(config, gpus) if two_models(config) else None
+    gpus = cluster_gpus(gpus_wanted_at_start(run), config.execution.gpu_wait_seconds)
+    placement = place_actors(run, gpus)
+    scorer = place_scorer(run, gpus) if run.two_models else None
     log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
     if scorer is not None:
         log.info("scorer actors: %d, each %g CPU and %g GPU", scorer.max_actors, scorer.cpus, scorer.gpus)
 
-    lease = OutputLease(storage, config.output, attempt, config.run_id or "", config.execution.lease_seconds)
     try:  # the last check, and the first write: the prefix exists from here on
-        lease.acquire()
+        lease = state.open(attempt, config.run_id or "", config.execution.lease_seconds)
     except JobError:
         raise
     except Exception as error:  # a file where a folder should be, read-only, full, no permission
@@ -125,7 +127,7 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     try:
         if runs_before is None or state.finished_runs() != runs_before:
             # Another job finished into this prefix while this one planned: plan again on what it wrote.
-            state = OutputState(storage, config.output)
+            state = OutputStore(storage, config.output)
             plan = plan_input(config, storage, state)
             check_same_job(state, fingerprint, config.overwrite)
         summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings)
@@ -134,7 +136,7 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     return summary
 
 
-def _finished_runs_or_none(state: OutputState) -> list[str] | None:
+def _finished_runs_or_none(state: OutputStore) -> list[str] | None:
     """The finished runs in the output before planning; None where it cannot be read (planning then says why)."""
     try:
         return state.finished_runs()
@@ -163,7 +165,7 @@ def _log_plan(config: JobConfig, plan: InputPlan) -> None:
 def _write(
     config: JobConfig,
     plan: InputPlan,
-    state: OutputState,
+    state: OutputStore,
     fingerprint: dict[str, Any],
     attempt: str,
     placements: tuple[ActorPlacement, ActorPlacement | None],
@@ -171,14 +173,16 @@ def _write(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
-    if config.overwrite:
-        supersede_results(state, fingerprint)
-    state.forget_shards(attempt, [shard.key for shard in plan.changed])
-    state.remove_orphan_pairs([shard.key for shard in plan.to_run])
-    state.mark_started(attempt, {shard.key: shard.fingerprint for shard in plan.to_run})
-    state.record_job(fingerprint)
-    state.record_passthrough_types(_passthrough(plan))
-    state.storage.write_text(join(config.output, "config.yaml"), config_to_yaml(config))
+    state.begin(
+        attempt,
+        fingerprint=fingerprint,
+        overwrite=config.overwrite,
+        changed=[shard.key for shard in plan.changed],
+        to_run={shard.key: shard.fingerprint for shard in plan.to_run},
+        input_layout=plan.layout,
+        passthrough=_passthrough(plan),
+        config_yaml=config_to_yaml(config),
+    )
     planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
 
     written = WrittenSoFar()
@@ -192,11 +196,10 @@ def _write(
         written.add(sink, _read_back(config, wave, state, attempt))
         timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
         timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
-    if all(stats["complete"] for stats in written.shard_stats.values()):
-        finish_overwrite(state, attempt)  # shards gone from the input or unreadable now: their old results go too
-    state.compact_ledger(attempt)
     timings["waves"] = len(waves)
-    return _account(config, plan, state, written, attempt, time.monotonic() - started, planner_letters, timings)
+    summary = _summary(config, plan, written, attempt, time.monotonic() - started, planner_letters, timings)
+    state.finish(attempt, all(stats["complete"] for stats in written.shard_stats.values()), summary)
+    return summary
 
 
 @dataclass
@@ -214,30 +217,27 @@ class WrittenSoFar:
         self.shard_stats.update(shard_stats)
 
 
-def _read_back(config: JobConfig, plan: InputPlan, state: OutputState, attempt: str) -> dict[str, dict[str, Any]]:
+def _read_back(config: JobConfig, plan: InputPlan, state: OutputStore, attempt: str) -> dict[str, dict[str, Any]]:
     """Each of the wave's shards' rows as written, counted (Ray tasks); complete shards go into the ledger in one write
     (their superseded files, an --overwrite's old results, are deleted first)."""
     shard_stats = read_back(plan.to_run, state.written_files(), state.storage)
     finished = now_iso()
     for stats in shard_stats.values():
         stats.update(run_id=config.run_id, finished_at=finished)
-    complete = {shard.key: shard_stats[shard.uri] for shard in plan.to_run if shard_stats[shard.uri]["complete"]}
-    delete_superseded(state, list(complete))
-    state.record_shards(attempt, complete)
+    state.commit_wave(attempt, {shard.key: shard_stats[shard.uri] for shard in plan.to_run if shard_stats[shard.uri]["complete"]})
     return shard_stats
 
 
-def _account(
+def _summary(
     config: JobConfig,
     plan: InputPlan,
-    state: OutputState,
     written: WrittenSoFar,
     attempt: str,
     wall: float,
     planner_letters: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Count what every processed shard holds now and write the summary."""
+    """Count what every processed shard holds now: the run summary."""
     finished = now_iso()
     outcome = RunOutcome(totals(written.per_shard), planner_letters, written.shard_stats)
     limit = config.execution.max_error_rate
@@ -275,6 +275,4 @@ def _account(
         "failed": "; ".join(failed) or None,
         "files": sorted(written.files),
     }
-    state.storage.write_json(join(config.output, "summary.json"), summary)
-    state.storage.write_json(join(config.output, "_ledger", "runs", f"{attempt}.json"), summary)
     return summary

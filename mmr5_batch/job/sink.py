@@ -21,9 +21,10 @@ from ray.data.block import Block, BlockAccessor
 
 from mmr5_batch.core.rows import DEAD_LETTER_KEEP, RANKED_DROP, RESULT_COLUMNS, SOURCE_PATH
 from mmr5_batch.core.vocabulary import ERROR
-from mmr5_batch.evaluation.relabel import PAIRS_FOLDER, pairs_table
 from mmr5_batch.job.accounting import merge_counters, shard_counters
-from mmr5_batch.storage.filesystems import Storage, join
+from mmr5_batch.job.relabel import pairs_table
+from mmr5_batch.output.layout import DEAD_LETTER, PAIRS, RANKED, OutputLayout, write_file_name
+from mmr5_batch.storage.filesystems import Storage
 
 
 class RerankOutputDatasink(Datasink[dict]):
@@ -64,7 +65,8 @@ class RerankOutputDatasink(Datasink[dict]):
         uris = [self.shards[path][0] for path in paths]
         table = table.set_column(table.schema.get_field_index(SOURCE_PATH), SOURCE_PATH, pa.array(uris, pa.string()))
         passthrough = [name for name in table.column_names if name not in RESULT_COLUMNS.names]
-        name = f"part-{self.attempt}-{ctx.task_idx:05d}.parquet"
+        name = write_file_name(self.attempt, ctx.task_idx)
+        layout = OutputLayout(self.output)
         files = []
         for path in sorted(set(paths)):
             key = self.shards[path][1]
@@ -72,14 +74,14 @@ class RerankOutputDatasink(Datasink[dict]):
             is_error = pc.equal(part["status"], ERROR)
             ranked = part.filter(pc.invert(is_error)).drop_columns(list(RANKED_DROP))
             dead = part.filter(is_error).select(list(DEAD_LETTER_KEEP) + passthrough)
-            # The ranked file goes last: it commits the task's pairs (relabel.orphan_pairs).
-            outputs = [("dead_letter", dead)]
+            # The ranked file goes last: it commits the task's pairs (output/store.py drops pairs without one).
+            outputs = [(DEAD_LETTER, dead)]
             if self.pairs is not None and ranked.num_rows:
-                outputs.append((PAIRS_FOLDER, pairs_table(ranked, *self.pairs)))
-            outputs.append(("ranked", ranked))
+                outputs.append((PAIRS, pairs_table(ranked, *self.pairs)))
+            outputs.append((RANKED, ranked))
             for folder, rows in outputs:
                 if rows.num_rows:
-                    uri = join(self.output, folder, key, name)
+                    uri = layout.result_file(folder, key, name)
                     self.storage.write_parquet(rows, uri)
                     files.append(uri)
         return {"stats": shard_counters(table), "files": files}

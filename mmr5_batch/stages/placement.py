@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from mmr5_batch.config import RerankerConfig
-from mmr5_batch.config.protocol import two_models
+from mmr5_batch.config.run import ResolvedRun
 from mmr5_batch.errors import JobError
 
-__all__ = ["ActorPlacement", "ClusterGpus", "gpus_wanted_at_start", "place_actors", "place_scorer", "two_models"]
+__all__ = ["ActorPlacement", "ClusterGpus", "gpus_wanted_at_start", "place_actors", "place_scorer"]
 
 
 @dataclass(frozen=True)
@@ -66,18 +66,19 @@ def scorer_gpus_per_actor(config: RerankerConfig) -> float:
     return float(scorer.tensor_parallel_size if scorer.backend == "vllm" else 1)
 
 
-def scorer_gpus(config: RerankerConfig) -> float:
+def scorer_gpus(run: ResolvedRun) -> float:
     """GPUs the scorer's actors hold (0 without a two-model cascade)."""
-    return scorer_gpus_per_actor(config) * (config.scorer.actors or 1) if two_models(config) else 0.0
+    return scorer_gpus_per_actor(run.config) * (run.config.scorer.actors or 1) if run.two_models else 0.0
 
 
-def gpus_wanted_at_start(config: RerankerConfig) -> float:
+def gpus_wanted_at_start(run: ResolvedRun) -> float:
     """GPUs the job needs before it can start: every fixed actor's, else one actor's (and the scorer's)."""
-    return gpus_per_actor(config) * (config.execution.actors or 1) + scorer_gpus(config)
+    return gpus_per_actor(run.config) * (run.config.execution.actors or 1) + scorer_gpus(run)
 
 
-def place_scorer(config: RerankerConfig, gpus: ClusterGpus) -> ActorPlacement:
+def place_scorer(run: ResolvedRun, gpus: ClusterGpus) -> ActorPlacement:
     """The two-model cascade's scorer actors: `scorer.actors` (default one), each with its GPU share."""
+    config = run.config
     scorer = config.scorer
     per_actor = scorer_gpus_per_actor(config)
     actors = scorer.actors or 1
@@ -90,9 +91,10 @@ def place_scorer(config: RerankerConfig, gpus: ClusterGpus) -> ActorPlacement:
     return ActorPlacement(cpus=cpus, gpus=per_actor, min_actors=actors, max_actors=actors)
 
 
-def place_actors(config: RerankerConfig, gpus: ClusterGpus) -> ActorPlacement:
+def place_actors(run: ResolvedRun, gpus: ClusterGpus) -> ActorPlacement:
     """The rerank actors: their resources and pool bounds (in the two-model cascade, on the GPUs the scorer leaves)."""
-    held = scorer_gpus(config)
+    config = run.config
+    held = scorer_gpus(run)
     if held:
         gpus = replace(gpus, now=max(0.0, gpus.now - held), reachable=max(0.0, gpus.reachable - held))
     execution, model = config.execution, config.model

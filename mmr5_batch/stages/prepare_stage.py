@@ -5,7 +5,8 @@ candidates (within the allowed prefixes, a bounded number at once), then
 prepares each row with `core.preparation.prepare_row` (with `images.processing:
 cpu-stage` also cutting each distinct picture into the model's patches, once per
 task); bad rows and
-candidates carry reasons, nothing raises on bad data. For the pairs layout,
+candidates carry reasons, nothing raises on bad data (an exception is a bug:
+the batch fails and Ray retries it). For the pairs layout,
 `group_pairs_batch` turns each query_id's rows into one grouped row first.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmr5_batch.core.layouts import append_passthrough
-from mmr5_batch.core.preparation import PrepareSettings, group_pairs, prepare_row_safely, uris_to_fetch
+from mmr5_batch.core.preparation import PrepareSettings, group_pairs, prepare_row, uris_to_fetch
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PREPARED_COLUMNS, READ_PATH, PreparedRow, to_table
 from mmr5_batch.engines.image_processors import page_work
 from mmr5_batch.stages.contracts import StageContract
@@ -62,7 +63,7 @@ def prepare_batch(batch: pa.Table, settings: PrepareSettings, fetch: FetchSettin
     fetched = fetch_for_preparation(fetch.storage, uris_to_fetch(rows), fetch.allowed_uri_prefixes, fetch.concurrency, fetch.retries)
     # One task's rows share its page work: a page shown to several of its queries is prepared once.
     work = page_work(settings)
-    table = to_table([prepare_row_safely(row, settings, fetched, work) for row in rows], PreparedRow)
+    table = to_table([prepare_row(row, settings, fetched, work) for row in rows], PreparedRow)
     PREPARE.check_output(table.schema)
     return append_passthrough(table, batch, own)
 

@@ -1,7 +1,11 @@
 """The reranker as one step of a Ray Data pipeline, in the style of `ray.data.llm` processors.
 
 `build_reranker(config)` returns a `RerankStep`, a callable `Dataset ->
-Dataset` that is lazy and composes with whatever comes before and after:
+Dataset` that composes with whatever comes before and after. Applying it
+places the actor pools, so it joins (or starts) Ray and, when the actors need
+GPUs the cluster does not have yet, waits for them up to
+`execution.gpu_wait_seconds`; the rows themselves are processed only when the
+returned dataset is consumed, as for any Ray Data transform:
 
     rows in the grouped layout (or mapped to it: `ColumnMapping`)
     -> [pairs layout: groupby query_id]
@@ -24,14 +28,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
+from mmr5_batch.config.run import ResolvedRun, resolve_run
 from mmr5_batch.core.layouts import GROUPED, PAIRS
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, InputCandidate, struct_type
 from mmr5_batch.errors import ConfigError, ContractError
-from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer, two_models
+from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
+from mmr5_batch.stages.model_actor import RERANK, SCORE, ModelActor
+from mmr5_batch.stages.placement import ActorPlacement, ClusterGpus, gpus_wanted_at_start, place_actors, place_scorer
 from mmr5_batch.stages.prepare_stage import PREPARE, FetchSettings, group_pairs_batch, prepare_batch
-from mmr5_batch.stages.rerank_stage import RerankActor
-from mmr5_batch.stages.score_stage import ScoreActor
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -99,13 +104,14 @@ class RerankStep:
     ) -> None:
         if layout not in (GROUPED, PAIRS):
             raise ConfigError(f"layout must be {GROUPED!r} or {PAIRS!r}, got {layout!r}")
-        self.config = config.reranker_only()
+        self.run: ResolvedRun[RerankerConfig] = resolve_run(config.reranker_only())
+        self.config = self.run.config
         self.columns = columns or ColumnMapping()
         self.layout = layout
         self.run_id = run_id
         self.placement = placement
         self.scorer_placement = scorer_placement
-        self.prepare = prepare or PrepareSettings.from_config(self.config)
+        self.prepare = prepare or self.run.prepare
 
     def __call__(self, dataset: Dataset) -> Dataset:
         execution = self.config.execution
@@ -128,19 +134,19 @@ class RerankStep:
             batch_size=execution.prepare_batch_size,
             num_cpus=execution.cpus_per_prepare_task,
         )
-        if two_models(self.config):
-            scorer = self.scorer_placement or place_scorer(self.config, _cluster_gpus(self.config))
-            dataset = self._actor_stage(dataset, ScoreActor, scorer, self.config.scorer.batch_size, config_json)
-        return self._actor_stage(dataset, RerankActor, placement, execution.batch_size, config_json)
+        if self.run.two_models:
+            scorer = self.scorer_placement or place_scorer(self.run, _cluster_gpus(self.run))
+            dataset = self._actor_stage(dataset, SCORE.stage, scorer, self.config.scorer.batch_size, config_json)
+        return self._actor_stage(dataset, RERANK.stage, placement, execution.batch_size, config_json)
 
-    def _actor_stage(self, dataset: Dataset, actor: type, placement: ActorPlacement, batch_size: int, config_json: str) -> Dataset:
-        """An actor pool of `actor` (one engine each, built from the config) over the dataset's batches."""
+    def _actor_stage(self, dataset: Dataset, stage: str, placement: ActorPlacement, batch_size: int, config_json: str) -> Dataset:
+        """An actor pool for `stage` (one engine each, built from the resolved config) over the dataset's batches."""
         from ray.data import ActorPoolStrategy
 
         concurrent = self.config.execution.concurrent_batches
         return dataset.map_batches(
-            actor,
-            fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id},
+            ModelActor,
+            fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id, "stage": stage},
             # The actor's __call__ is async: several batches run through one
             # engine at once, so a batch's last answers overlap the next batch.
             compute=ActorPoolStrategy(
@@ -157,8 +163,8 @@ class RerankStep:
         )
 
     def _place(self) -> tuple[ActorPlacement, ActorPlacement | None]:
-        gpus = _cluster_gpus(self.config)
-        return place_actors(self.config, gpus), place_scorer(self.config, gpus) if two_models(self.config) else None
+        gpus = _cluster_gpus(self.run)
+        return place_actors(self.run, gpus), place_scorer(self.run, gpus) if self.run.two_models else None
 
     def _check_known_schema(self, dataset: Dataset) -> None:
         """Check the prepare stage's contract now when the schema is known without running anything."""
@@ -187,11 +193,10 @@ def group_rows(dataset: Dataset, column: str) -> Dataset:
     return keyed.sort(GROUP_KEY).drop_columns([GROUP_KEY])
 
 
-def _cluster_gpus(config: RerankerConfig) -> Any:
-    from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
-
-    ensure_ray(config.execution.address)
-    return cluster_gpus(gpus_wanted_at_start(config), config.execution.gpu_wait_seconds)
+def _cluster_gpus(run: ResolvedRun) -> ClusterGpus:
+    execution = run.config.execution
+    ensure_ray(execution.address)
+    return cluster_gpus(gpus_wanted_at_start(run), execution.gpu_wait_seconds)
 
 
 def build_reranker(
@@ -209,5 +214,5 @@ def build_reranker(
 
 
 def rerank_dataset(dataset: Dataset, config: RerankerConfig | dict[str, Any] | None = None, **options: Any) -> Dataset:
-    """`build_reranker(config, **options)(dataset)`: the reranked dataset, lazily."""
+    """`build_reranker(config, **options)(dataset)`: the reranked dataset (actors placed now, rows processed when it is consumed)."""
     return build_reranker(config, **options)(dataset)

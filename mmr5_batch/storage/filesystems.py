@@ -28,6 +28,10 @@ class InputNotFound(FileNotFoundError):
     """The input path does not exist, cannot be listed, or holds no Parquet shards."""
 
 
+# A file being written on a local file system: hidden, renamed into place when whole.
+TEMPORARY_SUFFIX = ".tmp"
+
+
 def protocol_of(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
 
@@ -106,6 +110,13 @@ class Storage:
             return []
         return sorted(self.uri(fs, name) for name in fs.find(path) if name.endswith(suffix) and not _under_hidden(name, path))
 
+    def temporaries(self, uri: str) -> list[str]:
+        """The hidden temporaries `write_bytes` left under a local prefix (object stores have none)."""
+        fs, path = self.filesystem(uri)
+        if protocol_of(uri) not in LOCAL_PROTOCOLS or not fs.exists(path):
+            return []
+        return sorted(self.uri(fs, name) for name in fs.find(path) if name.rsplit("/", 1)[-1].startswith(".") and name.endswith(TEMPORARY_SUFFIX))
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write all of `data` or nothing: readers never see a partial file.
 
@@ -116,10 +127,17 @@ class Storage:
         parent = path.rsplit("/", 1)[0]
         if protocol_of(uri) in LOCAL_PROTOCOLS:
             fs.makedirs(parent, exist_ok=True)
-            temporary = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}.tmp"
-            with fs.open(temporary, "wb") as handle:
-                handle.write(data)
-            fs.mv(temporary, path)
+            temporary = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
+            try:
+                with fs.open(temporary, "wb") as handle:
+                    handle.write(data)
+                fs.mv(temporary, path)
+            except BaseException:
+                # A full disk or a killed task must not leave the half-written temporary behind; a process killed
+                # outright does, and the output's next holder removes it (output/store.py: remove_temporaries).
+                if fs.exists(temporary):
+                    fs.rm(temporary)
+                raise
         else:
             with fs.open(path, "wb") as handle:
                 handle.write(data)

@@ -9,12 +9,13 @@ import pytest
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.config.protocol import model_protocol, protocol_grid
+from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.batching import BatchingEngine
-from mmr5_batch.core.engine_protocol import Completion
+from mmr5_batch.core.engine_protocol import Completion, SamplingSettings
 from mmr5_batch.core.images import prepare_images
 from mmr5_batch.core.pointwise import pointwise_request, relevance_order
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION, render_pointwise_prompt
-from mmr5_batch.core.preparation import PrepareSettings, prepare_row
+from mmr5_batch.core.preparation import prepare_row
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
 from mmr5_batch.errors import ConfigError
@@ -71,7 +72,7 @@ def prepared(levels, texts=None, query="which page?", query_id="q"):
 
 
 def pointwise_settings(**fields):
-    return RankingSettings(window=5, stride=3, sampling=RankingSettings.for_scorer(RerankerConfig()).sampling, model_id="m", protocol="pointwise", **fields)
+    return RankingSettings(window=5, stride=3, sampling=SamplingSettings(max_new_tokens=1, stop=()), model_id="m", protocol="pointwise", **fields)
 
 
 def test_pointwise_ranks_by_p_yes_and_reports_it_as_the_scores():
@@ -113,7 +114,8 @@ def two_model_settings(detail_top=2, top_k=None):
         cascade=True,
         **{"cascade.first_pass": "pointwise", "cascade.detail_top": detail_top, "scorer.backend": "scripted-test"},
     )
-    return RankingSettings.for_scorer(config), RankingSettings.from_config(config)
+    run = resolve_run(config)
+    return run.scoring(), run.ranking()
 
 
 def test_two_model_cascade_mm_r5_reasons_over_the_scorers_best_only():
@@ -156,7 +158,7 @@ def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
         ({"protocol": "pointwise", "cascade": True}, "same-model cascade is MM-R5's"),
         ({"protocol": "pointwise", "cascade": True, "cascade.first_pass": "pointwise"}, "model must be MM-R5"),
         ({"protocol": "pointwise", "mode": "fast"}, "scores MM-R5's answer ids"),
-        ({"scorer.protocol": "mm-r5"}, "the scorer is a pointwise model"),
+        ({"scorer.protocol": "mm-r5"}, "scorer.protocol .mm-r5.: the scorer judges one pair per prompt, it must be a pointwise model"),
     ],
 )
 def test_protocol_settings_that_cannot_work_stop_at_config_time(settings, message):
@@ -169,8 +171,8 @@ def test_images_are_fitted_on_each_models_grid_and_text_only_candidates_are_kept
     assert big.width % 28 == 0 and big.height % 28 == 0 and big.tokens == (big.width // 28) * (big.height // 28) <= 64
     assert small.width % 32 == 0 and small.height % 32 == 0 and small.tokens == (small.width // 32) * (small.height // 32) <= 16
     row = {"query_id": "q", "query": "which?", "candidates": [{"doc_id": "t", "text": "words"}, {"doc_id": "i", "image": grey_jpeg(90)}]}
-    pointwise = prepare_row(row, PrepareSettings.from_config(config_from_keywords(RerankerConfig, protocol="pointwise", image_tokens=16)))
+    pointwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, protocol="pointwise", image_tokens=16)).prepare)
     assert pointwise["error"] is None and [c["error"] for c in pointwise["candidates"]] == [None, None]
     assert pointwise["candidates"][0]["text"] == "words" and pointwise["candidates"][1]["image_tokens"] <= 16
-    listwise = prepare_row(row, PrepareSettings.from_config(config_from_keywords(RerankerConfig, image_tokens=16)))
+    listwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, image_tokens=16)).prepare)
     assert "neither image bytes nor image_uri" in listwise["candidates"][0]["error"]

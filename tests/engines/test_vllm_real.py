@@ -21,6 +21,7 @@ pytestmark = [
 ]
 
 from mmr5_batch.config import load_config  # noqa: E402
+from mmr5_batch.config.run import resolve_run  # noqa: E402
 from mmr5_batch.core.images import prepare_image  # noqa: E402
 from mmr5_batch.core.prompt import build_messages  # noqa: E402
 from mmr5_batch.devtools.demo_data import write_demo_dataset  # noqa: E402
@@ -54,7 +55,7 @@ def window_requests(count):
 
 
 def test_tiny_model_generates_through_real_vllm(tiny_model_dir, tmp_path):
-    engine = VLLMEngine.from_config(real_config(tiny_model_dir, tmp_path))
+    engine = VLLMEngine.from_run(resolve_run(real_config(tiny_model_dir, tmp_path)).main)
     try:
         completions = engine.generate(window_requests(8))
     finally:
@@ -70,7 +71,7 @@ def test_tiny_model_generates_through_real_vllm(tiny_model_dir, tmp_path):
 def test_tiny_model_generates_through_real_async_vllm(tiny_model_dir, tmp_path):
     import asyncio
 
-    engine = AsyncVLLMEngine.from_config(real_config(tiny_model_dir, tmp_path))
+    engine = AsyncVLLMEngine.from_run(resolve_run(real_config(tiny_model_dir, tmp_path)).main)
 
     async def submit_all():
         return await asyncio.gather(*(engine.generate_async(request) for request in window_requests(8)))
@@ -132,7 +133,7 @@ def test_pointwise_scores_on_vllms_pooling_runner_equal_the_hf_engines(tiny_poin
         completion.relevance
         for completion in HFEngine.from_config(config.model.model_copy(update={"backend": "hf", "engine_kwargs": {}})).generate(pointwise_requests())
     ]
-    offline = VLLMEngine.from_config(config)
+    offline = VLLMEngine.from_run(resolve_run(config).main)
     try:
         classified = offline.generate(pointwise_requests())
     finally:
@@ -140,7 +141,7 @@ def test_pointwise_scores_on_vllms_pooling_runner_equal_the_hf_engines(tiny_poin
     assert [completion.error for completion in classified] == [None] * 3
     assert [completion.relevance for completion in classified] == pytest.approx(expected, abs=1e-4)
 
-    engine = AsyncVLLMEngine.from_config(config)
+    engine = AsyncVLLMEngine.from_run(resolve_run(config).main)
 
     async def submit_all():
         return await asyncio.gather(*(engine.generate_async(request) for request in pointwise_requests()))
@@ -215,7 +216,7 @@ def test_patches_from_the_cpu_stage_are_what_vllm_makes_of_the_same_prompt(tiny_
             image_inputs=tuple(candidate_patches(c, "image") for c in candidates),
         )
 
-    engine = VLLMEngine.from_config(real_config(tiny_model_dir, tmp_path))
+    engine = VLLMEngine.from_run(resolve_run(real_config(tiny_model_dir, tmp_path)).main)
     try:
         assert engine.processed is not None, "vLLM's CPU build normalises on the device: it takes patches"
         # The inputs themselves, on pictures nothing else uses (a request processed and never submitted leaves
@@ -256,7 +257,7 @@ def test_pointwise_pairs_from_patches_score_as_vllms_own_processing(tiny_pointwi
     from mmr5_batch.engines.image_processors import load_image_processor
 
     config = real_config(tiny_pointwise_dir, tmp_path, **{"images.image_tokens": 16})
-    engine = VLLMEngine.from_config(config)
+    engine = VLLMEngine.from_run(resolve_run(config).main)
     try:
         assert engine.processed is not None
 

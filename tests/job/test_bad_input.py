@@ -242,3 +242,75 @@ def test_a_query_id_repeated_after_a_crash_keeps_its_first_written_copy(ray_sess
     assert letter["query_id"] == "a0" and "already written for" in letter["reason"] and letter["source_path"].endswith("b.parquet")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["incomplete_shards"] == [] and summary["failed"] is None
+
+
+def test_a_shard_refused_for_its_layout_stays_refused_on_every_rerun(ray_session, tmp_path):
+    for name in "abc":
+        write(tmp_path / "in" / f"{name}.parquet", pa.Table.from_pylist(rows(name, 2), schema=SCHEMA))
+    pairs = [{"query_id": "p", "query": "q", "doc_id": "d", "image": grey_jpeg(9), "image_uri": None, "text": None, "score": 1.0}]
+    write(tmp_path / "in" / "pairs.parquet", pa.Table.from_pylist(pairs, schema=PAIRS_INPUT_SCHEMA))
+    out = tmp_path / "out"
+    args = ["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--max-error-rate", "0.5"]
+    assert main(args) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert [Path(uri).stem for uri in first["bad_shards"]] == ["pairs"] and first["shards"]["processed"] == 3
+    # The grouped shards are done now, the pairs shard is the only one pending: the job's layout still decides.
+    for _ in range(2):
+        assert main(args) == 0
+        again = json.loads((out / "summary.json").read_text())
+        assert [Path(uri).stem for uri in again["bad_shards"]] == ["pairs"] and again["shards"]["processed"] == 0
+        assert "uses the pairs layout while this output's shards use grouped" in next(iter(again["bad_shards"].values()))
+    assert sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["a0", "a1", "b0", "b1", "c0", "c1"]
+
+
+def manifest_rows(out: Path, folder: str = "ranked") -> list[dict]:
+    """The rows a reader outside the project reads: the files the manifest names."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [row for path in manifest[folder] for row in pq.read_table(out / path).to_pylist()]
+
+
+def test_an_interrupted_overwrite_is_read_once_by_evaluate_and_by_the_manifest(ray_session, tmp_path, monkeypatch, capsys):
+    from mmr5_batch.output.store import OutputStore
+
+    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
+    write(tmp_path / "in" / "b.parquet", pa.Table.from_pylist(rows("b", 2), schema=SCHEMA))
+    (tmp_path / "qrels.trec").write_text("".join(f"{query} 0 d2 1\n" for query in ("a0", "a1", "b0", "b1")))
+    out = tmp_path / "out"
+    queries = ["a0", "a1", "b0", "b1"]
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries
+
+    def evaluated() -> int:
+        assert main(["evaluate", "--run", str(out), "--qrels", str(tmp_path / "qrels.trec"), "--k", "1", "--json", str(tmp_path / "eval.json")]) == 0
+        capsys.readouterr()
+        return json.loads((tmp_path / "eval.json").read_text())["queries"]
+
+    # Killed after the new rows are written, before they are committed: old and new files lie side by side.
+    def killed(self, attempt, complete):
+        raise KeyboardInterrupt("killed before the commit")
+
+    monkeypatch.setattr(OutputStore, "commit_wave", killed)
+    with contextlib.suppress(KeyboardInterrupt):
+        main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--overwrite", "--window", "3", "--stride", "2"])
+    monkeypatch.undo()
+    (out / "_ledger" / "lease.json").unlink(missing_ok=True)  # as if the dead run's lease had expired
+    assert len(read_folder(out / "ranked")) == 8  # a plain listing reads every query twice
+    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries and evaluated() == 4
+
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--window", "3", "--stride", "2"]) == 0
+    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries and evaluated() == 4
+    assert len(read_folder(out / "ranked")) == 4 and manifest_rows(out, "dead_letter") == []
+
+
+def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_run(ray_session, tmp_path):
+    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    [written] = (out / "ranked").rglob("*.parquet")
+    # What a writer killed mid-file (or a full disk before this version) leaves: a hidden temporary beside the file.
+    litter = [written.parent / f".{written.name}.1a2b3c4d.tmp", out / "_ledger" / "index" / ".00000009-done-x.jsonl.5e6f7a8b.tmp"]
+    for path in litter:
+        path.write_bytes(b"half a file")
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
+    assert sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["a0", "a1"]

@@ -44,12 +44,14 @@ def test_plan_reports_bad_shards_and_prices_ours_against_the_reference(ray_sessi
 
 def test_on_long_lists_the_two_model_cascade_costs_a_fraction_of_sliding_windows():
     from mmr5_batch.config import RerankerConfig, config_from_keywords
+    from mmr5_batch.config.run import resolve_run
     from mmr5_batch.job.cost_estimate import SettingCost, alternatives, price_setting
 
-    config = config_from_keywords(RerankerConfig)
+    run = resolve_run(config_from_keywords(RerankerConfig))
     costs = {}
-    for option in alternatives(config):
-        cost = SettingCost(option.cascade.first_pass if option.cascade.enabled else "windows")
+    for option in alternatives(run):
+        cascade = option.config.cascade
+        cost = SettingCost(cascade.first_pass if cascade.enabled else "windows")
         price_setting(cost, option, [(1240, 1754)] * 50, generated=400)
         costs[cost.name] = cost.row(1)
     # 50 candidates, window 5 stride 3: 16 windows; same-model cascade: 8 windows of 10 small images, then one detail window.

@@ -1,4 +1,4 @@
-"""Many small shards at test size: grouped read tasks, the driver's work in Ray tasks, the ledger index, legacy ledgers.
+"""Many small shards at test size: grouped read tasks, the driver's work in Ray tasks, the ledger index.
 
 The same guarantees as with one shard per task: every query exactly once,
 resume after a crash processes only what is missing, a rerun over ledgered
@@ -7,7 +7,6 @@ shards does nothing, and a run writes a few ledger files whatever its shard coun
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import pyarrow.parquet as pq
 
 from mmr5_batch import run_job
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
-from mmr5_batch.job.ledger_index import read_index
-from mmr5_batch.storage.filesystems import Storage
 from tests.conftest import grey_jpeg, read_folder
 from tests.support.ledger_support import done_keys, forget_done
 
@@ -98,24 +95,6 @@ def test_a_repeated_id_across_grouped_shards_is_found_on_its_hash(ray_session, t
     ]
     assert all("appears 2 times" in row["reason"] for row in letters)
     assert summary["planner_dead_letters"] == 2 and summary["incomplete_shards"] == []
-
-
-def test_an_output_with_a_legacy_per_shard_ledger_is_read_and_folded_in(ray_session, tmp_path):
-    write_input(tmp_path / "in", shards=4)
-    out = tmp_path / "out"
-    run_job(**settings(tmp_path))
-    # As an earlier version left it: one JSON file per done shard, no index.
-    index = read_index(Storage(), str(out))
-    (out / "_ledger" / "shards").mkdir()
-    for key, event in index.latest.items():
-        (out / "_ledger" / "shards" / f"{key}.json").write_text(json.dumps({k: v for k, v in event.items() if k not in ("key", "event")}))
-    for path in (out / "_ledger" / "index").glob("*.jsonl"):
-        path.unlink()
-    write_input(tmp_path / "in", shards=5, first=4)  # and one new shard
-    summary = run_job(**settings(tmp_path))
-    assert summary["shards"]["skipped_done_earlier"] == 4 and summary["shards"]["processed"] == 1
-    assert not list((out / "_ledger" / "shards").glob("*.json"))  # folded into the index
-    assert len(done_keys(out)) == 5 and set(written_ids(out).values()) == {1}
 
 
 def test_waves_of_whole_shards_each_read_back_and_ledgered_when_they_end(ray_session, tmp_path):

@@ -11,9 +11,10 @@ from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.rows import DEAD_LETTER_KEEP
 from mmr5_batch.job.accounting import shard_summary as summarise
 from mmr5_batch.job.dead_letters import unaddressable_dead_letters
-from mmr5_batch.job.ledger import describe_difference, job_fingerprint, shard_key
+from mmr5_batch.job.fingerprint import describe_difference, job_fingerprint
 from mmr5_batch.job.planner import ShardPlan, _mark_unaddressable
 from mmr5_batch.job.shard_reader import drop_query_ids
+from mmr5_batch.output.layout import shard_key
 
 
 def test_shard_keys_are_stable_readable_and_distinct():

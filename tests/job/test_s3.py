@@ -185,7 +185,7 @@ def test_rejected_credentials_are_one_clear_line_without_the_secret(ray_session,
 
 
 def test_the_lease_on_an_s3_prefix_is_a_conditional_create(s3):
-    from mmr5_batch.job.lease import OutputLease
+    from mmr5_batch.output.lease import OutputLease
     from mmr5_batch.storage.filesystems import Storage
 
     _, bucket = s3

@@ -10,8 +10,8 @@ from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PREPARED_COLUMNS
 from mmr5_batch.errors import ContractError
 from mmr5_batch.stages.contracts import StageContract
+from mmr5_batch.stages.model_actor import RERANK
 from mmr5_batch.stages.prepare_stage import PREPARE, prepare_batch
-from mmr5_batch.stages.rerank_stage import RERANK
 
 
 def grouped(**types):

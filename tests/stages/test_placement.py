@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from mmr5_batch.config import load_config
+from mmr5_batch.config.run import resolve_run
 from mmr5_batch.job.planner import JobError
 from mmr5_batch.stages.placement import ClusterGpus, gpus_wanted_at_start, place_actors
 
 
 def config(**overrides):
-    return load_config(None, {"input": "in", "output": "out", **overrides})
+    """The resolved run placement reads."""
+    return resolve_run(load_config(None, {"input": "in", "output": "out", **overrides}))
 
 
 VLLM = {"model.backend": "vllm"}

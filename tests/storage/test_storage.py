@@ -97,6 +97,23 @@ def test_writes_are_atomic_and_hidden_files_are_not_data(tmp_path):
     (tmp_path / "out" / "_ledger" / "x.parquet").write_text("ledger")
     assert storage.list_files(str(tmp_path / "out"), ".parquet") == [target]
     assert (tmp_path / "out" / "ranked" / "part-1.parquet").read_text() == "complete"
+    assert storage.temporaries(str(tmp_path / "out")) == [str(tmp_path / "out" / "ranked" / ".part-2.parquet.abc.tmp")]
+
+
+def test_a_write_that_fails_half_way_leaves_no_temporary(tmp_path, monkeypatch):
+    """A full disk: the hidden temporary is removed and the error goes on to the caller; the target never appears."""
+    import errno
+
+    from fsspec.implementations.local import LocalFileOpener
+
+    def disk_full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LocalFileOpener, "write", disk_full)
+    storage = Storage()
+    with pytest.raises(OSError, match="No space left on device"):
+        storage.write_bytes(str(tmp_path / "out" / "ranked" / "part-1.parquet"), b"rows")
+    assert [path.name for path in (tmp_path / "out" / "ranked").iterdir()] == []
 
 
 def test_listing_names_the_problem(tmp_path):

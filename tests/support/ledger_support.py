@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmr5_batch.job.ledger_index import DONE, INDEX, LEDGER, read_index
+from mmr5_batch.output.layout import INDEX, LEDGER
+from mmr5_batch.output.ledger_index import DONE, read_index
 from mmr5_batch.storage.filesystems import Storage
 
 

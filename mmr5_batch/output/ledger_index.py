@@ -17,10 +17,6 @@ in progress, events it did not write do not count (their `overwrite_id`
 differs). When the index holds more than `COMPACT_AFTER` files, a run writes
 the latest event of every shard into one file and then deletes the others;
 a crash in between leaves both, which read the same.
-
-Outputs written before the index existed hold one JSON file per shard
-(`_ledger/shards/<key>.json`: done, `_ledger/started/<key>.json`): they read
-as the oldest events, and the first compaction folds them in and removes them.
 """
 
 from __future__ import annotations
@@ -30,24 +26,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmr5_batch.storage.filesystems import Storage, join
+from mmr5_batch.output.layout import INDEX, OutputLayout
+from mmr5_batch.storage.filesystems import Storage
 
-LEDGER = "_ledger"
-INDEX = "index"
 STARTED, DONE, FORGOTTEN = "started", "done", "forgotten"
 EVENTS = (FORGOTTEN, STARTED, DONE)
 COMPACTED = "compacted"
 COMPACT_AFTER = 16
-LEGACY = (("started", STARTED), ("shards", DONE))  # oldest first: a legacy ledger entry outranked a started marker
 
 
 @dataclass
 class LedgerIndex:
-    """Every shard's latest ledger event, read from the index files (and any legacy per-shard files)."""
+    """Every shard's latest ledger event, read from the index files."""
 
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard key -> its latest event
     files: list[str] = field(default_factory=list)  # index files read, in seq order
-    legacy: list[str] = field(default_factory=list)  # legacy per-shard files read
     next_seq: int = 1
 
     def apply(self, events: Iterable[dict[str, Any]]) -> None:
@@ -62,14 +55,9 @@ def _seq(uri: str) -> int:
 
 
 def read_index(storage: Storage, output: str) -> LedgerIndex:
-    """The ledger of `output`: one listing of the index, one read per index file (legacy files: one read each)."""
+    """The ledger of `output`: one listing of the index, one read per index file."""
     index = LedgerIndex()
-    for folder, event in LEGACY:
-        for uri in storage.list_files(join(output, LEDGER, folder), ".json"):
-            entry = storage.read_json(uri)
-            index.apply([entry | {"key": uri.rsplit("/", 1)[-1].removesuffix(".json"), "event": event}])
-            index.legacy.append(uri)
-    index.files = sorted(storage.list_files(join(output, LEDGER, INDEX), ".jsonl"), key=lambda uri: (_seq(uri), uri))
+    index.files = sorted(storage.list_files(OutputLayout(output).ledger(INDEX), ".jsonl"), key=lambda uri: (_seq(uri), uri))
     for uri in index.files:
         index.apply(json.loads(line) for line in storage.read_bytes(uri).decode().splitlines() if line.strip())
     index.next_seq = max((_seq(uri) for uri in index.files), default=0) + 1
@@ -81,7 +69,7 @@ def append_events(storage: Storage, output: str, index: LedgerIndex, kind: str, 
     if not events:
         return None
     lines = [json.dumps(event | {"event": event.get("event", kind)}, sort_keys=True) for event in events]
-    uri = join(output, LEDGER, INDEX, f"{index.next_seq:08d}-{kind}-{attempt}.jsonl")
+    uri = OutputLayout(output).ledger(INDEX, f"{index.next_seq:08d}-{kind}-{attempt}.jsonl")
     storage.write_text(uri, "\n".join(lines) + "\n")
     index.apply(json.loads(line) for line in lines)
     index.files.append(uri)
@@ -91,13 +79,13 @@ def append_events(storage: Storage, output: str, index: LedgerIndex, kind: str, 
 
 def compact(storage: Storage, output: str, index: LedgerIndex, attempt: str, keep: Any = None) -> bool:
     """Rewrite the index as one file of each shard's latest event (only those `keep(event)` accepts), then delete
-    the files it replaces; whether it did (it does when there are legacy files, more than COMPACT_AFTER index
-    files, or a `keep` filter)."""
-    if keep is None and not index.legacy and len(index.files) <= COMPACT_AFTER:
+    the files it replaces; whether it did (it does when there are more than COMPACT_AFTER index files, or a
+    `keep` filter)."""
+    if keep is None and len(index.files) <= COMPACT_AFTER:
         return False
-    replaced = [*index.files, *index.legacy]
+    replaced = list(index.files)
     events = [event for _, event in sorted(index.latest.items()) if keep is None or keep(event)]
-    index.latest, index.files, index.legacy = {}, [], []
+    index.latest, index.files = {}, []
     # Even with no events left, the compacted file marks the sequence past the deleted ones.
     written = append_events(storage, output, index, COMPACTED, attempt, events) if events else None
     for uri in replaced:

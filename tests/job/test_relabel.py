@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmr5_batch.evaluation.relabel import orphan_pairs, pairs_rows
+from mmr5_batch.job.relabel import pairs_rows
 
 
 def ranked_row(**overrides):
@@ -38,8 +38,3 @@ def test_flagged_candidates_are_never_positive_and_no_label_column_means_unknown
     pairs = pairs_rows(ranked_row(doc_ids=["x", "a", "b", "c"]), positives_top_k=2, label_column=None)
     assert [p["label"] for p in pairs] == [0, 1, 0, 0]
     assert all(p["existing_label"] is None and p["disagrees"] is None for p in pairs)
-
-
-def test_pairs_without_a_committed_ranked_file_are_orphans():
-    files = ["s3://b/out/pairs/k/part-a-00001.parquet", "s3://b/out/pairs/k/part-a-00002.parquet"]
-    assert orphan_pairs(files, {"part-a-00001.parquet"}) == ["s3://b/out/pairs/k/part-a-00002.parquet"]

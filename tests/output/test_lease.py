@@ -8,7 +8,8 @@ import json
 import pytest
 
 from mmr5_batch.errors import JobError
-from mmr5_batch.job.lease import LEASE_FILE, OutputLease
+from mmr5_batch.output.layout import LEASE_FILE, LEDGER
+from mmr5_batch.output.lease import OutputLease
 from mmr5_batch.storage.filesystems import Storage
 
 
@@ -25,13 +26,13 @@ def test_a_second_job_is_refused_naming_the_holder(tmp_path):
         assert "\n" not in str(raised.value)
     finally:
         first.release()
-    assert not (tmp_path / "out" / LEASE_FILE).exists()
+    assert not (tmp_path / "out" / LEDGER / LEASE_FILE).exists()
     with lease(tmp_path / "out", "b"):  # free again
-        assert json.loads((tmp_path / "out" / LEASE_FILE).read_text())["owner"] == "b"
+        assert json.loads((tmp_path / "out" / LEDGER / LEASE_FILE).read_text())["owner"] == "b"
 
 
 def test_an_expired_lease_is_taken_over(tmp_path):
-    path = tmp_path / "out" / LEASE_FILE
+    path = tmp_path / "out" / LEDGER / LEASE_FILE
     path.parent.mkdir(parents=True)
     stale = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     path.write_text(json.dumps({"owner": "dead", "run_id": "r0", "expires_at": stale.isoformat()}))
@@ -46,7 +47,7 @@ def test_renewing_pushes_the_expiry_and_notices_a_lost_lease(tmp_path):
     held = lease(tmp_path / "out", "e", seconds=60)
     held.acquire()
     try:
-        path = tmp_path / "out" / LEASE_FILE
+        path = tmp_path / "out" / LEDGER / LEASE_FILE
         record = json.loads(path.read_text())
         path.write_text(json.dumps(record | {"expires_at": "2000-01-01T00:00:00+00:00"}))
         assert held.renew()
@@ -64,7 +65,7 @@ def test_a_lease_whose_process_is_gone_on_this_host_is_taken_at_once(tmp_path):
     import sys
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    path = tmp_path / "out" / LEASE_FILE
+    path = tmp_path / "out" / LEDGER / LEASE_FILE
     path.parent.mkdir(parents=True)
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
     record = {"owner": "killed", "run_id": "r", "host": socket.gethostname(), "pid": int(gone.stdout), "expires_at": soon.isoformat()}

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.errors import JobError, error_line
-from mmr5_batch.storage.filesystems import Storage, join
+from mmr5_batch.output.layout import LEASE_FILE, OutputLayout
+from mmr5_batch.storage.filesystems import Storage
 
 log = logging.getLogger(__name__)
-
-LEASE_FILE = "_ledger/lease.json"
 
 
 def _now() -> dt.datetime:
@@ -60,7 +59,7 @@ class OutputLease:
 
     @property
     def uri(self) -> str:
-        return join(self.output, LEASE_FILE)
+        return OutputLayout(self.output).ledger(LEASE_FILE)
 
     def _record(self) -> dict[str, Any]:
         now = _now()

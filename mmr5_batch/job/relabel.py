@@ -11,7 +11,7 @@ rank; missed positives are `label = 1` with `existing_label = 0`.
 Pairs are written in the same write task as their ranked row, before it
 (`pairs/<shard key>/` with the ranked file's name): the ranked file is the
 commit, and a pairs file without one is the leftover of a crashed task,
-removed by the next run (`orphan_pairs`), so pairs keep the exactly-once
+removed by the next run (output/store.py), so pairs keep the exactly-once
 guarantee of the ranked rows.
 """
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-
-PAIRS_FOLDER = "pairs"
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -81,8 +79,3 @@ def pairs_rows(row: dict[str, Any], positives_top_k: int, label_column: str | No
 def pairs_table(ranked: pa.Table, positives_top_k: int, label_column: str | None) -> pa.Table:
     rows = [pair for row in ranked.to_pylist() for pair in pairs_rows(row, positives_top_k, label_column)]
     return pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
-
-
-def orphan_pairs(pairs_files: list[str], committed_names: set[str]) -> list[str]:
-    """Pairs files whose ranked file was never written (a crashed write task): to delete before resuming."""
-    return [uri for uri in pairs_files if uri.rsplit("/", 1)[-1] not in committed_names]

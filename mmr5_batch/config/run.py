@@ -1,0 +1,189 @@
+"""The run resolved once: a reranker config turned into what every later step reads and never decides again.
+
+`resolve_run` is the one place that says which protocol each model speaks
+('auto' resolved from the checkpoint), which cascade runs (none, the same
+model's, or two models), what each engine sees per pass (pictures per prompt,
+image tokens, grid), who builds the pictures' patches, and the settings of
+the preparation and of each ranking stage. The preparation, the scheduler,
+the engines, the actors' placement, the plan and the results fingerprint all
+take its output. Its `config` has the resolved protocols written in, so a
+config sent to an actor (or recorded beside the outputs) needs no resolving
+there, and two spellings of the same run (`auto` and the value it resolves
+to) are the same config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from mmr5_batch.config.job_config import RerankerConfig
+from mmr5_batch.config.protocol import PATCH_BACKENDS, model_protocol, patches_in_cpu_stage, protocol_grid
+from mmr5_batch.config.sections import ModelConfig
+from mmr5_batch.core.engine_protocol import SamplingSettings
+from mmr5_batch.core.preparation import PrepareSettings
+from mmr5_batch.core.ranking import Cascade
+from mmr5_batch.core.scheduler import RankingSettings
+from mmr5_batch.core.vocabulary import POINTWISE
+
+# Which cascade runs.
+NO_CASCADE = "none"
+SAME_MODEL = "same-model"
+TWO_MODELS = "two-models"
+
+Config = TypeVar("Config", bound=RerankerConfig)
+
+
+@dataclass(frozen=True)
+class EnginePass:
+    """One pass a model makes: pictures per prompt and image tokens per picture."""
+
+    window: int
+    image_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model of the run as its engine sees it: the section, the resolved protocol and every pass it makes."""
+
+    model: ModelConfig
+    protocol: str
+    passes: tuple[EnginePass, ...]
+    # The CPU stage builds this model's picture patches (images.processing 'cpu-stage' and a backend reading pixels).
+    patches_in_cpu_stage: bool
+    constrain_answer: bool = False
+
+    @property
+    def grid(self) -> int:
+        return protocol_grid(self.protocol)
+
+    @property
+    def window(self) -> int:
+        """The most pictures one prompt holds, over the passes."""
+        return max(step.window for step in self.passes)
+
+    @property
+    def image_tokens(self) -> int:
+        """The largest picture, over the passes."""
+        return max(step.image_tokens for step in self.passes)
+
+
+@dataclass(frozen=True)
+class ResolvedRun(Generic[Config]):
+    """What a config means, decided once (see the module docstring)."""
+
+    config: Config  # the protocols resolved in
+    cascade: str  # NO_CASCADE, SAME_MODEL or TWO_MODELS
+    main: ModelRun  # the model whose answers make the result (MM-R5, or a pointwise reranker alone)
+    scorer: ModelRun | None  # the two-model cascade's first-pass scorer
+    prepare: PrepareSettings
+
+    @property
+    def two_models(self) -> bool:
+        return self.cascade == TWO_MODELS
+
+    @property
+    def protocol(self) -> str:
+        return self.main.protocol
+
+    def ranking(self, run_id: str = "") -> RankingSettings:
+        """The rerank stage's settings (the main model)."""
+        config, model = self.config, self.config.model
+        ranking, cascade = config.ranking, config.cascade
+        return RankingSettings(
+            engine_reads_pixels=model.backend in PATCH_BACKENDS,
+            protocol=self.main.protocol,
+            instruction=model.instruction,
+            after_scorer=cascade.detail_top if self.two_models else None,
+            window=ranking.window,
+            stride=ranking.stride,
+            sampling=sampling_settings(model),
+            model_id=model.name,
+            backend=model.backend,
+            run_id=run_id,
+            top_k=ranking.top_k,
+            keep_reasoning=ranking.keep_reasoning,
+            think_tokens=model.think_tokens,
+            constrain_answer=model.constrain_answer,
+            mode=ranking.mode,
+            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if self.cascade == SAME_MODEL else None,
+        )
+
+    def scoring(self, run_id: str = "") -> RankingSettings | None:
+        """The two-model cascade's scorer stage: the `scorer` model, pointwise, over the first `ranking.top_k`; None without it."""
+        if self.scorer is None:
+            return None
+        scorer = self.scorer.model
+        return RankingSettings(
+            engine_reads_pixels=scorer.backend in PATCH_BACKENDS,
+            window=2,
+            stride=1,
+            sampling=SamplingSettings(max_new_tokens=1, stop=()),
+            model_id=scorer.name,
+            backend=scorer.backend,
+            run_id=run_id,
+            top_k=self.config.ranking.top_k,
+            protocol=POINTWISE,
+            instruction=scorer.instruction,
+        )
+
+
+def sampling_settings(model: ModelConfig) -> SamplingSettings:
+    """The decoding settings of a model section."""
+    return SamplingSettings(
+        max_new_tokens=model.max_new_tokens,
+        min_new_tokens=model.min_new_tokens,
+        temperature=model.temperature,
+        top_p=model.top_p,
+        seed=model.seed,
+    )
+
+
+def cascade_kind(config: RerankerConfig) -> str:
+    cascade = config.cascade
+    if not cascade.enabled:
+        return NO_CASCADE
+    return TWO_MODELS if cascade.first_pass == POINTWISE else SAME_MODEL
+
+
+def resolve_run(config: Config) -> ResolvedRun[Config]:
+    """The run `config` describes (a valid config: `RerankerConfig`/`JobConfig` validation already refused what
+    cannot run, on the resolved protocols)."""
+    protocol = model_protocol(config.model)
+    kind = cascade_kind(config)
+    model = config.model.model_copy(update={"protocol": protocol})
+    scorer_model = config.scorer.model_copy(update={"protocol": model_protocol(config.scorer)})
+    resolved = config.model_copy(update={"model": model, "scorer": scorer_model})
+    images, ranking, cascade = config.images, config.ranking, config.cascade
+
+    if protocol == POINTWISE:
+        passes: tuple[EnginePass, ...] = (EnginePass(1, images.image_tokens),)
+    else:
+        passes = (EnginePass(ranking.window, images.image_tokens),)
+        if kind == SAME_MODEL:
+            # The same-model cascade's first pass shows first_window smaller pictures per prompt.
+            passes += (EnginePass(cascade.first_window, cascade.first_image_tokens),)
+    main = ModelRun(model, protocol, passes, patches_in_cpu_stage(config.images, model), constrain_answer=model.constrain_answer)
+    scorer = (
+        ModelRun(scorer_model, POINTWISE, (EnginePass(1, cascade.first_image_tokens),), patches_in_cpu_stage(config.images, scorer_model))
+        if kind == TWO_MODELS
+        else None
+    )
+    first = scorer or main
+    prepare = PrepareSettings(
+        processor_source=model.name if main.patches_in_cpu_stage else None,
+        first_processor_source=first.model.name if kind != NO_CASCADE and first.patches_in_cpu_stage else None,
+        grid=main.grid,
+        first_grid=first.grid,
+        text_documents=protocol == POINTWISE,
+        image_tokens=images.image_tokens,
+        jpeg_quality=images.jpeg_quality,
+        window=ranking.window,
+        prompt_image_tokens=images.prompt_image_tokens,
+        policy=images.policy,
+        first_image_tokens=cascade.first_image_tokens if kind != NO_CASCADE else None,
+        top_k=ranking.top_k,
+        detail_top=cascade.detail_top if kind != NO_CASCADE else None,
+        scorer_first=kind == TWO_MODELS,
+    )
+    return ResolvedRun(resolved, kind, main, scorer, prepare)

@@ -1,0 +1,68 @@
+"""The settings that shape result rows, as a digest: runs into one output prefix must agree on them.
+
+`_ledger/job.json` holds the digest and the settings of the results there;
+a run with other settings into the same prefix is refused (its rows would
+mix with these) unless it overwrites them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from mmr5_batch.config import JobConfig, public_dump
+from mmr5_batch.config.run import ResolvedRun
+
+
+def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide what a result row says, from a resolved config's public dump.
+
+    A setting added later enters only when it is away from what the job did before it existed, so that
+    outputs written by earlier versions keep their fingerprint (and resume)."""
+    model, cascade = public_config["model"], dict(public_config["cascade"])
+    pointwise_model = model.get("protocol") == "pointwise"
+    two_models = cascade.get("first_pass", "same-model") == "pointwise"
+    if not two_models:
+        cascade.pop("first_pass", None)
+    scorer = public_config.get("scorer") or {}
+    shaping = {
+        "input": public_config["input"],
+        "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")}
+        # Only when on, so that outputs written before the setting existed keep their fingerprint.
+        | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {})
+        # hf and vLLM run the same model; the scripted test engine is no model, its rows never mix with a model's.
+        | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {})
+        | ({"protocol": "pointwise", "instruction": model.get("instruction")} if pointwise_model else {}),
+        "ranking": public_config["ranking"],
+        "cascade": cascade
+        | (
+            {"scorer": {"name": scorer.get("name"), "instruction": scorer.get("instruction"), "scripted": scorer.get("backend") == "scripted-test"}}
+            if two_models
+            else {}
+        ),
+        "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
+    }
+    digest = hashlib.sha256(repr(sorted(_flatten(shaping).items())).encode()).hexdigest()[:16]
+    return {"digest": digest, "settings": shaping}
+
+
+def run_fingerprint(run: ResolvedRun[JobConfig]) -> dict[str, Any]:
+    """The results fingerprint of a resolved run: its protocols as resolved, so `auto` and the value it resolves to
+    agree, and a pointwise run's instruction counts however its protocol was spelled."""
+    return job_fingerprint(public_dump(run.config))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    before, after = _flatten(old.get("settings", {})), _flatten(new["settings"])
+    changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    return ", ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed[:4]) or "unknown settings"

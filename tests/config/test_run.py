@@ -1,0 +1,88 @@
+"""The run resolved once (config/run.py): 'auto' checked as the protocol it resolves to, and the results digest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmr5_batch.config import load_config
+from mmr5_batch.config.run import NO_CASCADE, SAME_MODEL, TWO_MODELS, resolve_run
+from mmr5_batch.errors import ConfigError
+from mmr5_batch.job.fingerprint import run_fingerprint
+
+HUB_POINTWISE = "Qwen/Qwen3-VL-Reranker-2B"
+
+
+@pytest.fixture
+def local_pointwise(tmp_path):
+    """A local checkpoint directory whose config.json says Qwen3-VL (the name says nothing)."""
+    folder = tmp_path / "my-reranker"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    return str(folder)
+
+
+def job(**overrides):
+    return load_config(None, {"input": "in", "output": "out", **overrides})
+
+
+REFUSED = [
+    ({"ranking.mode": "fast"}, "ranking.mode 'fast' scores MM-R5's answer ids"),
+    ({"cascade.enabled": True}, "the same-model cascade is MM-R5's"),
+    ({"cascade.enabled": True, "cascade.first_pass": "pointwise"}, "the two-model cascade puts MM-R5 after the pointwise scorer"),
+]
+
+
+@pytest.mark.parametrize(("settings", "reason"), REFUSED)
+def test_auto_is_refused_exactly_where_the_protocol_it_resolves_to_is(local_pointwise, settings, reason):
+    with pytest.raises(ConfigError, match="model.protocol 'pointwise'") as explicit:
+        job(**{"model.name": HUB_POINTWISE, "model.protocol": "pointwise", **settings})
+    assert reason in str(explicit.value)
+    for name in (HUB_POINTWISE, local_pointwise):
+        with pytest.raises(ConfigError) as error:
+            job(**{"model.name": name, **settings})
+        message = str(error.value)
+        # One line naming the protocol 'auto' resolved to, and the same reason as the explicit spelling.
+        assert "\n" not in message and f"model.protocol 'auto' (resolved to 'pointwise' for {name!r})" in message and reason in message
+
+
+def test_an_mm_r5_checkpoint_is_no_scorer_however_it_is_spelled():
+    for protocol in ("auto", "mm-r5"):
+        with pytest.raises(ConfigError, match="the scorer judges one pair per prompt, it must be a pointwise model"):
+            job(**{"scorer.name": "i2vec/MM-R5", "scorer.protocol": protocol})
+
+
+def test_the_resolved_run_says_which_cascade_and_what_each_engine_sees(local_pointwise):
+    plain = resolve_run(job())
+    assert (plain.cascade, plain.protocol, plain.scorer, plain.config.model.protocol) == (NO_CASCADE, "mm-r5", None, "mm-r5")
+    assert [(step.window, step.image_tokens) for step in plain.main.passes] == [(5, 1024)]
+    same = resolve_run(job(**{"cascade.enabled": True}))
+    assert same.cascade == SAME_MODEL and same.main.window == 10 and same.main.image_tokens == 1024
+    assert same.ranking().cascade is not None and same.scoring() is None and same.prepare.first_image_tokens == 256
+    two = resolve_run(job(**{"cascade.enabled": True, "cascade.first_pass": "pointwise", "scorer.name": local_pointwise, "scorer.protocol": "auto"}))
+    assert two.cascade == TWO_MODELS and two.ranking().cascade is None and two.ranking().after_scorer == 5
+    assert two.scorer is not None and two.scorer.protocol == "pointwise" and two.config.scorer.protocol == "pointwise"
+    assert [(step.window, step.image_tokens) for step in two.scorer.passes] == [(1, 256)] and two.scorer.grid == 32
+    assert two.prepare.scorer_first and two.prepare.first_grid == 32 and two.prepare.grid == 28
+    alone = resolve_run(job(**{"model.name": local_pointwise}))
+    assert alone.protocol == "pointwise" and alone.config.model.protocol == "pointwise" and alone.prepare.text_documents
+    # The resolved config needs no resolving again (an actor gets it as JSON).
+    assert resolve_run(alone.config).config == alone.config
+
+
+def digest(**overrides):
+    return run_fingerprint(resolve_run(job(**overrides)))["digest"]
+
+
+def test_the_digest_follows_what_the_model_sees_not_how_it_is_spelled(local_pointwise):
+    for name in (HUB_POINTWISE, local_pointwise):
+        auto = digest(**{"model.name": name})
+        # 'auto' and the value it resolves to are the same run.
+        assert auto == digest(**{"model.name": name, "model.protocol": "pointwise"})
+        # Under 'auto' the instruction still changes what the model sees, so the digest.
+        assert auto != digest(**{"model.name": name, "model.instruction": "Find the page that answers the question."})
+    assert digest() == digest(**{"model.protocol": "mm-r5"})
+    # An MM-R5 run does not read the instruction.
+    assert digest() == digest(**{"model.instruction": "Find the page that answers the question."})
+    assert digest() != digest(**{"images.image_tokens": 512}) and digest() != digest(**{"model.name": "other/checkpoint"})
