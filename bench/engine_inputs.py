@@ -195,7 +195,7 @@ def measure(engine, rows: list[dict[str, Any]], config, timer: CallTimer) -> dic
     results = LOOP.run_until_complete(rerank_queries_async(rows, engine, settings))
     after = (time.process_time(), engine_core_seconds(), timer.snapshot(), time.perf_counter())
     split = {category: after[2].get(category, 0.0) - before[2].get(category, 0.0) for category in CATEGORIES}
-    assert all(result["status"] != "error" for result in results), [result["reason"] for result in results if result["status"] == "error"]
+    assert all(result.status != "error" for result in results), [result.reason for result in results if result.status == "error"]
     return {"actor": after[0] - before[0], "core": after[1] - before[1], "split": split, "wall": after[3] - before[3], "results": results}
 
 
@@ -222,9 +222,9 @@ def h200_seconds(tokens: list[int], generated: int) -> float:
     return gpu_seconds(WindowCost(prompt_tokens(tokens), sum(tokens), generated), H200)
 
 
-def pages_per_query(results: list[dict[str, Any]]) -> dict[str, float]:
+def pages_per_query(results: list[Any]) -> dict[str, float]:
     count = len(results)
-    return {name: sum(result[name] for result in results) / count for name in ("pages_sent", "pages_decoded", "pages_processed")}
+    return {name: sum(getattr(result, name) for result in results) / count for name in ("pages_sent", "pages_decoded", "pages_processed")}
 
 
 def run_job_both(model_dir: str, args: argparse.Namespace, sources: list[bytes]) -> list[dict[str, Any]]:
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
                 figures = steady_state(engine, make_rows, config, timer, args.queries, args.repeats)
                 figures["prepare"] = prepare_cost[path]
                 table.append((path, figures))
-                rankings[path] = [(result["doc_ids"], result["reasoning"]) for result in figures["results"]]
+                rankings[path] = [(result.doc_ids, result.reasoning) for result in figures["results"]]
                 # Pages per query: 5 in one window, 20 in windows of 5 at stride 3, 20 through the same-model cascade.
                 for label, overrides, candidates in (
                     ("5 candidates, one window", {}, 5),

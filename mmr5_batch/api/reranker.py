@@ -35,6 +35,7 @@ from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.config.run import ModelRun, resolve_run
 from mmr5_batch.core.engine_protocol import AsyncEngine
 from mmr5_batch.core.preparation import prepare_row
+from mmr5_batch.core.rows import ResultRow
 from mmr5_batch.core.scheduler import rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.engines import create_async_engine
@@ -68,25 +69,25 @@ class RankedResult:
     forced_answers: int
 
     @classmethod
-    def from_result_row(cls, row: Mapping[str, Any], given: Sequence[str]) -> RankedResult:
+    def from_result_row(cls, row: ResultRow, given: Sequence[str]) -> RankedResult:
         position = {doc_id: index for index, doc_id in enumerate(given)}
-        doc_ids = list(row["doc_ids"] or [])
+        doc_ids = [str(doc_id) for doc_id in row.doc_ids or []]
         return cls(
-            query_id=row["query_id"],
-            status=row["status"],
+            query_id=row.query_id or "",
+            status=row.status or "",
             doc_ids=doc_ids,
             order=[position[doc_id] for doc_id in doc_ids],
-            scores=list(row["scores"] or []),
-            decided_by=list(row["decided_by"] or []),
-            flagged=dict(zip(row["flagged_doc_ids"] or [], row["flag_reasons"] or [])),
-            reason=row["reason"],
-            reasoning=row["reasoning"],
-            windows=row["windows"] or 0,
-            scored=row.get("scored") or 0,
-            image_tokens=row["image_tokens"] or 0,
-            prompt_tokens=row["prompt_tokens"] or 0,
-            generated_tokens=row["generated_tokens"] or 0,
-            forced_answers=row["forced_answers"] or 0,
+            scores=list(row.scores or []),
+            decided_by=list(row.decided_by or []),
+            flagged={str(doc_id): str(reason) for doc_id, reason in zip(row.flagged_doc_ids or [], row.flag_reasons or [])},
+            reason=row.reason,
+            reasoning=row.reasoning,
+            windows=row.windows or 0,
+            scored=row.scored or 0,
+            image_tokens=row.image_tokens or 0,
+            prompt_tokens=row.prompt_tokens or 0,
+            generated_tokens=row.generated_tokens or 0,
+            forced_answers=row.forced_answers or 0,
         )
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mmr5_batch.core.images import ImageError
+from mmr5_batch.core.rows import PreparedCandidate
 
 # The token Qwen's chat templates place once per image, which the processor expands to one per merged patch group.
 IMAGE_PAD = "<|image_pad|>"
@@ -113,9 +114,11 @@ def expand_image_pad_ids(token_ids: Sequence[int], pad_id: int, counts: Sequence
     return expanded, placeholders
 
 
-def candidate_patches(candidate: Mapping[str, Any], image_field: str) -> ImagePatches | None:
-    """A prepared candidate's patches for its `image_field` picture ('image' or 'first_image'), None when not built."""
-    patches = candidate.get(f"{image_field}_patches")
-    if patches is None:
+def candidate_patches(candidate: PreparedCandidate, first: bool = False) -> ImagePatches | None:
+    """A prepared candidate's patches for the picture a pass shows (`first`: the cascade's small one), None when not built."""
+    found = candidate.patches(first)
+    if found is None:
         return None
-    return ImagePatches(patches, tuple(candidate[f"{image_field}_grid"]), candidate[f"{image_field}_key"])
+    patches, grid, key = found
+    frames, rows, columns = grid
+    return ImagePatches(patches, (frames, rows, columns), key)

@@ -10,18 +10,18 @@ in one forward pass per engine batch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from mmr5_batch.core.engine_protocol import EngineRequest, SamplingSettings
 from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise_prompt import render_pointwise_prompt
+from mmr5_batch.core.rows import PreparedCandidate
 
 
-def pointwise_request(query: str, candidate: Mapping[str, Any], instruction: str, image_field: str = "image") -> EngineRequest:
-    """The request judging one candidate: its image (the `image_field` version) and text, as available."""
-    image = candidate.get(image_field)
-    patches = candidate_patches(candidate, image_field) if image is not None else None
-    prompt = render_pointwise_prompt(query, image=image is not None, text=candidate.get("text"), instruction=instruction)
+def pointwise_request(query: str, candidate: PreparedCandidate, instruction: str, first: bool = False) -> EngineRequest:
+    """The request judging one candidate: its image (`first`: the cascade's first-pass version) and text, as available."""
+    image = candidate.picture(first)
+    patches = candidate_patches(candidate, first) if image is not None else None
+    prompt = render_pointwise_prompt(query, image=image is not None, text=candidate.text, instruction=instruction)
     return EngineRequest(
         messages=[],
         images=(image,) if image is not None else (),

@@ -15,6 +15,7 @@ caller and handed in.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 from mmr5_batch.core.budgets import candidate_budgets
 from mmr5_batch.core.images import GRID, ImageError, PreparedImage, prepare_images
 from mmr5_batch.core.model_inputs import ImagePatches, image_key, patch_image, processor_signature
-from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, SOURCE_PATH
+from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, PreparedCandidate, PreparedRow
 from mmr5_batch.core.windows import first_stage_order
 
 # image_uri -> its bytes, or the reason it could not be read.
@@ -63,10 +64,6 @@ class PrepareSettings:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
 
 
-_NO_PATCHES = {"image_patches": None, "image_grid": None, "image_key": None, "first_image_patches": None, "first_image_grid": None, "first_image_key": None}
-_NO_IMAGE = {"image": None, "image_tokens": 0, "first_image": None, "first_image_tokens": None} | _NO_PATCHES
-
-
 @dataclass
 class PageWork:
     """One CPU task's page work, shared by its rows: each distinct source page is decoded and fitted once per set of
@@ -97,30 +94,26 @@ class PageWork:
         return self.patched[key]
 
 
-def _patch_fields(prefix: str, patches: ImagePatches | None) -> dict[str, Any]:
-    if patches is None:
-        return {f"{prefix}_patches": None, f"{prefix}_grid": None, f"{prefix}_key": None}
-    return {f"{prefix}_patches": patches.patches, f"{prefix}_grid": list(patches.grid), f"{prefix}_key": patches.key}
-
-
-def _candidate_image(
+def _prepared_candidate(
     candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched, work: PageWork
-) -> dict[str, Any]:
-    """The candidate's image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
+) -> PreparedCandidate:
+    """The candidate with its image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
+    text = _text_or_none(candidate.get("text"))
+    bare = PreparedCandidate(doc_id=candidate["doc_id"], score=candidate.get("score"), text=text, image_tokens=0)
     problem = _field_problem(candidate)
     if problem is not None:
-        return _NO_IMAGE | {"error": problem}
+        return bare.flagged(problem)
     data = candidate.get("image")
     uri = candidate.get("image_uri")
     if not data:
         if not uri:
-            if settings.text_documents and candidate.get("text"):
-                return _NO_IMAGE | {"error": None}
+            if settings.text_documents and text:
+                return bare
             needs = "image bytes, image_uri nor text" if settings.text_documents else "image bytes nor image_uri"
-            return _NO_IMAGE | {"error": f"candidate has neither {needs}"}
+            return bare.flagged(f"candidate has neither {needs}")
         result = fetched.get(uri, f"cannot read image_uri {uri}: not fetched")
         if isinstance(result, str):
-            return _NO_IMAGE | {"error": result}
+            return bare.flagged(result)
         data = result
     budget, first_budget = budgets
     try:
@@ -128,34 +121,36 @@ def _candidate_image(
         wanted, grids = ([budget, first_budget], [settings.grid, settings.first_grid]) if first_budget else ([budget], [settings.grid])
         prepared, *rest = work.prepare(data, wanted, grids, settings.jpeg_quality)
     except ImageError as error:
-        return _NO_IMAGE | {"error": str(error)}
+        return bare.flagged(str(error))
     first = rest[0] if rest else None
-    return {
-        "image": prepared.data,
-        "image_tokens": prepared.tokens,
-        "first_image": first.data if first else None,
-        "first_image_tokens": first.tokens if first else None,
-        "error": None,
-    } | _NO_PATCHES
+    return dataclasses.replace(
+        bare,
+        image=prepared.data,
+        image_tokens=prepared.tokens,
+        first_image=first.data if first else None,
+        first_image_tokens=first.tokens if first else None,
+    )
 
 
-def _attach_patches(prepared: list[dict[str, Any]], order: list[int], settings: PrepareSettings, work: PageWork) -> None:
+def _attach_patches(prepared: list[PreparedCandidate], order: list[int], settings: PrepareSettings, work: PageWork) -> None:
     """Cut the pictures certain to be sent into the model's patches (see PrepareSettings.top_k); a picture the
     processor refuses flags its candidate."""
-    usable = [index for index in order if prepared[index]["error"] is None]
+    usable = [index for index in order if prepared[index].usable]
     shown = usable[: settings.top_k] if settings.top_k is not None else usable
     cascade = settings.detail_top is not None
     full = not cascade or len(shown) <= (settings.detail_top or 0)
     first_pass = settings.scorer_first or (cascade and not full)
-    versions = [("image", work.processor, settings.grid, full), ("first_image", work.first_processor, settings.first_grid, first_pass)]
+    versions = [(False, work.processor, settings.grid, full), (True, work.first_processor, settings.first_grid, first_pass)]
     for index in shown:
         candidate = prepared[index]
         try:
-            for name, processor, grid, wanted in versions:
-                if wanted and processor is not None and candidate[name] is not None:
-                    candidate.update(_patch_fields(name, work.patch(candidate[name], candidate[f"{name}_tokens"], processor, grid)))
+            for first, processor, grid, wanted in versions:
+                picture = candidate.picture(first)
+                if wanted and processor is not None and picture is not None:
+                    patches = work.patch(picture, candidate.picture_tokens(first), processor, grid)
+                    candidate.set_patches(first, patches.patches, list(patches.grid), patches.key)
         except ImageError as error:
-            candidate.update(_NO_IMAGE, error=str(error))
+            prepared[index] = candidate.flagged(str(error))
 
 
 def _is_number(value: Any) -> bool:
@@ -203,14 +198,14 @@ def _query_error(query_id: Any, query: Any, candidates: Any, settings: PrepareSe
     return None
 
 
-def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None, work: PageWork | None = None) -> dict[str, Any]:
-    """One prepared row (`rows.PreparedRow`) from one grouped input row (`rows.InputRow`, plus `path`); `work` is the
-    task's page work (its processors and what it already prepared), a fresh one without patches by default."""
+def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetched | None = None, work: PageWork | None = None) -> PreparedRow:
+    """One prepared row from one grouped input row (`rows.InputRow`, plus `path`); `work` is the task's page work
+    (its processors and what it already prepared), a fresh one without patches by default."""
     work = work if work is not None else PageWork()
     decoded, processed = work.decoded, work.processed
     candidates = row.get("candidates") or []
     error = _query_error(row.get("query_id"), row.get("query"), candidates, settings)
-    prepared = []
+    prepared: list[PreparedCandidate] = []
     if error is None:
         # Budgets go by first-stage position (the `rank` policy favours the top).
         order = first_stage_order([candidate.get("score") for candidate in candidates])
@@ -218,29 +213,27 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
         for budget, index in zip(settings.budgets(len(candidates)), order):
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
-            images = _candidate_image(candidate, (budget, settings.first_image_tokens), settings, fetched or {}, work)
-            text = candidate.get("text") if isinstance(candidate.get("text"), str) else None
-            prepared.append({"doc_id": candidate["doc_id"], "score": candidate.get("score"), "text": text} | images)
+            prepared.append(_prepared_candidate(candidate, (budget, settings.first_image_tokens), settings, fetched or {}, work))
         if work.processor is not None or work.first_processor is not None:
             _attach_patches(prepared, order, settings, work)
-        if all(candidate["error"] for candidate in prepared):
-            error = "no usable candidate: " + "; ".join(f"{c['doc_id']}: {c['error']}" for c in prepared)
+        if not any(candidate.usable for candidate in prepared):
+            error = "no usable candidate: " + "; ".join(f"{c.doc_id}: {c.error}" for c in prepared)
     if error is not None:
         # Keep the first-stage list (without images) so the dead letter says what was asked.
         prepared = [
-            {"doc_id": _text_or_none(c.get("doc_id")), "score": c.get("score") if _is_number(c.get("score")) else None, "error": None} | _NO_IMAGE
+            PreparedCandidate(doc_id=_text_or_none(c.get("doc_id")), score=c.get("score") if _is_number(c.get("score")) else None, image_tokens=0)
             for c in candidates
             if isinstance(c, Mapping)
         ]
-    return {
-        "query_id": _text_or_none(row.get("query_id")),
-        "query": _text_or_none(row.get("query")),
-        SOURCE_PATH: row.get(READ_PATH),
-        "error": error,
-        "candidates": prepared,
-        "pages_decoded": work.decoded - decoded,
-        "pages_processed": work.processed - processed,
-    }
+    return PreparedRow(
+        query_id=_text_or_none(row.get("query_id")),
+        query=_text_or_none(row.get("query")),
+        source_path=row.get(READ_PATH),
+        error=error,
+        candidates=prepared,
+        pages_decoded=work.decoded - decoded,
+        pages_processed=work.processed - processed,
+    )
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -14,13 +14,14 @@ MM-R5's windows run over the scorer's best `detail_top` only.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.core.engine_protocol import Completion
 from mmr5_batch.core.parsing import parse_ranking
 from mmr5_batch.core.pointwise import relevance_order
-from mmr5_batch.core.rows import SOURCE_PATH, ResultRow
+from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
 from mmr5_batch.core.vocabulary import DETAIL, ERROR, FAST, FIRST_PASS, FIRST_STAGE, FLAGGED, MODEL, OK, POINTWISE, SEVERITY
 from mmr5_batch.core.windows import SlidingWindowRanking, first_stage_order
 
@@ -51,7 +52,7 @@ class WindowPlan:
 
 @dataclass
 class QueryState:
-    row: dict[str, Any]
+    row: PreparedRow
     ranking: SlidingWindowRanking | None = None
     stage: str = SINGLE
     depth: int = 0  # positions reranked at all (top_k)
@@ -78,38 +79,39 @@ class QueryState:
         return self.error is None and self.ranking is not None and not self.ranking.done
 
     @property
-    def image_field(self) -> str:
-        """Which prepared image the current pass shows: the small one in the cascade's first pass."""
-        return "first_image" if self.stage == FIRST else "image"
+    def first_pass(self) -> bool:
+        """Whether the current pass shows the small pictures (the cascade's first pass)."""
+        return self.stage == FIRST
+
+    @property
+    def candidates(self) -> list[PreparedCandidate]:
+        return self.row.candidates or []
 
     def fail(self, reason: str) -> None:
         self.error = reason
 
 
-def candidate_ok(candidate: dict[str, Any]) -> bool:
-    return candidate["error"] is None
-
-
-def plan_query(row: dict[str, Any], plan: WindowPlan) -> QueryState:
+def plan_query(row: PreparedRow | Mapping[str, Any], plan: WindowPlan) -> QueryState:
     """The starting state of one prepared row: no windows at all when the row carries an error."""
-    state = QueryState(row, pages_sent=row.get("pages_sent") or 0, pages_decoded=row.get("pages_decoded") or 0, pages_processed=row.get("pages_processed") or 0)
-    if row.get("error"):
-        state.error = row["error"]
+    row = PreparedRow.of(row)
+    state = QueryState(row, pages_sent=row.pages_sent or 0, pages_decoded=row.pages_decoded or 0, pages_processed=row.pages_processed or 0)
+    if row.error:
+        state.error = row.error
         return state
-    candidates = row["candidates"]
-    order = first_stage_order([candidate["score"] for candidate in candidates])
-    usable = [index for index in order if candidate_ok(candidates[index])]
+    candidates = state.candidates
+    order = first_stage_order([candidate.score for candidate in candidates])
+    usable = [index for index in order if candidates[index].usable]
     state.depth = len(usable) if plan.top_k is None else min(plan.top_k, len(usable))
     # What the two-model cascade's scorer spent before this stage.
-    state.scored = row.get("scored") or 0
-    state.prompt_tokens = row.get("scorer_prompt_tokens") or 0
-    state.image_tokens = row.get("scorer_image_tokens") or 0
+    state.scored = row.scored or 0
+    state.prompt_tokens = row.scorer_prompt_tokens or 0
+    state.image_tokens = row.scorer_image_tokens or 0
     if plan.pointwise:
         state.stage = SCORING
         state.to_score, state.tail = usable[: state.depth], usable[state.depth :]
         return state
     if plan.after_scorer is not None:
-        relevance = {index: candidates[index]["relevance"] for index in usable if candidates[index].get("relevance") is not None}
+        relevance = {index: score for index in usable if (score := candidates[index].relevance) is not None}
         ordered = relevance_order(list(relevance), relevance) + [index for index in usable if index not in relevance]
         state.scorer_depth = len(relevance)
         state.stage = DETAIL_PASS
@@ -140,8 +142,7 @@ def record(state: QueryState, indices: list[int], completion: Completion) -> Non
     """Fold one window's completion into its query: counts, reasoning, status, new order."""
     assert state.ranking is not None
     state.windows += 1
-    tokens = "first_image_tokens" if state.stage == FIRST else "image_tokens"
-    state.image_tokens += sum(state.row["candidates"][index][tokens] or 0 for index in indices)
+    state.image_tokens += sum(state.candidates[index].picture_tokens(state.first_pass) for index in indices)
     state.prompt_tokens += completion.prompt_tokens
     state.generated_tokens += completion.generated_tokens
     state.reasoning.append(completion.text)
@@ -160,32 +161,38 @@ def record(state: QueryState, indices: list[int], completion: Completion) -> Non
     state.ranking.apply(parsed.order)
 
 
-def record_relevance(state: QueryState, indices: list[int], completions: list[Completion], tokens_field: str = "image_tokens") -> None:
-    """Fold a query's pointwise judgements in: counts, then its order by P(yes) (or the first refusal as its error)."""
-    candidates = state.row["candidates"]
+def record_relevance(state: QueryState, indices: list[int], completions: list[Completion], first: bool = False) -> None:
+    """Fold a query's pointwise judgements in: counts, then its order by P(yes) (or the first refusal as its error);
+    `first`: the pictures judged were the cascade's first-pass ones."""
+    candidates = state.candidates
     state.scored += len(indices)
-    state.image_tokens += sum(candidates[index][tokens_field] or 0 for index in indices)
+    state.image_tokens += sum(candidates[index].picture_tokens(first) for index in indices)
     state.prompt_tokens += sum(completion.prompt_tokens for completion in completions)
     for index, completion in zip(indices, completions, strict=True):
         if completion.error is not None or completion.relevance is None:
-            state.error = f"pointwise scoring of {candidates[index]['doc_id']}: {completion.error or 'no relevance in the completion'}"
+            state.error = f"pointwise scoring of {candidates[index].doc_id}: {completion.error or 'no relevance in the completion'}"
             return
     state.relevance = {index: float(completion.relevance) for index, completion in zip(indices, completions)}  # type: ignore[arg-type]
     state.status = POINTWISE
     state.ranking = SlidingWindowRanking.settled(relevance_order(indices, state.relevance))
 
 
-def scored_row(state: QueryState) -> dict[str, Any]:
+def scored_row(state: QueryState) -> PreparedRow:
     """The two-model cascade's scorer stage: the prepared row with each candidate's `relevance` and the scorer's counts
     (or, when scoring failed, the reason on the row, which the rerank stage turns into a dead letter)."""
-    row = dict(state.row)
-    if state.error is not None and not row.get("error"):
-        row["error"] = f"scorer: {state.error}"
+    row = state.row
     relevance = state.relevance or {}
-    row["candidates"] = [dict(candidate, relevance=relevance.get(index)) for index, candidate in enumerate(row.get("candidates") or [])]
-    row.update(scored=state.scored, scorer_prompt_tokens=state.prompt_tokens, scorer_image_tokens=state.image_tokens)
-    row.update(pages_sent=state.pages_sent, pages_decoded=state.pages_decoded, pages_processed=state.pages_processed)
-    return row
+    return dataclasses.replace(
+        row,
+        error=row.error or (f"scorer: {state.error}" if state.error is not None else None),
+        candidates=[dataclasses.replace(candidate, relevance=relevance.get(index)) for index, candidate in enumerate(state.candidates)],
+        scored=state.scored,
+        scorer_prompt_tokens=state.prompt_tokens,
+        scorer_image_tokens=state.image_tokens,
+        pages_sent=state.pages_sent,
+        pages_decoded=state.pages_decoded,
+        pages_processed=state.pages_processed,
+    )
 
 
 def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
@@ -207,13 +214,13 @@ def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
 def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bool, backend: str = "") -> ResultRow:
     """The query's result: its final order, or an error with the reason (a dead letter)."""
     row = state.row
-    candidates = row["candidates"] or []
-    first_stage = first_stage_order([candidate["score"] for candidate in candidates])
+    candidates = state.candidates
+    first_stage = first_stage_order([candidate.score for candidate in candidates])
     result = ResultRow(
-        query_id=row["query_id"],
-        first_stage_doc_ids=[candidates[index]["doc_id"] for index in first_stage],
-        first_stage_scores=[candidates[index]["score"] for index in first_stage],
-        candidate_image_tokens=[candidates[index]["image_tokens"] for index in first_stage],
+        query_id=row.query_id,
+        first_stage_doc_ids=[candidates[index].doc_id for index in first_stage],
+        first_stage_scores=[candidates[index].score for index in first_stage],
+        candidate_image_tokens=[candidates[index].image_tokens for index in first_stage],
         windows=state.windows,
         scored=state.scored,
         image_tokens=state.image_tokens,
@@ -226,13 +233,13 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
         model=model_id,
         backend=backend or None,
         run_id=run_id,
-        source_path=row.get(SOURCE_PATH),
-        query=row["query"],
+        source_path=row.source_path,
+        query=row.query,
         reasoning=state.reasoning if keep_reasoning else None,
     )
     if state.error is not None or state.ranking is None:
         return dataclasses.replace(result, status=ERROR, reason=state.error or "not ranked")
-    flagged = [index for index in first_stage if not candidate_ok(candidates[index])]
+    flagged = [index for index in first_stage if not candidates[index].usable]
     final = state.ranking.order + state.tail + flagged
     # MM-R5 is listwise and gives no calibrated per-document score: the score
     # is rank-derived, 1.0 for the top and falling evenly, so higher is better.
@@ -244,9 +251,9 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
     return dataclasses.replace(
         result,
         status=state.status,
-        doc_ids=[candidates[index]["doc_id"] for index in final],
-        scores=scores,  # type: ignore[arg-type]
-        flagged_doc_ids=[candidates[index]["doc_id"] for index in flagged],
+        doc_ids=[candidates[index].doc_id for index in final],
+        scores=scores,
+        flagged_doc_ids=[candidates[index].doc_id for index in flagged],
         decided_by=_decided_by(state, len(final), len(flagged)),
-        flag_reasons=[candidates[index]["error"] for index in flagged],
+        flag_reasons=[candidates[index].error for index in flagged],
     )

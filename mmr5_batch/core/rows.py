@@ -18,8 +18,9 @@ Only plain Arrow columns cross stage boundaries: no PIL images, no tensors.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -45,6 +46,14 @@ def struct_type(model: type) -> pa.StructType:
 def to_table(rows: list[Any], model: type) -> pa.Table:
     """Row models (or plain dicts with their fields) as a table of the model's schema."""
     return pa.Table.from_pylist([row if isinstance(row, dict) else dataclasses.asdict(row) for row in rows], schema=arrow_schema(model))
+
+
+Row = TypeVar("Row")
+
+
+def from_mapping(model: type[Row], data: Mapping[str, Any]) -> Row:
+    """A row model from a mapping that has its fields (an Arrow row as `to_pylist` gives it); other keys ignored."""
+    return model(**{item.name: data.get(item.name) for item in dataclasses.fields(model)})  # type: ignore[arg-type]
 
 
 @dataclass
@@ -105,6 +114,32 @@ class PreparedCandidate:
     # P(yes) from the two-model cascade's pointwise scorer; null before it, or not scored (below --top-k).
     relevance: float | None = column(pa.float64())
 
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+    def picture(self, first: bool = False) -> bytes | None:
+        """The picture a pass shows: the full-budget one, or (`first`) the cascade's first-pass one."""
+        return self.first_image if first else self.image
+
+    def picture_tokens(self, first: bool = False) -> int:
+        return (self.first_image_tokens if first else self.image_tokens) or 0
+
+    def set_patches(self, first: bool, patches: bytes, grid: list[int], key: str) -> None:
+        if first:
+            self.first_image_patches, self.first_image_grid, self.first_image_key = patches, grid, key
+        else:
+            self.image_patches, self.image_grid, self.image_key = patches, grid, key
+
+    def patches(self, first: bool = False) -> tuple[bytes, list[int], str] | None:
+        """The model's input for a picture (its patch bytes, grid and content key), None where not built."""
+        found = (self.first_image_patches, self.first_image_grid, self.first_image_key) if first else (self.image_patches, self.image_grid, self.image_key)
+        return None if found[0] is None or found[1] is None or found[2] is None else (found[0], found[1], found[2])
+
+    def flagged(self, reason: str) -> PreparedCandidate:
+        """The candidate without pictures, kept (ranked last) with the reason."""
+        return PreparedCandidate(doc_id=self.doc_id, score=self.score, text=self.text, image_tokens=0, error=reason)
+
 
 PREPARED_CANDIDATE_TYPE = struct_type(PreparedCandidate)
 
@@ -115,7 +150,7 @@ class PreparedRow:
     query: str | None = column(pa.string())
     source_path: str | None = column(pa.string())
     error: str | None = column(pa.string())  # why the whole query cannot be reranked
-    candidates: list[dict[str, Any]] | None = column(pa.list_(PREPARED_CANDIDATE_TYPE))
+    candidates: list[PreparedCandidate] | None = column(pa.list_(PREPARED_CANDIDATE_TYPE))
     # Source pages decoded and pictures turned into patches while preparing this row (a page the task had
     # already prepared, for this query or another, counts once, at its first use); pictures the two-model
     # cascade's scorer sent (and the pages its engine decoded and processed) are added on.
@@ -127,6 +162,15 @@ class PreparedRow:
     scorer_prompt_tokens: int | None = column(pa.int64())
     scorer_image_tokens: int | None = column(pa.int64())
 
+    @classmethod
+    def of(cls, row: PreparedRow | Mapping[str, Any]) -> PreparedRow:
+        """The row itself, or the row model of a mapping (an Arrow row, its candidates as mappings)."""
+        if isinstance(row, PreparedRow):
+            return row
+        prepared = from_mapping(cls, row)
+        prepared.candidates = [candidate if isinstance(candidate, PreparedCandidate) else from_mapping(PreparedCandidate, candidate) for candidate in prepared.candidates or []]
+        return prepared
+
 
 PREPARED_COLUMNS = arrow_schema(PreparedRow)
 
@@ -134,16 +178,16 @@ PREPARED_COLUMNS = arrow_schema(PreparedRow)
 @dataclass
 class ResultRow:
     query_id: str | None = column(pa.string())
-    doc_ids: list[str] | None = column(pa.list_(pa.string()))  # the reranked order
+    doc_ids: list[str | None] | None = column(pa.list_(pa.string()))  # the reranked order
     # MM-R5: rank-derived, 1.0 for the top; pointwise: the model's P(yes) per document (null where not scored).
-    scores: list[float] | None = column(pa.list_(pa.float64()))
-    first_stage_doc_ids: list[str] | None = column(pa.list_(pa.string()))
-    first_stage_scores: list[float] | None = column(pa.list_(pa.float64()))
+    scores: list[float | None] | None = column(pa.list_(pa.float64()))
+    first_stage_doc_ids: list[str | None] | None = column(pa.list_(pa.string()))
+    first_stage_scores: list[float | None] | None = column(pa.list_(pa.float64()))
     # Image tokens each candidate was given, aligned with first_stage_doc_ids (0: not shown).
-    candidate_image_tokens: list[int] | None = column(pa.list_(pa.int32()))
+    candidate_image_tokens: list[int | None] | None = column(pa.list_(pa.int32()))
     status: str | None = column(pa.string())  # vocabulary.STATUSES
-    flagged_doc_ids: list[str] | None = column(pa.list_(pa.string()))
-    flag_reasons: list[str] | None = column(pa.list_(pa.string()))
+    flagged_doc_ids: list[str | None] | None = column(pa.list_(pa.string()))
+    flag_reasons: list[str | None] | None = column(pa.list_(pa.string()))
     decided_by: list[str] | None = column(pa.list_(pa.string()))  # per final position: vocabulary.DECIDED_BY
     reasoning: list[str] | None = column(pa.list_(pa.string()))  # the model's output per window (opt-in)
     windows: int | None = column(pa.int32())

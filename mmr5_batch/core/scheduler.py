@@ -15,8 +15,7 @@ stage: the scorer's judgements written onto the prepared rows.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +26,7 @@ from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.core.ranking import SCORING, Cascade, QueryState, WindowPlan, next_pass, plan_query, record, record_relevance, result_row, scored_row
+from mmr5_batch.core.rows import PreparedRow, ResultRow
 from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, MM_R5, POINTWISE, THINK_CLOSE
 
 __all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async", "score_queries_async"]
@@ -95,11 +95,11 @@ async def _send(state: QueryState, engine: AsyncEngine, request: EngineRequest, 
 
 
 def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
-    candidates = state.row["candidates"]
-    patches = [candidate_patches(candidates[index], state.image_field) for index in window_indices]
+    candidates = state.candidates
+    patches = [candidate_patches(candidates[index], state.first_pass) for index in window_indices]
     return EngineRequest(
-        messages=build_messages(state.row["query"], len(window_indices)),
-        images=tuple(candidates[index][state.image_field] for index in window_indices),
+        messages=build_messages(state.row.query or "", len(window_indices)),
+        images=tuple(candidates[index].picture(state.first_pass) for index in window_indices),  # type: ignore[misc]  # usable: pictured
         sampling=sampling,
         image_inputs=tuple(patches) if all(patches) else (),  # type: ignore[arg-type]
     )
@@ -138,23 +138,23 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
     )
 
 
-async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings, image_field: str = "image") -> None:
+async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool = False) -> None:
     """The pointwise protocol over one query: all its pairs at once (a batch engine takes them in one call)."""
-    candidates = state.row["candidates"]
+    candidates = state.candidates
     indices = state.to_score
-    requests = [pointwise_request(state.row["query"], candidates[index], settings.instruction, image_field) for index in indices]
+    requests = [pointwise_request(state.row.query or "", candidates[index], settings.instruction, first) for index in indices]
     completions = await asyncio.gather(*(_send(state, engine, request, settings) for request in requests))
-    record_relevance(state, indices, list(completions), f"{image_field}_tokens")
+    record_relevance(state, indices, list(completions), first)
 
 
-async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings, image_field: str = "image") -> None:
+async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool = False) -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window. A request the engine rejects comes back as an error completion and becomes this
     # query's dead letter (`record`); an exception, from the engine or from this code, is no data problem: it fails
     # the batch, so Ray retries it and the job stops with the error if it persists.
     if state.stage == SCORING and state.error is None:
-        await _score(state, engine, settings, image_field)
+        await _score(state, engine, settings, first)
         return
     while True:
         while state.active:
@@ -167,27 +167,29 @@ async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSet
 
 
 async def rerank_queries_async(
-    rows: Sequence[dict[str, Any]], engine: AsyncEngine, settings: RankingSettings | None = None, **fields: Any
-) -> list[dict[str, Any]]:
-    """Rerank prepared rows (`rows.PreparedRow`); one result row (`rows.ResultRow` as a dict) per input row, in order.
+    rows: Sequence[PreparedRow | Mapping[str, Any]], engine: AsyncEngine, settings: RankingSettings | None = None, **fields: Any
+) -> list[ResultRow]:
+    """Rerank prepared rows (`PreparedRow`s, or Arrow rows of them); one `ResultRow` per input row, in order.
 
     The settings come as a `RankingSettings` or as its fields (`window=5, stride=3, ...`).
     """
     settings = settings or RankingSettings(**fields)
-    states = [plan_query(dict(row), settings.plan) for row in rows]
+    states = [plan_query(row, settings.plan) for row in rows]
     await asyncio.gather(*(_rank_one(state, engine, settings) for state in states))
-    return [dataclasses.asdict(result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning, settings.backend)) for state in states]
+    return [result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning, settings.backend) for state in states]
 
 
-async def score_queries_async(rows: Sequence[dict[str, Any]], engine: AsyncEngine, settings: RankingSettings) -> list[dict[str, Any]]:
+async def score_queries_async(rows: Sequence[PreparedRow | Mapping[str, Any]], engine: AsyncEngine, settings: RankingSettings) -> list[PreparedRow]:
     """The two-model cascade's first stage: prepared rows in, the same rows out with each candidate's `relevance`
     (P(yes) from the pointwise scorer, judged on its first-pass image) and the scorer's counts; a query the scorer
     could not judge carries the reason as its `error`."""
-    states = [plan_query(dict(row), settings.plan) for row in rows]
-    await asyncio.gather(*(_rank_one(state, engine, settings, image_field="first_image") for state in states))
+    states = [plan_query(row, settings.plan) for row in rows]
+    await asyncio.gather(*(_rank_one(state, engine, settings, first=True) for state in states))
     return [scored_row(state) for state in states]
 
 
-def rerank_queries(rows: Sequence[dict[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any) -> list[dict[str, Any]]:
+def rerank_queries(
+    rows: Sequence[PreparedRow | Mapping[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any
+) -> list[ResultRow]:
     """`rerank_queries_async` over a batch engine, outside any event loop: each round's windows share one call."""
     return asyncio.run(rerank_queries_async(rows, BatchingEngine(engine), settings, **fields))

@@ -22,7 +22,6 @@ import pyarrow as pa
 
 from mmr5_batch.config import RerankerConfig
 from mmr5_batch.config.run import resolve_run
-from mmr5_batch.core.engine_protocol import AsyncEngine
 from mmr5_batch.core.layouts import append_passthrough
 from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, PreparedRow, ResultRow, to_table
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
@@ -33,7 +32,8 @@ RERANK = StageContract("rerank", reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
 # It reads the prepared rows and writes them back with the scorer's fields filled in.
 SCORE = StageContract("score", reads=PREPARED_COLUMNS, writes=PREPARED_COLUMNS)
 
-Work = Callable[[Sequence[dict[str, Any]], AsyncEngine, RankingSettings], Awaitable[list[dict[str, Any]]]]
+# The stage's work over one batch: the scheduler's rerank or score.
+Work = Callable[..., Awaitable[Sequence[Any]]]
 
 
 class ModelActor:
@@ -43,6 +43,7 @@ class ModelActor:
     def __init__(self, config_json: str, run_id: str = "", stage: str = RERANK.stage) -> None:
         run = resolve_run(RerankerConfig.model_validate_json(config_json))
         self.row_type: type
+        self.work: Work
         if stage == SCORE.stage:
             if run.scorer is None:
                 raise ValueError("a score stage without the two-model cascade")
@@ -58,8 +59,8 @@ class ModelActor:
         if not self._checked:  # the columns of one dataset's batches agree: the first one tells
             self.contract.check_input(batch.schema)
         own = set(PREPARED_COLUMNS.names)
-        rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
-        table = to_table(await self.work(rows, self.engine, self.settings), self.row_type)
+        rows = [PreparedRow.of(row) for row in batch.select([name for name in batch.column_names if name in own]).to_pylist()]
+        table = to_table(list(await self.work(rows, self.engine, self.settings)), self.row_type)
         if not self._checked:
             self.contract.check_output(table.schema)
             self._checked = True

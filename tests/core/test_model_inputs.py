@@ -61,10 +61,10 @@ def test_a_page_shown_to_several_queries_of_a_task_is_decoded_and_processed_once
     work = PageWork(processor=load_image_processor(tiny_model_dir))
     settings = PrepareSettings(image_tokens=16, window=5, policy="uniform")
     prepared = [prepare_row(row, settings, work=work) for row in rows_over(pages, 3, 5, 2)]  # pages 0-4, 2-6, 4-8
-    assert [row["pages_decoded"] for row in prepared] == [5, 2, 2]
-    assert [row["pages_processed"] for row in prepared] == [5, 2, 2]
+    assert [row.pages_decoded for row in prepared] == [5, 2, 2]
+    assert [row.pages_processed for row in prepared] == [5, 2, 2]
     assert work.decoded == work.processed == 9
-    shared = [candidate_patches(row["candidates"][index], "image") for row, index in ((prepared[0], 2), (prepared[1], 0))]
+    shared = [candidate_patches(row.candidates[index]) for row, index in ((prepared[0], 2), (prepared[1], 0))]
     assert shared[0] == shared[1] and shared[0] is not None  # the same page: the same patches, made once
 
 
@@ -75,7 +75,7 @@ def test_only_pictures_certain_to_be_sent_get_patches(tiny_model_dir):
     def patched(settings, count=20):
         work = PageWork(processor=processor, first_processor=processor)
         row = prepare_row(rows_over(pages, 1, count, 0)[0], settings, work=work)
-        return [(c["image_patches"] is not None, c["first_image_patches"] is not None) for c in row["candidates"]], row["pages_processed"]
+        return [(c.image_patches is not None, c.first_image_patches is not None) for c in row.candidates], row.pages_processed
 
     plain = PrepareSettings(image_tokens=16, policy="uniform")
     assert patched(plain) == ([(True, False)] * 20, 20)
@@ -114,9 +114,9 @@ def test_pages_sent_decoded_and_processed_per_query(tiny_model_dir, with_patches
     engine = CountingEngine()
     settings = RankingSettings(window=5, stride=3, sampling=SamplingSettings(), model_id="m", engine_reads_pixels=True)
     [result] = asyncio.run(rerank_queries_async([row], engine, settings))
-    assert result["windows"] == 6 and result["pages_sent"] == 30
+    assert result.windows == 6 and result.pages_sent == 30
     assert all(bool(request.image_inputs) == with_patches for request in engine.requests)
     if with_patches:
-        assert (result["pages_decoded"], result["pages_processed"]) == (20, 20)
+        assert (result.pages_decoded, result.pages_processed) == (20, 20)
     else:
-        assert (result["pages_decoded"], result["pages_processed"]) == (20 + 30, 30)
+        assert (result.pages_decoded, result.pages_processed) == (20 + 30, 30)

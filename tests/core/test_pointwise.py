@@ -16,6 +16,7 @@ from mmr5_batch.core.images import prepare_images
 from mmr5_batch.core.pointwise import pointwise_request, relevance_order
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION, render_pointwise_prompt
 from mmr5_batch.core.preparation import prepare_row
+from mmr5_batch.core.rows import PreparedCandidate
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
 from mmr5_batch.errors import ConfigError
@@ -36,12 +37,12 @@ def test_the_prompt_is_qwen3_vl_rerankers_format_byte_for_byte():
 
 
 def test_a_request_carries_the_image_when_there_is_one_and_asks_for_relevance():
-    with_image = pointwise_request("q", {"image": b"jpeg", "text": None}, DEFAULT_INSTRUCTION)
-    text_only = pointwise_request("q", {"image": None, "text": "words"}, DEFAULT_INSTRUCTION)
+    with_image = pointwise_request("q", PreparedCandidate(image=b"jpeg", text=None), DEFAULT_INSTRUCTION)
+    text_only = pointwise_request("q", PreparedCandidate(image=None, text="words"), DEFAULT_INSTRUCTION)
     assert with_image.relevance and with_image.images == (b"jpeg",) and with_image.prompt.count("<|image_pad|>") == 1
     assert text_only.images == () and "<|image_pad|>" not in text_only.prompt and text_only.prompt.endswith("assistant\n")
     # The first-pass version of the image when asked for (the two-model cascade's scorer).
-    assert pointwise_request("q", {"image": b"big", "first_image": b"small"}, DEFAULT_INSTRUCTION, "first_image").images == (b"small",)
+    assert pointwise_request("q", PreparedCandidate(image=b"big", first_image=b"small"), DEFAULT_INSTRUCTION, first=True).images == (b"small",)
 
 
 def test_relevance_orders_highest_first_and_ties_keep_their_order():
@@ -78,18 +79,18 @@ def pointwise_settings(**fields):
 def test_pointwise_ranks_by_p_yes_and_reports_it_as_the_scores():
     # The scripted engine's P(yes) is an image's darkness / 255: darker first.
     [row] = asyncio.run(rerank_queries_async([prepared([200, 20, 120])], BatchingEngine(ScriptedTestEngine()), pointwise_settings()))
-    assert row["status"] == "pointwise" and row["doc_ids"] == ["d1", "d2", "d0"]
-    assert row["scores"] == pytest.approx([(255 - 20) / 255, (255 - 120) / 255, (255 - 200) / 255], abs=0.02)
-    assert row["decided_by"] == ["pointwise"] * 3 and row["scored"] == 3 and row["windows"] == 0
-    assert row["image_tokens"] == 60
+    assert row.status == "pointwise" and row.doc_ids == ["d1", "d2", "d0"]
+    assert row.scores == pytest.approx([(255 - 20) / 255, (255 - 120) / 255, (255 - 200) / 255], abs=0.02)
+    assert row.decided_by == ["pointwise"] * 3 and row.scored == 3 and row.windows == 0
+    assert row.image_tokens == 60
 
 
 def test_pointwise_judges_text_only_documents_and_leaves_what_is_below_top_k_unjudged():
     rows = [prepared([None, None, None], texts=["nothing here", "which page? this one", "which one"])]
     [row] = asyncio.run(rerank_queries_async(rows, BatchingEngine(ScriptedTestEngine()), pointwise_settings(top_k=2)))
     # Query words found in the text: d1 has both, d0 none; d2 is below top_k, unjudged, in first-stage order.
-    assert row["doc_ids"] == ["d1", "d0", "d2"] and row["scores"][2] is None and row["scored"] == 2
-    assert row["decided_by"] == ["pointwise", "pointwise", "first_stage"]
+    assert row.doc_ids == ["d1", "d0", "d2"] and row.scores[2] is None and row.scored == 2
+    assert row.decided_by == ["pointwise", "pointwise", "first_stage"]
 
 
 class RefusingEngine:
@@ -101,7 +102,7 @@ class RefusingEngine:
 
 def test_a_refused_pair_makes_the_query_a_dead_letter_with_the_reason():
     [row] = asyncio.run(rerank_queries_async([prepared([200, 20])], RefusingEngine(), pointwise_settings()))
-    assert row["status"] == "error" and row["reason"] == "pointwise scoring of d1: too long"
+    assert row.status == "error" and row.reason == "pointwise scoring of d1: too long"
 
 
 def two_model_settings(detail_top=2, top_k=None):
@@ -123,21 +124,21 @@ def test_two_model_cascade_mm_r5_reasons_over_the_scorers_best_only():
     engine = BatchingEngine(ScriptedTestEngine())
     # Darkness: d3 (10) > d1 (40) > d2 (90) > d0 (250); the scorer sees the first-pass images.
     [scored] = asyncio.run(score_queries_async([prepared([250, 40, 90, 10])], engine, scorer))
-    assert [c["relevance"] for c in scored["candidates"]] == pytest.approx([5 / 255, 215 / 255, 165 / 255, 245 / 255], abs=0.02)
-    assert scored["scored"] == 4 and scored["scorer_image_tokens"] == 16 and scored["scorer_prompt_tokens"] > 0
+    assert [c.relevance for c in scored.candidates] == pytest.approx([5 / 255, 215 / 255, 165 / 255, 245 / 255], abs=0.02)
+    assert scored.scored == 4 and scored.scorer_image_tokens == 16 and scored.scorer_prompt_tokens > 0
     [row] = asyncio.run(rerank_queries_async([scored], engine, reranker))
-    assert row["doc_ids"] == ["d3", "d1", "d2", "d0"] and row["status"] == "ok"
-    assert row["decided_by"] == ["detail", "detail", "pointwise", "pointwise"]
+    assert row.doc_ids == ["d3", "d1", "d2", "d0"] and row.status == "ok"
+    assert row.decided_by == ["detail", "detail", "pointwise", "pointwise"]
     # One MM-R5 window over the two best; the scorer's counts carried into the result.
-    assert row["windows"] == 1 and row["scored"] == 4 and row["image_tokens"] == 16 + 2 * 20
+    assert row.windows == 1 and row.scored == 4 and row.image_tokens == 16 + 2 * 20
 
 
 def test_a_scorer_failure_reaches_the_result_as_a_dead_letter():
     scorer, reranker = two_model_settings()
     [scored] = asyncio.run(score_queries_async([prepared([200, 20])], RefusingEngine(), scorer))
-    assert scored["error"] == "scorer: pointwise scoring of d1: too long"
+    assert scored.error == "scorer: pointwise scoring of d1: too long"
     [row] = asyncio.run(rerank_queries_async([scored], BatchingEngine(ScriptedTestEngine()), reranker))
-    assert row["status"] == "error" and row["reason"].startswith("scorer: ")
+    assert row.status == "error" and row.reason.startswith("scorer: ")
 
 
 def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
@@ -172,7 +173,7 @@ def test_images_are_fitted_on_each_models_grid_and_text_only_candidates_are_kept
     assert small.width % 32 == 0 and small.height % 32 == 0 and small.tokens == (small.width // 32) * (small.height // 32) <= 16
     row = {"query_id": "q", "query": "which?", "candidates": [{"doc_id": "t", "text": "words"}, {"doc_id": "i", "image": grey_jpeg(90)}]}
     pointwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, protocol="pointwise", image_tokens=16)).prepare)
-    assert pointwise["error"] is None and [c["error"] for c in pointwise["candidates"]] == [None, None]
-    assert pointwise["candidates"][0]["text"] == "words" and pointwise["candidates"][1]["image_tokens"] <= 16
+    assert pointwise.error is None and [c.error for c in pointwise.candidates] == [None, None]
+    assert pointwise.candidates[0].text == "words" and pointwise.candidates[1].image_tokens <= 16
     listwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, image_tokens=16)).prepare)
-    assert "neither image bytes nor image_uri" in listwise["candidates"][0]["error"]
+    assert "neither image bytes nor image_uri" in listwise.candidates[0].error

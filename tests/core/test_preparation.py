@@ -20,9 +20,9 @@ def candidate(doc_id, image=None, score=None, image_uri=None):
 def test_good_row_is_prepared(make_grey_jpeg):
     row = {"query_id": "q1", "query": "what?", "path": "s.parquet", "candidates": [candidate("a", make_grey_jpeg(10), 0.5)]}
     prepared = prepare_row(row, settings())
-    assert prepared["error"] is None and prepared["source_path"] == "s.parquet"
-    [c] = prepared["candidates"]
-    assert c["error"] is None and 0 < c["image_tokens"] <= 64 and c["image"][:2] == b"\xff\xd8"
+    assert prepared.error is None and prepared.source_path == "s.parquet"
+    [c] = prepared.candidates
+    assert c.error is None and 0 < c.image_tokens <= 64 and c.image[:2] == b"\xff\xd8"
 
 
 @pytest.mark.parametrize(
@@ -39,28 +39,28 @@ def test_good_row_is_prepared(make_grey_jpeg):
 )
 def test_bad_rows_get_a_query_level_reason(row, reason):
     prepared = prepare_row(row, settings(duplicate_query_ids={"dup": "query_id appears 2 times in the input"}))
-    assert reason in prepared["error"]
-    assert all(c["image"] is None for c in prepared["candidates"])
+    assert reason in prepared.error
+    assert all(c.image is None for c in prepared.candidates)
 
 
 def test_a_null_candidate_is_the_rows_reason_not_a_crash(make_grey_jpeg):
     row = {"query_id": "q1", "query": "q", "candidates": [candidate("a", make_grey_jpeg(10)), None]}
     prepared = prepare_row(row, settings())
-    assert prepared["error"] == "candidate(s) [2] are null"
-    assert [c["doc_id"] for c in prepared["candidates"]] == ["a"]
+    assert prepared.error == "candidate(s) [2] are null"
+    assert [c.doc_id for c in prepared.candidates] == ["a"]
 
 
 def test_fields_of_the_wrong_kind_are_data_errors_with_a_reason(make_grey_jpeg):
     good = candidate("b", make_grey_jpeg(10))
     row = {"query_id": "q1", "query": "q", "candidates": [{"doc_id": "a", "image": 12345, "score": 1.0}, good]}  # bytes expected
     prepared = prepare_row(row, settings())
-    assert prepared["error"] is None and prepared["candidates"][0]["error"] == "image must be bytes, got int"
-    assert prepared["candidates"][1]["error"] is None
+    assert prepared.error is None and prepared.candidates[0].error == "image must be bytes, got int"
+    assert prepared.candidates[1].error is None
     for bad, reason in ((7, "have a doc_id that is not a string"), ("a", None)):
         scored = prepare_row({"query_id": 5, "query": "q", "candidates": [{"doc_id": bad, "image": make_grey_jpeg(10), "score": "high"}]}, settings())
-        assert scored["query_id"] is None and scored["error"] == "missing query_id"
+        assert scored.query_id is None and scored.error == "missing query_id"
         checked = prepare_row({"query_id": "q", "query": "q", "candidates": [{"doc_id": bad, "image": make_grey_jpeg(10), "score": "high"}]}, settings())
-        assert checked["error"] == f"candidate(s) [1] {reason or 'have a score that is not a number'}"
+        assert checked.error == f"candidate(s) [1] {reason or 'have a score that is not a number'}"
 
 
 def test_a_bug_is_not_a_dead_letter_it_fails_the_batch(make_grey_jpeg, monkeypatch):

@@ -52,18 +52,18 @@ def test_all_windows_of_a_round_go_to_the_engine_together():
     results, engine = run(rows)
     # round 1: a, b, c; round 2: a, c; rounds 3-4: c only (12 items -> 4 windows)
     assert engine.calls == [3, 2, 1, 1]
-    assert [r["windows"] for r in results] == [2, 1, 4]
+    assert [r.windows for r in results] == [2, 1, 4]
 
 
 def test_darkest_page_reaches_the_top_and_order_is_a_permutation():
     levels = [200, 150, 100, 180, 120, 160, 30, 90]  # darkest (30) is d6, 7th by first stage
     [result], _ = run([prepared("a", levels)])
-    assert result["status"] == "ok"
-    assert result["doc_ids"][0] == "d6"
-    assert sorted(result["doc_ids"]) == sorted(f"d{i}" for i in range(8))
-    assert result["first_stage_doc_ids"] == [f"d{i}" for i in range(8)]
-    assert result["scores"] == sorted(result["scores"], reverse=True) and result["scores"][0] == 1.0
-    assert result["image_tokens"] == 10 * 20
+    assert result.status == "ok"
+    assert result.doc_ids[0] == "d6"
+    assert sorted(result.doc_ids) == sorted(f"d{i}" for i in range(8))
+    assert result.first_stage_doc_ids == [f"d{i}" for i in range(8)]
+    assert result.scores == sorted(result.scores, reverse=True) and result.scores[0] == 1.0
+    assert result.image_tokens == 10 * 20
 
 
 def test_statuses_repaired_fallback_and_error():
@@ -73,34 +73,34 @@ def test_statuses_repaired_fallback_and_error():
         prepared("rej", [100, 50, 10], query="q #reject"),
     ]
     results, _ = run(rows, keep_reasoning=True)
-    by_id = {r["query_id"]: r for r in results}
-    assert by_id["rep"]["status"] == "repaired" and by_id["rep"]["doc_ids"][0] == "d2"
-    assert by_id["gar"]["status"] == "fallback" and by_id["gar"]["doc_ids"] == ["d0", "d1", "d2"]
-    assert by_id["rej"]["status"] == "error" and "scripted rejection" in by_id["rej"]["reason"]
-    assert by_id["rej"]["doc_ids"] is None
-    assert by_id["rep"]["reasoning"][0].startswith("<think>")
+    by_id = {r.query_id: r for r in results}
+    assert by_id["rep"].status == "repaired" and by_id["rep"].doc_ids[0] == "d2"
+    assert by_id["gar"].status == "fallback" and by_id["gar"].doc_ids == ["d0", "d1", "d2"]
+    assert by_id["rej"].status == "error" and "scripted rejection" in by_id["rej"].reason
+    assert by_id["rej"].doc_ids is None
+    assert by_id["rep"].reasoning[0].startswith("<think>")
 
 
 def test_flagged_candidates_are_ranked_last_with_reasons():
     row = prepared("a", [100, 10, 50, 20], errors=[None, "undecodable image: x", None, None])
     [result], _ = run([row])
-    assert result["doc_ids"][-1] == "d1"
-    assert result["flagged_doc_ids"] == ["d1"] and result["flag_reasons"] == ["undecodable image: x"]
-    assert result["doc_ids"][0] == "d3"
+    assert result.doc_ids[-1] == "d1"
+    assert result.flagged_doc_ids == ["d1"] and result.flag_reasons == ["undecodable image: x"]
+    assert result.doc_ids[0] == "d3"
 
 
 def test_top_k_reranks_the_head_only():
     row = prepared("a", [200, 190, 180, 170, 160, 10, 20, 30])
     [result], _ = run([row], window=3, stride=2, top_k=4)
-    assert result["doc_ids"][4:] == ["d4", "d5", "d6", "d7"]
-    assert result["doc_ids"][0] == "d3"
+    assert result.doc_ids[4:] == ["d4", "d5", "d6", "d7"]
+    assert result.doc_ids[0] == "d3"
 
 
 def test_query_level_errors_skip_the_engine():
     row = prepared("a", [10, 20]) | {"error": "empty query"}
     results, engine = run([row])
     assert engine.calls == []
-    assert results[0]["status"] == "error" and results[0]["reason"] == "empty query"
+    assert results[0].status == "error" and results[0].reason == "empty query"
 
 
 class GatedTestEngine:
@@ -137,8 +137,8 @@ def test_a_query_moves_to_its_next_window_without_waiting_for_the_others():
 
     results = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
     assert engine.log[:2] == ["slow sent", "fast sent"] and engine.log[-1] == "slow done"
-    assert [r["windows"] for r in results] == [1, 3]
-    assert results[1]["doc_ids"][0] == "d10" and results[1]["status"] == "ok"
+    assert [r.windows for r in results] == [1, 3]
+    assert results[1].doc_ids[0] == "d10" and results[1].status == "ok"
 
 
 def test_batches_in_flight_together_share_engine_calls():
@@ -155,7 +155,7 @@ def test_batches_in_flight_together_share_engine_calls():
     first, second = asyncio.run(two_batches())
     # round 1: a, b and c in one call; round 2: a and c.
     assert scripted.calls == [3, 2]
-    assert [r["query_id"] for r in first + second] == ["a", "b", "c"]
+    assert [r.query_id for r in first + second] == ["a", "b", "c"]
 
 
 def test_an_engine_failure_reaches_every_waiting_query():
@@ -172,14 +172,14 @@ def test_thinking_budget_forces_an_answer():
     settings = dict(window=5, stride=3, top_k=None, sampling=SamplingSettings(max_new_tokens=100), model_id="m", run_id="r", keep_reasoning=True)
     scripted = ScriptedTestEngine()
     capped, normal = asyncio.run(rerank_queries_async(rows, BatchingEngine(scripted), think_tokens=8, **settings))
-    assert capped["status"] == "ok" and capped["forced_answers"] == capped["windows"] == 2
-    assert capped["doc_ids"][0] == "d5"  # the darkest page, ranked by the forced answers
-    assert all("</think><answer>[" in text and text.endswith("]</answer>") for text in capped["reasoning"])
-    assert all(text.count("hmm,") == 7 for text in capped["reasoning"])  # reasoning cut at 8 words
-    assert normal["forced_answers"] == 0 and normal["status"] == "ok"
+    assert capped.status == "ok" and capped.forced_answers == capped.windows == 2
+    assert capped.doc_ids[0] == "d5"  # the darkest page, ranked by the forced answers
+    assert all("</think><answer>[" in text and text.endswith("]</answer>") for text in capped.reasoning)
+    assert all(text.count("hmm,") == 7 for text in capped.reasoning)  # reasoning cut at 8 words
+    assert normal.forced_answers == 0 and normal.status == "ok"
     # Without a budget the same query rambles to max_new_tokens and falls back to the first-stage order.
     [unbounded] = rerank_queries(rows[:1], ScriptedTestEngine(), **settings)
-    assert unbounded["status"] == "fallback" and unbounded["forced_answers"] == 0
+    assert unbounded.status == "fallback" and unbounded.forced_answers == 0
 
 
 def test_forced_prefix_closes_what_is_open():
@@ -197,9 +197,9 @@ def test_forced_prefix_closes_what_is_open():
 def test_fast_mode_ranks_from_first_token_scores_in_one_pass_per_window():
     rows = [prepared("a", [200, 150, 100, 50, 180, 30, 90]), prepared("b", [30, 200])]
     results, engine = run(rows, mode="fast")
-    assert [r["status"] for r in results] == ["fast", "fast"]
-    assert results[0]["doc_ids"][0] == "d5" and results[1]["doc_ids"] == ["d0", "d1"]
-    assert all(r["generated_tokens"] == 0 for r in results)
+    assert [r.status for r in results] == ["fast", "fast"]
+    assert results[0].doc_ids[0] == "d5" and results[1].doc_ids == ["d0", "d1"]
+    assert all(r.generated_tokens == 0 for r in results)
     assert engine.calls == [2, 1]  # one scoring pass per window, windows of a round together
 
 
@@ -237,18 +237,18 @@ def test_cascade_ranks_the_list_cheaply_then_the_top_in_detail():
         run_id="r",
         cascade=Cascade(first_window=6, first_stride=4, detail_top=3),
     )
-    assert result["doc_ids"][:3] == ["d10", "d5", "d3"]
-    assert result["decided_by"] == ["detail"] * 3 + ["first_pass"] * 9
+    assert result.doc_ids[:3] == ["d10", "d5", "d3"]
+    assert result.decided_by == ["detail"] * 3 + ["first_pass"] * 9
     first_pass = [sizes for sizes in engine.sizes if sizes == {(28, 28)}]
     detail = [sizes for sizes in engine.sizes if (28, 28) not in sizes]
     assert len(first_pass) == 3 and len(detail) == 1 and len(engine.sizes) == 4  # 12 in windows of 6 step 4; top 3 once
-    assert result["windows"] == 4 and result["image_tokens"] == 3 * 6 * 1 + 3 * 20
+    assert result.windows == 4 and result.image_tokens == 3 * 6 * 1 + 3 * 20
 
 
 def test_without_cascade_positions_are_decided_by_the_model_or_the_first_stage():
     row = prepared("a", [200, 190, 180, 170, 160, 10], errors=[None, None, None, None, None, "undecodable image: x"])
     [result], _ = run([row], window=3, stride=2, top_k=4)
-    assert result["decided_by"] == ["model"] * 4 + ["first_stage", "flagged"]
+    assert result.decided_by == ["model"] * 4 + ["first_stage", "flagged"]
 
 
 def test_a_bug_while_ranking_one_query_fails_the_batch_instead_of_hiding_as_a_dead_letter():
@@ -282,4 +282,4 @@ def test_a_bug_while_ranking_one_query_fails_the_batch_instead_of_hiding_as_a_de
         results = asyncio.run(rerank_queries_async(rows[:1], Scripted(), window=5, stride=3, sampling=SamplingSettings(), model_id="m"))
     finally:
         ranking.parse_ranking = original
-    assert results[0]["status"] == "ok" and results[0]["doc_ids"][0] == "d0"
+    assert results[0].status == "ok" and results[0].doc_ids[0] == "d0"

@@ -10,6 +10,7 @@ import pytest
 from mmr5_batch.config import ModelConfig
 from mmr5_batch.core.images import prepare_image
 from mmr5_batch.core.prompt import build_messages
+from mmr5_batch.core.rows import PreparedCandidate
 from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
 from mmr5_batch.engines.hf import HFEngine, expand_image_pads
 from mmr5_batch.engines.shared import id_token_ids
@@ -102,12 +103,12 @@ def test_thinking_budget_forces_an_answer_on_the_tiny_model(engine):
             think_tokens=3,
         )
     )
-    assert result["forced_answers"] == 1 and result["windows"] == 1
-    [text] = result["reasoning"]
+    assert result.forced_answers == 1 and result.windows == 1
+    [text] = result.reasoning
     assert "</think><answer>[" in text or "<answer>[" in text
     # 3 thinking tokens, then at most the forced answer's allowance
-    assert 3 < result["generated_tokens"] <= 3 + 32
-    assert sorted(result["doc_ids"]) == ["d0", "d1", "d2"]
+    assert 3 < result.generated_tokens <= 3 + 32
+    assert sorted(result.doc_ids) == ["d0", "d1", "d2"]
 
 
 def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
@@ -177,9 +178,9 @@ def test_pointwise_relevance_equals_a_direct_forward_pass(tiny_pointwise_dir):
     prepared = prepare_image(grey_jpeg(70, (200, 300)), 16, grid=32)
     image = prepared.data
     requests = [
-        pointwise_request("which page shows revenue?", {"image": image, "text": "Q3 revenue"}, DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", {"image": None, "text": "a page of text about revenue"}, DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", {"image": image, "text": None}, DEFAULT_INSTRUCTION),
+        pointwise_request("which page shows revenue?", PreparedCandidate(image=image, text="Q3 revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(image=None, text="a page of text about revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(image=image, text=None), DEFAULT_INSTRUCTION),
     ]
     batched = engine.generate(requests)
     no, yes = engine.relevance_token_ids()
@@ -221,7 +222,7 @@ def test_patches_from_the_cpu_stage_give_the_processors_pixels_and_the_same_comp
 
         def candidate(index, with_patches):
             fields = {"image_patches": patches[index].patches, "image_grid": list(patches[index].grid), "image_key": patches[index].key} if with_patches else {}
-            return {"image": pictures[index], "text": "page", **fields}
+            return PreparedCandidate(image=pictures[index], text="page", **fields)
 
         requests = [pointwise_request("which?", candidate(index, with_patches), DEFAULT_INSTRUCTION) for with_patches in (False, True) for index in (0, 1)]
         assert [bool(r.image_inputs) for r in requests] == [False, False, True, True]

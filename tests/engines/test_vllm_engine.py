@@ -318,7 +318,7 @@ def test_thinking_budget_continues_the_same_prompt_with_a_forced_answer(tiny_mod
     assert first["prompt"] == reference_prompt("Where is the lease signed?", 2) and first_params["max_tokens"] == 5
     assert second["prompt"] == first["prompt"] + "<think>a long thought</think><answer>["
     assert second_params["max_tokens"] == answer_tokens(2) and second_params["stop"] == ["</answer>"]
-    assert result["forced_answers"] == 1 and result["reasoning"] == ["<think>a long thought</think><answer>[<think>t</think><answer>[1]</answer>"]
+    assert result.forced_answers == 1 and result.reasoning == ["<think>a long thought</think><answer>[<think>t</think><answer>[1]</answer>"]
 
 
 def test_fast_mode_asks_vllm_for_the_ids_log_probabilities(tiny_model_dir):

@@ -24,6 +24,7 @@ from mmr5_batch.config import load_config  # noqa: E402
 from mmr5_batch.config.run import resolve_run  # noqa: E402
 from mmr5_batch.core.images import prepare_image  # noqa: E402
 from mmr5_batch.core.prompt import build_messages  # noqa: E402
+from mmr5_batch.core.rows import PreparedCandidate  # noqa: E402
 from mmr5_batch.devtools.demo_data import write_demo_dataset  # noqa: E402
 from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
 from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine  # noqa: E402
@@ -116,9 +117,9 @@ def pointwise_requests():
 
     image = prepare_image(grey_jpeg(70, (200, 300)), 16, grid=32).data
     return [
-        pointwise_request("which page shows revenue?", {"image": image, "text": "Q3 revenue"}, DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", {"image": None, "text": "a page of text about revenue"}, DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", {"image": image, "text": None}, DEFAULT_INSTRUCTION),
+        pointwise_request("which page shows revenue?", PreparedCandidate(image=image, text="Q3 revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(image=None, text="a page of text about revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(image=image, text=None), DEFAULT_INSTRUCTION),
     ]
 
 
@@ -195,8 +196,8 @@ def prepared_window(source, count=3, image_tokens=64):
     settings = PrepareSettings(image_tokens=image_tokens, window=count, policy="uniform")
     work = PageWork(processor=load_image_processor(source))
     prepared = prepare_row(row, settings, work=work)
-    candidates = prepared["candidates"]
-    assert all(candidate["image_patches"] for candidate in candidates)
+    candidates = prepared.candidates
+    assert all(candidate.image_patches for candidate in candidates)
     return prepared
 
 
@@ -208,12 +209,12 @@ def test_patches_from_the_cpu_stage_are_what_vllm_makes_of_the_same_prompt(tiny_
 
     def window(image_tokens):
         prepared = prepared_window(tiny_model_dir, image_tokens=image_tokens)
-        candidates = prepared["candidates"]
+        candidates = prepared.candidates
         return EngineRequest(
-            build_messages(prepared["query"], 3),
-            tuple(c["image"] for c in candidates),
+            build_messages(prepared.query, 3),
+            tuple(c.image for c in candidates),
             SamplingSettings(max_new_tokens=12, min_new_tokens=12),
-            image_inputs=tuple(candidate_patches(c, "image") for c in candidates),
+            image_inputs=tuple(candidate_patches(c) for c in candidates),
         )
 
     engine = VLLMEngine.from_run(resolve_run(real_config(tiny_model_dir, tmp_path)).main)
@@ -264,7 +265,7 @@ def test_pointwise_pairs_from_patches_score_as_vllms_own_processing(tiny_pointwi
         def pair(level, tokens):
             image = prepare_image(grey_jpeg(level, (200, 300)), tokens, grid=32).data
             cut = patch_image(image, load_image_processor(tiny_pointwise_dir), 32, tokens)
-            candidate = {"image": image, "text": "Q3 revenue", "image_patches": cut.patches, "image_grid": list(cut.grid), "image_key": cut.key}
+            candidate = PreparedCandidate(image=image, text="Q3 revenue", image_patches=cut.patches, image_grid=list(cut.grid), image_key=cut.key)
             return pointwise_request("which page shows revenue?", candidate, DEFAULT_INSTRUCTION)
 
         probe = pair(50, 16)
