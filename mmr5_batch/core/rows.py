@@ -10,7 +10,10 @@ disagree. The row kinds, in the order data flows:
   (small JPEG bytes), bad candidates carrying a reason (the CPU stage's output);
 - `ResultRow`: one per query out of the model stage; `status == "error"` rows
   become dead letters, the others ranked rows;
-- `DeadLetter`: what the dead-letter table keeps of an error row.
+- `DeadLetter`: what the dead-letter table keeps of an error row;
+- `RelabelPair`: one query-candidate of a ranked row (`--emit pairs`);
+- `ShardSurvey` and `ShardReadback`: what the job's planning and readback
+  tasks send the driver about one shard.
 
 Only plain Arrow columns cross stage boundaries: no PIL images, no tensors.
 """
@@ -230,3 +233,57 @@ class DeadLetter:
 
 
 DEAD_LETTER_KEEP = tuple(arrow_schema(DeadLetter).names)
+
+
+@dataclass
+class RelabelPair:
+    """One query-candidate of a ranked row (`--emit pairs`, job/relabel.py): its ranks, label and the label it had."""
+
+    query_id: str | None = column(pa.string())
+    doc_id: str | None = column(pa.string())
+    reranked_rank: int | None = column(pa.int32())
+    first_stage_rank: int | None = column(pa.int32())
+    first_stage_score: float | None = column(pa.float64())
+    label: int | None = column(pa.int8())
+    existing_label: int | None = column(pa.int8())
+    disagrees: bool | None = column(pa.bool_())
+    decided_by: str | None = column(pa.string())
+    status: str | None = column(pa.string())
+    source_path: str | None = column(pa.string())
+    run_id: str | None = column(pa.string())
+    model: str | None = column(pa.string())
+    reasoning: list[str] | None = column(pa.list_(pa.string()))
+
+
+PAIRS_SCHEMA = arrow_schema(RelabelPair)
+
+
+@dataclass
+class ShardSurvey:
+    """What a planning task learns of one input shard (job/shard_survey.py), for the driver."""
+
+    uri: str | None = column(pa.string())
+    problem: str | None = column(pa.string())  # why the shard cannot be used; null when it can
+    layout: str | None = column(pa.string())
+    passthrough: list[str] | None = column(pa.list_(pa.string()))
+    schema: bytes | None = column(pa.binary())  # the file's Arrow schema, serialized
+    queries: int | None = column(pa.int64())  # result rows it yields: one per row (grouped), per distinct id or id-less row (pairs)
+    missing: int | None = column(pa.int64())  # rows without a query_id
+    written: int | None = column(pa.int64())  # result rows already written for it
+    ids: bytes | None = column(pa.binary())  # hashes of its query_ids: one per row (grouped) or per distinct id (pairs)
+    pending: bytes | None = column(pa.binary())  # hashes of its distinct query_ids not written yet
+
+
+SURVEY_SCHEMA = arrow_schema(ShardSurvey)
+
+
+@dataclass
+class ShardReadback:
+    """One processed shard's rows as written, counted by a readback task (job/readback.py): accounting's summary, as JSON."""
+
+    uri: str | None = column(pa.string())
+    stats: str | None = column(pa.string())
+
+
+READBACK_SCHEMA = arrow_schema(ShardReadback)
+

@@ -29,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 
 from mmr5_batch.core.layouts import GROUPED, passthrough_problem, run_schema
+from mmr5_batch.core.rows import SURVEY_SCHEMA
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.shard_groups import group_shards
-from mmr5_batch.job.shard_survey import SURVEY_SCHEMA, id_hashes, query_ids, survey_shard
+from mmr5_batch.job.shard_survey import id_hashes, query_ids, survey_shard
 from mmr5_batch.job.shard_tasks import map_shards
 from mmr5_batch.output.layout import shard_key
 from mmr5_batch.output.ledger_index import DONE, FORGOTTEN

@@ -13,13 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmr5_batch.core.rows import READBACK_SCHEMA
 from mmr5_batch.job.accounting import COUNTED_COLUMNS, shard_summary
 from mmr5_batch.job.planner import ShardPlan
 from mmr5_batch.job.shard_tasks import map_shards
 from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.filesystems import Storage
 
-READBACK_SCHEMA = pa.schema([("uri", pa.string()), ("stats", pa.string())])
 # Shards per readback task: each reads a few columns of a few files.
 READBACK_SHARDS_PER_TASK = 128
 

@@ -21,27 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 
-PAIRS_SCHEMA = pa.schema(
-    [
-        pa.field("query_id", pa.string()),
-        pa.field("doc_id", pa.string()),
-        pa.field("reranked_rank", pa.int32()),
-        pa.field("first_stage_rank", pa.int32()),
-        pa.field("first_stage_score", pa.float64()),
-        pa.field("label", pa.int8()),
-        pa.field("existing_label", pa.int8()),
-        pa.field("disagrees", pa.bool_()),
-        pa.field("decided_by", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("source_path", pa.string()),
-        pa.field("run_id", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("reasoning", pa.list_(pa.string())),
-    ]
-)
+from mmr5_batch.core.rows import RelabelPair, to_table
 
 
-def pairs_rows(row: dict[str, Any], positives_top_k: int, label_column: str | None) -> list[dict[str, Any]]:
+def pairs_rows(row: dict[str, Any], positives_top_k: int, label_column: str | None) -> list[RelabelPair]:
     """The pairs of one ranked row (see the module docstring for the rule)."""
     first_stage = row["first_stage_doc_ids"] or []
     scores = row.get("first_stage_scores") or [None] * len(first_stage)
@@ -56,26 +39,25 @@ def pairs_rows(row: dict[str, Any], positives_top_k: int, label_column: str | No
         label = int(position < positives_top_k and doc_id not in flagged)
         existing = None if positives is None else int(doc_id in positives)
         pairs.append(
-            {
-                "query_id": row["query_id"],
-                "doc_id": doc_id,
-                "reranked_rank": position + 1,
-                "first_stage_rank": first_rank.get(doc_id),
-                "first_stage_score": first_score.get(doc_id),
-                "label": label,
-                "existing_label": existing,
-                "disagrees": None if existing is None else existing != label,
-                "decided_by": decided[position],
-                "status": row["status"],
-                "source_path": row["source_path"],
-                "run_id": row["run_id"],
-                "model": row["model"],
-                "reasoning": row.get("reasoning"),
-            }
+            RelabelPair(
+                query_id=row["query_id"],
+                doc_id=doc_id,
+                reranked_rank=position + 1,
+                first_stage_rank=first_rank.get(doc_id),
+                first_stage_score=first_score.get(doc_id),
+                label=label,
+                existing_label=existing,
+                disagrees=None if existing is None else existing != label,
+                decided_by=decided[position],
+                status=row["status"],
+                source_path=row["source_path"],
+                run_id=row["run_id"],
+                model=row["model"],
+                reasoning=row.get("reasoning"),
+            )
         )
     return pairs
 
 
 def pairs_table(ranked: pa.Table, positives_top_k: int, label_column: str | None) -> pa.Table:
-    rows = [pair for row in ranked.to_pylist() for pair in pairs_rows(row, positives_top_k, label_column)]
-    return pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
+    return to_table([pair for row in ranked.to_pylist() for pair in pairs_rows(row, positives_top_k, label_column)], RelabelPair)

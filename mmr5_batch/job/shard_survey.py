@@ -21,21 +21,6 @@ from mmr5_batch.errors import error_line
 from mmr5_batch.storage.arrow_filesystems import arrow_filesystem, read_parquet
 from mmr5_batch.storage.filesystems import Storage
 
-SURVEY_SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("problem", pa.string()),  # why the shard cannot be used; null when it can
-        ("layout", pa.string()),
-        ("passthrough", pa.list_(pa.string())),
-        ("schema", pa.binary()),  # the file's Arrow schema, serialized
-        ("queries", pa.int64()),  # result rows it yields: one per row (grouped), per distinct id or id-less row (pairs)
-        ("missing", pa.int64()),  # rows without a query_id
-        ("written", pa.int64()),  # result rows already written for it
-        ("ids", pa.binary()),  # hashes of its query_ids: one per row (grouped) or per distinct id (pairs)
-        ("pending", pa.binary()),  # hashes of its distinct query_ids not written yet
-    ]
-)
-
 
 def id_hashes(values: list[str]) -> np.ndarray:
     """Stable 64-bit hashes of query ids (the same in every process and run)."""
