@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Kept equal to pyproject's version (tests/unit/test_cluster_configs.py); the cluster images are tagged with it.
+# Kept equal to pyproject's version (tests/cluster/test_cluster_configs.py); the cluster images are tagged with it.
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.

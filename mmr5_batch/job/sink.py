@@ -1,9 +1,10 @@
 """The write stage: ranked rows and dead letters per write task and source shard, and their counters.
 
-Every result row goes to exactly one of two tables: `ranked/` (status ok,
-repaired or fallback) or `dead_letter/` (status error, with the reason),
-each partitioned by source shard (`ranked/<shard key>/`), which is what
-resume and incremental runs read back (see ledger.py). A file name is the
+Every result row goes to exactly one of two tables: `ranked/` (every status
+but error: ok, repaired, fallback, fast, pointwise) or `dead_letter/`
+(status error, with the reason), each partitioned by source shard
+(`ranked/<shard key>/`), which is what resume and incremental runs read back
+(output/store.py). A file name is the
 run attempt plus the write task's index, so a retried task replaces its own
 file instead of adding one; each file is written whole or not at all. Each
 task returns its counters per source shard (accounting.py); the driver merges them.
