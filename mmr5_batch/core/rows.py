@@ -171,7 +171,9 @@ class PreparedRow:
         if isinstance(row, PreparedRow):
             return row
         prepared = from_mapping(cls, row)
-        prepared.candidates = [candidate if isinstance(candidate, PreparedCandidate) else from_mapping(PreparedCandidate, candidate) for candidate in prepared.candidates or []]
+        prepared.candidates = [
+            candidate if isinstance(candidate, PreparedCandidate) else from_mapping(PreparedCandidate, candidate) for candidate in prepared.candidates or []
+        ]
         return prepared
 
 
@@ -286,4 +288,3 @@ class ShardReadback:
 
 
 READBACK_SCHEMA = arrow_schema(ShardReadback)
-

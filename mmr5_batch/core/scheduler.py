@@ -188,8 +188,6 @@ async def score_queries_async(rows: Sequence[PreparedRow | Mapping[str, Any]], e
     return [scored_row(state) for state in states]
 
 
-def rerank_queries(
-    rows: Sequence[PreparedRow | Mapping[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any
-) -> list[ResultRow]:
+def rerank_queries(rows: Sequence[PreparedRow | Mapping[str, Any]], engine: Engine, settings: RankingSettings | None = None, **fields: Any) -> list[ResultRow]:
     """`rerank_queries_async` over a batch engine, outside any event loop: each round's windows share one call."""
     return asyncio.run(rerank_queries_async(rows, BatchingEngine(engine), settings, **fields))
