@@ -170,7 +170,12 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
         else None
     )
     first = scorer or main
+    # The model that reads document text (a pointwise one) and how its text is cut: its tokenizer's tokens, or words
+    # for the scripted test engine, which has no tokenizer.
+    reader = main if protocol == POINTWISE else scorer
     prepare = PrepareSettings(
+        text_tokens=reader.model.document_tokens if reader is not None else None,
+        tokenizer_source=reader.model.name if reader is not None and reader.model.backend in PATCH_BACKENDS else None,
         processor_source=model.name if main.patches_in_cpu_stage else None,
         first_processor_source=first.model.name if kind != NO_CASCADE and first.patches_in_cpu_stage else None,
         grid=main.grid,

@@ -30,7 +30,22 @@ class ModelConfig(Section):
             "name with 'Qwen3-VL-Reranker', is pointwise; anything else mm-r5)."
         ),
     )
-    instruction: str = Field(DEFAULT_INSTRUCTION, description="The pointwise protocol's task instruction (its '<Instruct>:' line).")
+    instruction: str = Field(
+        DEFAULT_INSTRUCTION,
+        description=(
+            "The pointwise protocol's task instruction (its '<Instruct>:' line). Empty means the default, as in "
+            f"Qwen3-VL-Reranker's reference: {DEFAULT_INSTRUCTION!r}."
+        ),
+    )
+    document_tokens: int = Field(
+        8192,
+        ge=16,
+        description=(
+            "The pointwise protocol: a document's text is cut to this many tokens of the model's tokenizer in the CPU "
+            "stage, before any prompt is built (Qwen3-VL-Reranker's reference cuts a pair at 8192 tokens), so no "
+            "document makes a prompt longer than the engine's context or an actor run out of memory."
+        ),
+    )
     backend: Literal["hf", "vllm", "scripted-test"] = Field(
         "hf",
         description=(
@@ -82,6 +97,12 @@ class ModelConfig(Section):
         description="vLLM on CPU (--device cpu): memory for its KV cache, in GiB (gpu_memory_utilization is for GPUs only).",
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra engine arguments passed through to the backend as they are.")
+
+    @field_validator("instruction")
+    @classmethod
+    def _empty_instruction_is_the_default(cls, instruction: str) -> str:
+        # The reference falls back to its default for an empty instruction; an empty line would change every score.
+        return instruction if instruction.strip() else DEFAULT_INSTRUCTION
 
 
 class RankingConfig(Section):

@@ -5,8 +5,12 @@ status: `ok` when the answer was a well-formed permutation, `repaired` when a
 ranking was found but needed fixing, `fallback` when no ranking was found
 (the input order is kept). Ids in the answer are 1-based, as in the prompt.
 
-Which answer counts, as MM-R5's RL reward and its script read it (they take
-the first `<answer>[...]</answer>` after the reasoning):
+Which answer counts. MM-R5's script takes the first `<answer>...</answer>`
+anywhere in the output (a regex search), and its RL reward required the
+reasoning first (`<think>...</think>` then `<answer>[ids]</answer>`). We
+read the answer the reward trained for, and skip by design what the script
+would also take, a block inside or before the reasoning (an example the
+model echoes, a draft it revises: docs/fidelity.md lists this difference):
 
 1. the FIRST complete answer outside the reasoning: an `<answer>` block after
    `</think>` (or anywhere when there is no `<think>`; a `<think>` never
@@ -14,17 +18,19 @@ the first `<answer>[...]</answer>` after the reasoning):
    closed by `]` naming at least one id in range;
 2. else the first such block whose list was cut off (no `]`: the output hit
    its token limit), used as far as it goes (`repaired`);
-3. else `fallback`. Answers inside the reasoning (an example the model
-   echoes, a draft it revises) never count.
+3. else `fallback`.
 
-A ranking list is `[3, 1, 2]`: items separated by commas, each an id, or
-`Image 3` / `id 3` / `image id 3`; whitespace and newlines anywhere. A list
-with any other item (`[id_most_relevant, ...]`, words) is not a ranking,
-and neither is prose ("of the 3 images, 2 is best"): prose is a fallback.
-Duplicates keep their first occurrence, out-of-range ids (0, 9, a run of a
-thousand digits) are dropped, missing ids are appended in input order
-(MM-R5's own script keeps duplicates, so `[1,1,2]` of 3 gives 4 entries;
-here it is a permutation, status `repaired`).
+A ranking list is `[3, 1, 2]`: items separated by commas, each an id as
+Python's `int()` reads it (the script's own conversion: `+2`, `1_0` and
+other digits included), or `Image 3` / `id 3` / `image id 3`; whitespace and
+newlines anywhere; empty items (`[2,,1]`) are skipped, as the script does.
+A list with any other item (`[id_most_relevant, ...]`, words) is not a
+ranking, and neither is prose ("of the 3 images, 2 is best"): prose is a
+fallback. An id of more than six digits is out of range for any window and
+is never converted. Duplicates keep their first occurrence, out-of-range ids
+(0, 9, -1, a run of a thousand digits) are dropped, missing ids are appended
+in input order (MM-R5's own script keeps duplicates, so `[1,1,2]` of 3 gives
+4 entries; here it is a permutation, status `repaired`).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ _ANSWER_OPEN = re.compile(re.escape(ANSWER_OPEN), re.IGNORECASE)
 _ANSWER_CLOSE = re.compile(re.escape(ANSWER_CLOSE), re.IGNORECASE)
 _THINK_OPEN = re.compile(re.escape(THINK_OPEN), re.IGNORECASE)
 _THINK_CLOSE = re.compile(re.escape(THINK_CLOSE), re.IGNORECASE)
-# One list item: an id, optionally written "Image 3", "id 3", "image id 3", "#3".
-_ITEM = re.compile(r"\s*(?:image\s*id|image|id)?\s*#?\s*(-?\d+)\s*", re.IGNORECASE)
+# One list item: an id, optionally written "Image 3", "id 3", "image id 3", "#3"; the id itself is what int() takes.
+_ITEM = re.compile(r"\s*(?:image\s*id|image|id)?\s*#?\s*([+-]?\w+)\s*", re.IGNORECASE)
+# Python's integer literal as int() reads it: a sign, digits (any script's), single underscores between them.
+_INTEGER = re.compile(r"[+-]?\d(?:_?\d)*")
 # Ids longer than this are out of range for any window (and never reach int()).
 _MAX_ID_DIGITS = 6
 
@@ -87,16 +95,17 @@ def ranking_list(block: str) -> tuple[list[int], bool] | None:
     inner = stripped[1:close] if close >= 0 else stripped[1:]
     if close >= 0 and stripped[close + 1 :].strip():
         return None  # words after the list: prose that happens to start with a bracket
-    items = inner.split(",")
-    if items and not items[-1].strip() and (close < 0 or len(items) > 1):
-        items = items[:-1]  # a trailing comma, or a list cut off right after one
     ids = []
-    for item in items:
+    for item in inner.split(","):
+        if not item.strip():
+            continue  # an empty item (`[2,,1]`, a trailing comma, a list cut off right after one)
         match = _ITEM.fullmatch(item)
-        if match is None:
+        if match is None or not _INTEGER.fullmatch(match.group(1)):
             return None
-        digits = match.group(1).lstrip("-")
-        ids.append(0 if match.group(1).startswith("-") or len(digits) > _MAX_ID_DIGITS else int(digits))
+        token = match.group(1)
+        too_long = sum(character.isdigit() for character in token) > _MAX_ID_DIGITS
+        value = 0 if too_long else int(token)
+        ids.append(max(value, 0))  # negative ids are out of range like 0
     return ids, close >= 0
 
 

@@ -1,9 +1,10 @@
 """The pointwise protocol's prompt: Qwen3-VL-Reranker's published format, one query-document pair per prompt.
 
 The model was trained to judge one pair and answer "yes" or "no"; its
-relevance score is P(yes) at the first answer position, i.e. a two-way
-softmax over the "no" and "yes" logits (vLLM's pooling runner computes the
-same from those two rows of the output head). The prompt is rendered here,
+relevance score is P(yes) at the first answer position: the sigmoid of the
+"yes" logit minus the "no" logit, computed in fp32 from the last hidden state
+and those two rows of the output head (the reference script, vLLM's pooling
+runner and our hf engine alike; a two-way softmax in exact arithmetic). The prompt is rendered here,
 byte for byte, rather than by the checkpoint's chat template, because the
 reranker checkpoints ship a generic Qwen3-VL template: system turn, then
 `<Instruct>: {instruction}<Query>:{query}` (no separator between the two),

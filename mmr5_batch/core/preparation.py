@@ -59,6 +59,10 @@ class PrepareSettings:
     top_k: int | None = None
     detail_top: int | None = None
     scorer_first: bool = False
+    # Document text a pointwise model reads is cut to this many tokens (None: no model reads text), counted by the
+    # tokenizer at `tokenizer_source` (None: words, for the scripted test engine).
+    text_tokens: int | None = None
+    tokenizer_source: str | None = None
 
     def budgets(self, count: int) -> list[int]:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
@@ -73,6 +77,8 @@ class PageWork:
     # The image processors cutting `image` and `first_image` (None: no patches, the engine builds them).
     processor: Any = None
     first_processor: Any = None
+    # The tokenizer counting a document's text tokens (None: words stand in for tokens).
+    tokenizer: Any = None
     prepared: dict[tuple[Any, ...], list[PreparedImage]] = field(default_factory=dict)
     patched: dict[str, ImagePatches] = field(default_factory=dict)  # by image_key: content and processor
     decoded: int = 0
@@ -84,6 +90,20 @@ class PageWork:
             self.prepared[key] = prepare_images(data, wanted, quality, grids)
             self.decoded += 1
         return self.prepared[key]
+
+    def cut_text(self, text: str, limit: int) -> str:
+        """`text` cut to its first `limit` tokens (the reference's truncation of a long document)."""
+        if self.tokenizer is None:
+            words = text.split()
+            return text if len(words) <= limit else " ".join(words[:limit])
+        # A token is rarely longer than 16 characters: tokenize a prefix first, the whole text only when it falls short.
+        head = text[: limit * 16]
+        ids = self.tokenizer.encode(head, add_special_tokens=False)
+        if len(ids) <= limit and len(head) < len(text):
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= limit:
+            return text
+        return str(self.tokenizer.decode(ids[:limit]))
 
     def patch(self, picture: bytes, tokens: int, processor: Any, grid: int) -> ImagePatches:
         # The picture's content key is its cache key too: one hash per picture.
@@ -99,6 +119,8 @@ def _prepared_candidate(
 ) -> PreparedCandidate:
     """The candidate with its image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
     text = _text_or_none(candidate.get("text"))
+    if text and settings.text_tokens is not None:
+        text = work.cut_text(text, settings.text_tokens)
     bare = PreparedCandidate(doc_id=candidate["doc_id"], score=candidate.get("score"), text=text, image_tokens=0)
     problem = _field_problem(candidate)
     if problem is not None:

@@ -93,7 +93,9 @@ class QueryState:
 
 def plan_query(row: PreparedRow | Mapping[str, Any], plan: WindowPlan) -> QueryState:
     """The starting state of one prepared row: no windows at all when the row carries an error."""
+    # The state's own list of candidates: one the engine refuses is flagged in it, never in the caller's row.
     row = PreparedRow.of(row)
+    row = dataclasses.replace(row, candidates=list(row.candidates or []))
     state = QueryState(row, pages_sent=row.pages_sent or 0, pages_decoded=row.pages_decoded or 0, pages_processed=row.pages_processed or 0)
     if row.error:
         state.error = row.error
@@ -168,13 +170,22 @@ def record_relevance(state: QueryState, indices: list[int], completions: list[Co
     state.scored += len(indices)
     state.image_tokens += sum(candidates[index].picture_tokens(first) for index in indices)
     state.prompt_tokens += sum(completion.prompt_tokens for completion in completions)
+    relevance: dict[int, float] = {}
     for index, completion in zip(indices, completions, strict=True):
-        if completion.error is not None or completion.relevance is None:
-            state.error = f"pointwise scoring of {candidates[index].doc_id}: {completion.error or 'no relevance in the completion'}"
-            return
-    state.relevance = {index: float(completion.relevance) for index, completion in zip(indices, completions)}  # type: ignore[arg-type]
+        if completion.error is not None:
+            # The engine refused this pair alone (too long, a picture it will not take): that candidate is flagged
+            # with the reason, ranked last, and the query is ranked over the rest.
+            candidates[index] = candidates[index].flagged(completion.error)
+        elif completion.relevance is None:
+            raise ValueError(f"the engine's completion for {candidates[index].doc_id} carries no relevance")
+        else:
+            relevance[index] = float(completion.relevance)
+    if not relevance and indices:
+        state.error = f"pointwise scoring: every pair was refused ({candidates[indices[0]].doc_id}: {candidates[indices[0]].error})"
+        return
+    state.relevance = relevance
     state.status = POINTWISE
-    state.ranking = SlidingWindowRanking.settled(relevance_order(indices, state.relevance))
+    state.ranking = SlidingWindowRanking.settled(relevance_order(list(relevance), relevance))
 
 
 def scored_row(state: QueryState) -> PreparedRow:
@@ -240,7 +251,8 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
     if state.error is not None or state.ranking is None:
         return dataclasses.replace(result, status=ERROR, reason=state.error or "not ranked")
     flagged = [index for index in first_stage if not candidates[index].usable]
-    final = state.ranking.order + state.tail + flagged
+    # A candidate the engine refused mid-run is flagged: it leaves the ranked part for the flagged tail.
+    final = [index for index in state.ranking.order + state.tail if candidates[index].usable] + flagged
     # MM-R5 is listwise and gives no calibrated per-document score: the score
     # is rank-derived, 1.0 for the top and falling evenly, so higher is better.
     # The pointwise protocol's is the model's P(yes) (null for what it did not judge).

@@ -161,9 +161,28 @@ async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSet
             assert state.ranking is not None
             indices = state.ranking.current_window()
             completion = await _window(state, indices, engine, settings)
+            if completion.error is not None and len(indices) > 1 and await _set_aside_refused(state, indices, engine, settings):
+                continue  # the window again, without the candidates the engine refuses even alone
             record(state, indices, completion)
         if not next_pass(state, settings.plan):
             return
+
+
+async def _set_aside_refused(state: QueryState, indices: list[int], engine: AsyncEngine, settings: RankingSettings) -> bool:
+    """After the engine refused a window: which of its candidates it refuses even alone (a picture it will not take,
+    one too large for the context). Those are flagged with the engine's reason and taken out of the ranking, so the
+    query goes on without them; False when none (or all) are, and the refusal stays the window's."""
+    probe = replace(settings.sampling, max_new_tokens=1, min_new_tokens=0)
+    completions = await asyncio.gather(*(_send(state, engine, _request(state, [index], probe), settings) for index in indices))
+    refused = {index: completion.error for index, completion in zip(indices, completions) if completion.error is not None}
+    if not refused or len(refused) == len(indices):
+        return False
+    assert state.ranking is not None
+    for index, reason in refused.items():
+        state.candidates[index] = state.candidates[index].flagged(reason)
+    state.ranking.set_aside(list(refused))
+    state.depth -= len(refused)
+    return True
 
 
 async def rerank_queries_async(

@@ -82,6 +82,16 @@ class SlidingWindowRanking:
         start, end = self.windows[self.rounds_done]
         return self.order[start:end]
 
+    def set_aside(self, indices: Sequence[int]) -> None:
+        """Take candidates out of the ranking (flagged by the caller); the windows still to run are laid out again over the
+        rest, keeping how many have run."""
+        removed = set(indices)
+        self.order = [index for index in self.order if index not in removed]
+        if self.rerank_depth is not None:
+            self.rerank_depth = max(0, self.rerank_depth - len(removed))
+        self.__post_init__()
+        self.rounds_done = min(self.rounds_done, len(self.windows))
+
     def apply(self, window_order: Sequence[int]) -> None:
         """Reorder the current window by `window_order`, a permutation of its positions."""
         start, end = self.windows[self.rounds_done]

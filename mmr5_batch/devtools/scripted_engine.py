@@ -9,6 +9,7 @@ through the real Ray pipeline:
 - `#repair`: answers with a duplicate and an out-of-range id (status repaired)
 - `#garbage`: answers with no answer block (status fallback)
 - `#reject`: the engine refuses the request (the query becomes an error record)
+- `#die`: the engine's process dies at once (as one killed for memory), every time it is sent this question
 - fast mode (`score_ids`): each id's score is its image's darkness
 - pointwise (`relevance`): P(yes) is the image's darkness / 255, or, for a
   text-only document, the share of the query's words found in its text
@@ -98,6 +99,8 @@ class ScriptedTestEngine:
 
     def _answer(self, request: EngineRequest) -> Completion:
         question = _question(request)
+        if "#die" in question:
+            os._exit(137)  # what an out-of-memory kill leaves: no exception, no cleanup
         if "#reject" in question:
             return Completion("", "error", error="scripted rejection (#reject in the question)")
         if request.relevance:

@@ -29,6 +29,17 @@ from mmr5_batch.engines.shared import id_token_ids, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
 
 
+def relevance_from_hidden(hidden: Any, head_weight: Any, no: int, yes: int) -> Any:
+    """P(yes) of each row of `hidden` (the last position's hidden states): sigmoid(h . (w_yes - w_no)) with the
+    product and the difference in fp32, as Qwen3-VL-Reranker's reference and vLLM's classifier compute it. A softmax
+    over a bf16 model's own no/yes logits would round scores together (logits near 20 keep steps of 1/8), so lists
+    would get ties that are only rounding."""
+    import torch
+
+    difference = head_weight[yes].float() - head_weight[no].float()
+    return torch.sigmoid(hidden.float() @ difference)
+
+
 def expand_image_pads(prompt: str, tokens_per_image: Sequence[int]) -> str:
     """Replace the i-th `<|image_pad|>` by tokens_per_image[i] pads, as the Qwen processor does."""
     pieces = prompt.split(IMAGE_PAD)
@@ -239,9 +250,10 @@ class HFEngine:
         inputs, image_tokens = self._encode(requests)
         inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
         with torch.inference_mode():
-            # Left padding: the last position is every row's next-token position.
-            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
-        relevance = torch.softmax(logits[:, [no, yes]], dim=-1)[:, 1].tolist()
+            # Left padding: the last position is every row's next-token position. The base model's last hidden
+            # state (after its final norm) is what the output head reads; only its yes and no rows are needed.
+            hidden = self.model.model(**inputs).last_hidden_state[:, -1, :]
+            relevance = relevance_from_hidden(hidden, self.model.get_output_embeddings().weight, no, yes).tolist()
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         return [
             Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], relevance=float(relevance[row]))

@@ -1,4 +1,4 @@
-"""The checkpoint's own image processor, loaded once per process for whoever cuts pictures into the model's patches.
+"""The checkpoint's own image processor and tokenizer, loaded once per process for the CPU stage's page work.
 
 The CPU stage (and the in-process `Reranker`) build the engine's image inputs
 with transformers' processor for the checkpoint, as vLLM does: the
@@ -38,9 +38,25 @@ def load_image_processor(source: str) -> Any:
         ) from error
 
 
+@lru_cache(maxsize=4)
+def load_tokenizer(source: str) -> Any:
+    """The tokenizer of the checkpoint at `source`, one per process: it counts (and cuts) a document's text tokens."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, ImportError) as error:
+        raise EngineUnavailable(
+            f"cannot load the tokenizer of {source!r} to cut long documents in the CPU stage "
+            f"({str(error).splitlines()[0]}); make the checkpoint readable from the CPU workers"
+        ) from error
+
+
 def page_work(settings: PrepareSettings) -> PageWork:
-    """A task's page work with the processors its settings ask for (none when the engine builds the patches)."""
+    """A task's page work with the processors its settings ask for (no image processor when the engine builds the
+    patches; no tokenizer when no model reads text, or the scripted test engine, which counts words)."""
     return PageWork(
         processor=load_image_processor(settings.processor_source) if settings.processor_source else None,
         first_processor=load_image_processor(settings.first_processor_source) if settings.first_processor_source else None,
+        tokenizer=load_tokenizer(settings.tokenizer_source) if settings.tokenizer_source and settings.text_tokens is not None else None,
     )

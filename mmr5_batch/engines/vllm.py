@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 # Text around the images: the instruction (~200 tokens), the query, the
 # "Image i:" labels and the chat template's markers, with headroom.
 PROMPT_TEXT_TOKENS = 512
-# The pointwise prompt around one document: instruction, query and the document's text, with headroom.
-POINTWISE_TEXT_TOKENS = 2048
+# The pointwise prompt around one document's picture and text (its text is cut to model.document_tokens in the
+# CPU stage): the system turn, instruction, query and markers, with headroom.
+POINTWISE_PROMPT_TOKENS = 1024
 
 
 def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> int:
@@ -66,7 +67,7 @@ def pointwise_args(spec: ModelRun) -> dict[str, Any]:
             "classifier_from_token": [RELEVANCE_NO, RELEVANCE_YES],
             "is_original_qwen3_reranker": True,
         },
-        "max_model_len": spec.image_tokens + 2 + POINTWISE_TEXT_TOKENS,
+        "max_model_len": spec.image_tokens + 2 + spec.model.document_tokens + POINTWISE_PROMPT_TOKENS,
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": spec.image_tokens * grid * grid},
     }

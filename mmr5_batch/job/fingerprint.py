@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from mmr5_batch.config import JobConfig, public_dump
+from mmr5_batch.config import JobConfig, ModelConfig, public_dump
 from mmr5_batch.config.run import ResolvedRun
+
+DEFAULT_DOCUMENT_TOKENS = ModelConfig.model_fields["document_tokens"].default
 
 
 def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
@@ -32,11 +34,14 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
         | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {})
         # hf and vLLM run the same model; the scripted test engine is no model, its rows never mix with a model's.
         | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {})
-        | ({"protocol": "pointwise", "instruction": model.get("instruction")} if pointwise_model else {}),
+        | ({"protocol": "pointwise", "instruction": model.get("instruction")} | _document_tokens(model) if pointwise_model else {}),
         "ranking": public_config["ranking"],
         "cascade": cascade
         | (
-            {"scorer": {"name": scorer.get("name"), "instruction": scorer.get("instruction"), "scripted": scorer.get("backend") == "scripted-test"}}
+            {
+                "scorer": {"name": scorer.get("name"), "instruction": scorer.get("instruction"), "scripted": scorer.get("backend") == "scripted-test"}
+                | _document_tokens(scorer)
+            }
             if two_models
             else {}
         ),
@@ -44,6 +49,12 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
     }
     digest = hashlib.sha256(repr(sorted(_flatten(shaping).items())).encode()).hexdigest()[:16]
     return {"digest": digest, "settings": shaping}
+
+
+def _document_tokens(model: dict[str, Any]) -> dict[str, Any]:
+    """A pointwise model's text cut, when away from the default it had when it was added."""
+    tokens = model.get("document_tokens", DEFAULT_DOCUMENT_TOKENS)
+    return {"document_tokens": tokens} if tokens != DEFAULT_DOCUMENT_TOKENS else {}
 
 
 def run_fingerprint(run: ResolvedRun[JobConfig]) -> dict[str, Any]:

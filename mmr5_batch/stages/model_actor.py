@@ -10,11 +10,14 @@ Each pool has its own GPU share and batch size, so neither model waits on the
 other: Ray Data streams batches from one pool to the next.
 
 `__call__` is async, so Ray Data runs several batches through one actor at
-once and the engine is never idle while a batch is handed back.
+once and the engine is never idle while a batch is handed back. A batch
+that kills its actor twice is split until the query that does it is found
+(batch_guard.py): that query is a dead letter, the rest are ranked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -26,6 +29,7 @@ from mmr5_batch.core.layouts import append_passthrough
 from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, PreparedRow, ResultRow, to_table
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.engines import create_async_engine
+from mmr5_batch.stages.batch_guard import BatchGuard
 from mmr5_batch.stages.contracts import StageContract
 
 RERANK = StageContract("rerank", reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
@@ -52,6 +56,8 @@ class ModelActor:
             spec, settings, self.contract, self.row_type, self.work = run.main, run.ranking(run_id), RERANK, ResultRow, rerank_queries_async
         assert settings is not None
         self.settings: RankingSettings = settings
+        self.stage = stage
+        self.guard = BatchGuard.for_job(_job_id(), stage)
         self.engine = create_async_engine(spec)
         self._checked = False
 
@@ -60,8 +66,45 @@ class ModelActor:
             self.contract.check_input(batch.schema)
         own = set(PREPARED_COLUMNS.names)
         rows = [PreparedRow.of(row) for row in batch.select([name for name in batch.column_names if name in own]).to_pylist()]
-        table = to_table(list(await self.work(rows, self.engine, self.settings)), self.row_type)
+        table = to_table(list(await self._guarded(rows)), self.row_type)
         if not self._checked:
             self.contract.check_output(table.schema)
             self._checked = True
         return append_passthrough(table, batch, own)
+
+    async def _guarded(self, rows: list[PreparedRow]) -> list[Any]:
+        """The stage's work on the batch, under its marker (see batch_guard.py): whole, or one query at a time once the
+        batch has killed the actor twice, the query it died on last time a dead letter."""
+        key = self.guard.key([row.query_id for row in rows])
+        marker = self.guard.enter(key)
+        try:
+            if not marker.split:
+                async with self.guard.shared():
+                    results = list(await self.work(rows, self.engine, self.settings))
+            else:
+                results = []
+                for row in rows:
+                    if row.query_id in marker.killers:
+                        reason = (
+                            f"the {self.stage} actor died on this query's batch {marker.deaths} times, the last time while this "
+                            "query ran alone (out of memory?); the rest of its batch was processed"
+                        )
+                        row = dataclasses.replace(row, error=row.error or reason)
+                    async with self.guard.alone():
+                        self.guard.running(key, marker, row.query_id)
+                        results.extend(await self.work([row], self.engine, self.settings))
+        except BaseException:
+            self.guard.leave(key)  # an exception is no death: Ray does not retry it, the batch fails with it
+            raise
+        self.guard.leave(key)
+        return results
+
+
+def _job_id() -> str:
+    """The Ray job this actor works for (its batches' markers are that job's), 'local' outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
+    except Exception:  # an old or partial Ray: the markers are still this node's
+        return "local"

@@ -86,3 +86,7 @@ def test_the_digest_follows_what_the_model_sees_not_how_it_is_spelled(local_poin
     # An MM-R5 run does not read the instruction.
     assert digest() == digest(**{"model.instruction": "Find the page that answers the question."})
     assert digest() != digest(**{"images.image_tokens": 512}) and digest() != digest(**{"model.name": "other/checkpoint"})
+
+
+def test_an_empty_instruction_is_the_default_run():
+    assert digest(**{"model.name": HUB_POINTWISE, "model.instruction": ""}) == digest(**{"model.name": HUB_POINTWISE})

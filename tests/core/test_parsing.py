@@ -48,6 +48,37 @@ def test_the_first_complete_answer_after_the_reasoning_wins():
     assert parse_ranking("<answer>[]</answer><answer>[2, 1]</answer>", 2) == ([1, 0], OK)
 
 
+@pytest.mark.parametrize(
+    "answer, n, order, status",
+    [
+        # What MM-R5's script accepts, since it converts each item with int() and skips empty items.
+        ("[+2, +1, +3]", 3, [1, 0, 2], OK),
+        ("[1_0, 2, 1, 3]", 3, [1, 0, 2], REPAIRED),  # 10 is out of range for 3
+        ("[1_0, 2, 1, 3]", 10, [9, 1, 0, 2, 3, 4, 5, 6, 7, 8], REPAIRED),
+        ("[2_1, 3]", 3, [2, 0, 1], REPAIRED),
+        ("[2,,1,,3]", 3, [1, 0, 2], OK),
+        ("[ 3 , , 1 , 2 , ]", 3, [2, 0, 1], OK),
+        ("[\u0662, \u0661]", 2, [1, 0], OK),  # Arabic-Indic digits: int() reads them
+        ("[-1, 2]", 2, [1, 0], REPAIRED),
+        # What int() refuses is no id: the list is not a ranking.
+        ("[1__0, 2]", 3, [0, 1, 2], FALLBACK),
+        ("[_1, 2]", 3, [0, 1, 2], FALLBACK),
+        ("[- 2, 1]", 3, [0, 1, 2], FALLBACK),
+        ("[2.0, 1]", 3, [0, 1, 2], FALLBACK),
+        ("[,]", 2, [0, 1], FALLBACK),
+    ],
+)
+def test_ids_are_read_as_pythons_int_reads_them(answer, n, order, status):
+    assert parse_ranking(f"<think>x</think><answer>{answer}</answer>", n) == (order, status)
+
+
+def test_the_digit_guard_holds_for_every_spelling_int_accepts():
+    huge = "1_" * 3000 + "1"
+    assert parse_ranking(f"<answer>[+{huge}, 2, 1]</answer>", 2) == ([1, 0], REPAIRED)
+    arabic_ones = "\u0661" * 5000
+    assert parse_ranking(f"<answer>[{arabic_ones}, 1]</answer>", 2) == ([0, 1], REPAIRED)
+
+
 def test_prose_is_not_a_ranking():
     for text in (
         "<think>x</think><answer>Of the 3 images, 2 is the most relevant.</answer>",

@@ -100,9 +100,13 @@ class RefusingEngine:
         return Completion("", "error", error="too long") if refused else Completion("", "stop", relevance=0.5)
 
 
-def test_a_refused_pair_makes_the_query_a_dead_letter_with_the_reason():
-    [row] = asyncio.run(rerank_queries_async([prepared([200, 20])], RefusingEngine(), pointwise_settings()))
-    assert row.status == "error" and row.reason == "pointwise scoring of d1: too long"
+def test_a_refused_pair_flags_that_candidate_and_the_query_is_ranked_over_the_rest():
+    [row] = asyncio.run(rerank_queries_async([prepared([200, 20, 120])], RefusingEngine(), pointwise_settings()))
+    assert row.status == "pointwise" and row.doc_ids == ["d0", "d2", "d1"] and row.scores == [0.5, 0.5, None]
+    assert row.flagged_doc_ids == ["d1"] and row.flag_reasons == ["too long"] and row.decided_by == ["pointwise", "pointwise", "flagged"]
+    # Only when the engine refuses every pair is the query a dead letter.
+    [alone] = asyncio.run(rerank_queries_async([prepared([20])], RefusingEngine(), pointwise_settings()))
+    assert alone.status == "error" and alone.reason == "pointwise scoring: every pair was refused (d0: too long)"
 
 
 def two_model_settings(detail_top=2, top_k=None):
@@ -133,11 +137,15 @@ def test_two_model_cascade_mm_r5_reasons_over_the_scorers_best_only():
     assert row.windows == 1 and row.scored == 4 and row.image_tokens == 16 + 2 * 20
 
 
-def test_a_scorer_failure_reaches_the_result_as_a_dead_letter():
+def test_a_pair_the_scorer_refuses_is_flagged_through_to_the_result_and_a_scorer_failure_is_a_dead_letter():
     scorer, reranker = two_model_settings()
-    [scored] = asyncio.run(score_queries_async([prepared([200, 20])], RefusingEngine(), scorer))
-    assert scored.error == "scorer: pointwise scoring of d1: too long"
+    [scored] = asyncio.run(score_queries_async([prepared([200, 20, 120])], RefusingEngine(), scorer))
+    assert scored.error is None and scored.candidates[1].error == "too long" and scored.candidates[1].image is None
     [row] = asyncio.run(rerank_queries_async([scored], BatchingEngine(ScriptedTestEngine()), reranker))
+    assert row.status == "ok" and row.flagged_doc_ids == ["d1"] and row.doc_ids[-1] == "d1"
+    [failed] = asyncio.run(score_queries_async([prepared([20])], RefusingEngine(), scorer))
+    assert failed.error == "scorer: pointwise scoring: every pair was refused (d0: too long)"
+    [row] = asyncio.run(rerank_queries_async([failed], BatchingEngine(ScriptedTestEngine()), reranker))
     assert row.status == "error" and row.reason.startswith("scorer: ")
 
 
@@ -177,3 +185,37 @@ def test_images_are_fitted_on_each_models_grid_and_text_only_candidates_are_kept
     assert pointwise.candidates[0].text == "words" and pointwise.candidates[1].image_tokens <= 16
     listwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, image_tokens=16)).prepare)
     assert "neither image bytes nor image_uri" in listwise.candidates[0].error
+
+
+def test_an_empty_instruction_is_the_references_default():
+    """Every reference falls back to its default instruction for an empty one; so does the config, once."""
+    for empty in ("", "   "):
+        run = resolve_run(config_from_keywords(RerankerConfig, protocol="pointwise", instruction=empty, **{"scorer.instruction": empty}))
+        assert run.config.model.instruction == run.config.scorer.instruction == DEFAULT_INSTRUCTION
+        request = pointwise_request("which page?", PreparedCandidate(text="words"), run.ranking().instruction)
+        assert f"<Instruct>: {DEFAULT_INSTRUCTION}<Query>:which page?\n<Document>:words" in request.prompt
+
+
+def test_document_text_is_cut_in_the_cpu_stage_to_the_reference_limit(tiny_pointwise_dir):
+    from mmr5_batch.config import ModelConfig
+    from mmr5_batch.engines.image_processors import load_tokenizer, page_work
+
+    assert ModelConfig().document_tokens == 8192  # Qwen3-VL-Reranker's reference cuts a pair at 8192 tokens
+    run = resolve_run(config_from_keywords(RerankerConfig, backend="scripted-test", protocol="pointwise", **{"model.document_tokens": 16}))
+    assert run.prepare.text_tokens == 16 and run.prepare.tokenizer_source is None  # the scripted engine counts words
+    long_text = " ".join(f"w{index}" for index in range(100))
+    row = {"query_id": "q", "query": "q", "candidates": [{"doc_id": "a", "text": long_text, "score": 1.0}, {"doc_id": "b", "text": "short", "score": 0.5}]}
+    prepared = prepare_row(row, run.prepare)
+    assert prepared.candidates[0].text == " ".join(f"w{index}" for index in range(16)) and prepared.candidates[1].text == "short"
+    # A real checkpoint's text is cut by its own tokenizer.
+    real = resolve_run(
+        config_from_keywords(RerankerConfig, backend="hf", protocol="pointwise", **{"model.name": tiny_pointwise_dir, "model.document_tokens": 16})
+    )
+    assert real.prepare.tokenizer_source == tiny_pointwise_dir
+    cut = prepare_row(row, real.prepare, work=page_work(real.prepare)).candidates[0].text
+    tokenizer = load_tokenizer(tiny_pointwise_dir)
+    assert len(tokenizer.encode(cut, add_special_tokens=False)) <= 16 and long_text.startswith(cut.strip()[:20])
+    # MM-R5 alone reads no text, so nothing is cut; the two-model cascade's scorer reads it.
+    assert resolve_run(config_from_keywords(RerankerConfig)).prepare.text_tokens is None
+    two = resolve_run(config_from_keywords(RerankerConfig, cascade=True, **{"cascade.first_pass": "pointwise", "scorer.backend": "hf"}))
+    assert two.prepare.text_tokens == 8192 and two.prepare.tokenizer_source == "Qwen/Qwen3-VL-Reranker-2B"

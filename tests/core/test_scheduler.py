@@ -283,3 +283,37 @@ def test_a_bug_while_ranking_one_query_fails_the_batch_instead_of_hiding_as_a_de
     finally:
         ranking.parse_ranking = original
     assert results[0].status == "ok" and results[0].doc_ids[0] == "d0"
+
+
+class RefusesOnePicture:
+    """The scripted engine, refusing every request that shows the page drawn at level 20 (a picture it will not take)."""
+
+    def __init__(self) -> None:
+        from tests.conftest import grey_jpeg
+
+        self.refused = grey_jpeg(20)
+        self.engine = ScriptedTestEngine()
+        self.requests = 0
+
+    async def generate_async(self, request):
+        self.requests += 1
+        if self.refused in request.images:
+            return Completion("", "error", error="engine rejected the request: cannot process this picture")
+        return self.engine.generate([request])[0]
+
+
+def test_a_candidate_that_makes_the_engine_refuse_its_window_is_flagged_and_the_query_goes_on():
+    engine = RefusesOnePicture()
+    rows = [prepared("q", [200, 20, 120, 60, 90, 30, 150])]
+    [result] = asyncio.run(rerank_queries_async(rows, engine, window=5, stride=3, sampling=SamplingSettings(), model_id="m"))
+    assert result.status == "ok" and result.flagged_doc_ids == ["d1"]
+    assert result.flag_reasons == ["engine rejected the request: cannot process this picture"]
+    # The rest ranked by the windows (the scripted engine: darkest first), the refused candidate last: window [2, 7)
+    # ranks d5 d3 d4 d2 d6; window [0, 5) is refused for d1, which is set aside; the window again over d0 d5 d3 d4 d2.
+    assert result.doc_ids == ["d5", "d3", "d4", "d2", "d0", "d6", "d1"]
+    assert result.decided_by == ["model"] * 6 + ["flagged"]
+    # Only the window that showed it was probed, one request per candidate.
+    assert result.windows == 2 and engine.requests == 2 + 5 + 1
+    # A window the engine refuses whatever it holds stays the query's dead letter.
+    [failed] = asyncio.run(rerank_queries_async([prepared("r", [20, 20])], engine, window=5, stride=3, sampling=SamplingSettings(), model_id="m"))
+    assert failed.status == "error" and "cannot process this picture" in failed.reason

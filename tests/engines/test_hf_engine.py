@@ -235,3 +235,31 @@ def test_patches_from_the_cpu_stage_give_the_processors_pixels_and_the_same_comp
     assert [(c.text, c.prompt_tokens, c.image_tokens) for c in model.generate([from_jpeg])] == [
         (c.text, c.prompt_tokens, c.image_tokens) for c in model.generate([from_patches])
     ]
+
+
+def test_p_yes_is_read_from_an_fp32_difference_so_bf16_leaves_no_false_ties():
+    """Qwen3-VL-Reranker's P(yes) is sigmoid(h . (w_yes - w_no)); with the difference in fp32 (as the reference and vLLM
+    compute it) a bf16 model still gives distinct scores, where a softmax over its bf16 logits rounds them together."""
+    import torch
+
+    from mmr5_batch.core.pointwise import relevance_order
+    from mmr5_batch.engines.hf import relevance_from_hidden
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(4000, 256, generator=generator).to(torch.bfloat16)
+    # Output-head rows whose logits come out around 20, as a real head's do.
+    base = torch.randn(256, generator=generator)
+    head = torch.stack([base + 0.05 * torch.randn(256, generator=generator), base + 0.05 * torch.randn(256, generator=generator)])
+    hidden = (hidden.float() + 20 * base / base.norm() ** 2).to(torch.bfloat16)
+    head = head.to(torch.bfloat16)
+    no, yes = 0, 1
+
+    exact = torch.sigmoid(hidden.double() @ (head[yes].double() - head[no].double()))
+    ours = relevance_from_hidden(hidden, head, no, yes)
+    bf16_logits = (hidden @ head.T).float()  # what a bf16 model's logits give
+    softmax = torch.softmax(bf16_logits[:, [no, yes]], dim=-1)[:, 1]
+    assert bf16_logits.abs().mean() > 10  # ordinary logits, not tiny ones
+    assert len(set(ours.tolist())) >= 3990 and len(set(softmax.tolist())) < 1000
+    assert (ours.double() - exact).abs().max() < 1e-5 < (softmax.double() - exact).abs().max()
+    # Exact ties keep the first-stage order: the order is a stable sort by P(yes).
+    assert relevance_order([3, 1, 2, 0], {0: 0.5, 1: 0.9, 2: 0.5, 3: 0.5}) == [1, 3, 2, 0]

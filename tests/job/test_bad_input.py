@@ -314,3 +314,18 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_run(ray_sess
     assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
     assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
     assert sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["a0", "a1"]
+
+
+def test_a_query_that_kills_its_actor_is_found_and_dead_lettered_and_the_shard_goes_on(ray_session, tmp_path):
+    """Ray restarts a dead actor and retries its batch for ever: after two deaths the batch runs one query at a time,
+    the query the actor dies on alone is dead-lettered with the reason, and the rest of the shard is ranked."""
+    table = rows("a", 4)
+    table[2]["query"] = "which page? #die"  # the scripted engine's process dies on it, as one killed for memory
+    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(table, schema=SCHEMA))
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--max-error-rate", "0.5"]) == 0
+    assert sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["a0", "a1", "a3"]
+    [letter] = read_folder(out / "dead_letter")
+    assert letter["query_id"] == "a2" and "actor died on this query's batch 3 times" in letter["reason"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["incomplete_shards"] == [] and summary["totals"]["queries"] == 4

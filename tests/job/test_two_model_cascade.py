@@ -134,3 +134,33 @@ def test_two_model_cascade_on_the_tiny_checkpoints_with_hf_in_both_pools(ray_ses
         assert sorted(row["doc_ids"]) == sorted(f"d{index}" for index in range(8)) and row["backend"] == "hf"
         assert row["decided_by"] == ["detail"] * 3 + ["pointwise"] * 5 and row["scored"] == 8 and row["windows"] == 1
         assert row["generated_tokens"] == 8 and row["status"] in ("ok", "repaired", "fallback")
+
+
+def test_a_300000_character_document_is_cut_to_the_reference_limit_and_its_query_ranked(ray_session, tmp_path, tiny_pointwise_dir):
+    """A text-only pointwise job on the hf engine where one document is 300,000 characters of OCR: cut in the CPU stage to
+    the model's document_tokens (the reference's 8192 by default) by its own tokenizer, never sent whole to an actor."""
+    from transformers import AutoTokenizer
+
+    huge = " ".join(f"revenue line {index} of the quarterly table" for index in range(7_000))[:300_000]
+    rows = [
+        {
+            "query_id": f"q{query}",
+            "query": "revenue table",
+            "candidates": [
+                {"doc_id": "huge", "image": None, "image_uri": None, "text": huge if query == 1 else "a short page", "score": 0.9},
+                {"doc_id": "short", "image": None, "image_uri": None, "text": "the revenue table", "score": 0.8},
+            ],
+        }
+        for query in range(3)
+    ]
+    write_input(tmp_path / "in", rows)
+    limit = 512
+    settings = {"backend": "hf", "device": "cpu", "model.name": tiny_pointwise_dir, "model.document_tokens": limit, "actors": 1}
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert summary["failed"] is None and set(ranked) == {"q0", "q1", "q2"} and read_folder(tmp_path / "out" / "dead_letter") == []
+    assert all(row["status"] == "pointwise" and row["scored"] == 2 and None not in row["scores"] for row in ranked.values())
+    # The prompts the engine got: the short pair's plus the cut document's, a few dozen tokens of prompt around each.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_pointwise_dir)
+    assert len(tokenizer.encode(huge, add_special_tokens=False)) > 40 * limit
+    assert ranked["q1"]["prompt_tokens"] - ranked["q0"]["prompt_tokens"] <= limit
