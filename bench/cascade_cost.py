@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
+from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.cost_model import QWEN3_VL_RERANKER_8B
 from mmr5_batch.job.cost_estimate import SettingCost, price_setting
 
@@ -56,7 +57,7 @@ def cost_table(lengths: list[int], generated: int) -> None:
         baseline = None
         for way, settings in WAYS.items():
             cost = SettingCost(way)
-            price_setting(cost, config_from_keywords(RerankerConfig, **settings), [PAGE] * length, generated)
+            price_setting(cost, resolve_run(config_from_keywords(RerankerConfig, **settings)), [PAGE] * length, generated)
             row = cost.row(1)
             seconds = row["gpu_seconds_per_query"]
             baseline = baseline or seconds

@@ -143,6 +143,7 @@ def hf_engine(directory: Path, arch: str, device: str, batch_size: int):
 
 def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str, device: str):
     from mmr5_batch.config import load_config
+    from mmr5_batch.config.run import resolve_run
     from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine
 
     engine_kwargs = {"load_format": "dummy"} if arch == "7b-random" else {}
@@ -163,7 +164,7 @@ def vllm_engine(directory: Path, arch: str, args: argparse.Namespace, kind: str,
             "images.image_tokens": args.image_tokens,
         },
     )
-    return (AsyncVLLMEngine if kind == "async" else VLLMEngine).from_config(config)
+    return (AsyncVLLMEngine if kind == "async" else VLLMEngine).from_run(resolve_run(config).main)
 
 
 def shutdown(runner) -> None:
