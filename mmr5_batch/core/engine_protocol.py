@@ -78,6 +78,18 @@ class Completion:
     relevance: float | None = None
 
 
+class RequestObserver(Protocol):
+    """Who watches the engine's work (the actors' metrics): every request's start and end, every query's duration."""
+
+    def request_started(self) -> float:
+        """A request goes to the engine; returns what `request_done` gets back (a start time)."""
+        ...
+
+    def request_done(self, started: float) -> None: ...
+
+    def query_done(self, seconds: float) -> None: ...
+
+
 class Engine(Protocol):
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         """One completion per request, in order."""

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmr5_batch.core.engine_protocol import Completion
+from mmr5_batch.core.engine_protocol import Completion, RequestObserver
 from mmr5_batch.core.parsing import parse_ranking
 from mmr5_batch.core.pointwise import relevance_order
 from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
@@ -73,6 +73,7 @@ class QueryState:
     pages_sent: int = 0
     pages_decoded: int = 0
     pages_processed: int = 0
+    observer: RequestObserver | None = None  # who watches its requests (the actor's metrics)
 
     @property
     def active(self) -> bool:

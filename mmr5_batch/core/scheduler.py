@@ -15,12 +15,13 @@ stage: the scorer's judgements written onto the prepared rows.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mmr5_batch.core.batching import BatchingEngine
-from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, SamplingSettings
+from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, RequestObserver, SamplingSettings
 from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
@@ -91,7 +92,14 @@ async def _send(state: QueryState, engine: AsyncEngine, request: EngineRequest, 
     if settings.engine_reads_pixels and not request.image_inputs:
         state.pages_decoded += len(request.images)
         state.pages_processed += len(request.images)
-    return await engine.generate_async(request)
+    observer = state.observer
+    if observer is None:
+        return await engine.generate_async(request)
+    started = observer.request_started()
+    try:
+        return await engine.generate_async(request)
+    finally:
+        observer.request_done(started)
 
 
 def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
@@ -153,7 +161,18 @@ async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSet
     # batch finishes its window. A request the engine rejects comes back as an error completion and becomes this
     # query's dead letter (`record`); an exception, from the engine or from this code, is no data problem: it fails
     # the batch, so Ray retries it and the job stops with the error if it persists.
-    if state.stage == SCORING and state.error is None:
+    if state.error is not None:
+        return
+    started = time.monotonic()
+    try:
+        await _walk(state, engine, settings, first)
+    finally:
+        if state.observer is not None:
+            state.observer.query_done(time.monotonic() - started)
+
+
+async def _walk(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool) -> None:
+    if state.stage == SCORING:
         await _score(state, engine, settings, first)
         return
     while True:
@@ -186,23 +205,31 @@ async def _set_aside_refused(state: QueryState, indices: list[int], engine: Asyn
 
 
 async def rerank_queries_async(
-    rows: Sequence[PreparedRow | Mapping[str, Any]], engine: AsyncEngine, settings: RankingSettings | None = None, **fields: Any
+    rows: Sequence[PreparedRow | Mapping[str, Any]],
+    engine: AsyncEngine,
+    settings: RankingSettings | None = None,
+    *,
+    observer: RequestObserver | None = None,
+    **fields: Any,
 ) -> list[ResultRow]:
     """Rerank prepared rows (`PreparedRow`s, or Arrow rows of them); one `ResultRow` per input row, in order.
 
-    The settings come as a `RankingSettings` or as its fields (`window=5, stride=3, ...`).
+    The settings come as a `RankingSettings` or as its fields (`window=5, stride=3, ...`); `observer` watches every
+    engine request and query (the actor's metrics).
     """
     settings = settings or RankingSettings(**fields)
-    states = [plan_query(row, settings.plan) for row in rows]
+    states = [replace(plan_query(row, settings.plan), observer=observer) for row in rows]
     await asyncio.gather(*(_rank_one(state, engine, settings) for state in states))
     return [result_row(state, settings.model_id, settings.run_id, settings.keep_reasoning, settings.backend) for state in states]
 
 
-async def score_queries_async(rows: Sequence[PreparedRow | Mapping[str, Any]], engine: AsyncEngine, settings: RankingSettings) -> list[PreparedRow]:
+async def score_queries_async(
+    rows: Sequence[PreparedRow | Mapping[str, Any]], engine: AsyncEngine, settings: RankingSettings, *, observer: RequestObserver | None = None
+) -> list[PreparedRow]:
     """The two-model cascade's first stage: prepared rows in, the same rows out with each candidate's `relevance`
     (P(yes) from the pointwise scorer, judged on its first-pass image) and the scorer's counts; a query the scorer
     could not judge carries the reason as its `error`."""
-    states = [plan_query(row, settings.plan) for row in rows]
+    states = [replace(plan_query(row, settings.plan), observer=observer) for row in rows]
     await asyncio.gather(*(_rank_one(state, engine, settings, first=True) for state in states))
     return [scored_row(state) for state in states]
 

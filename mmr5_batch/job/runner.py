@@ -45,6 +45,7 @@ from mmr5_batch.job.sink import RerankOutputDatasink
 from mmr5_batch.output.store import OutputStore
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
 from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer
+from mmr5_batch.stages.run_metrics import JobMetrics
 from mmr5_batch.stages.step import RerankStep
 from mmr5_batch.storage.filesystems import Storage
 from mmr5_batch.version import __version__
@@ -111,6 +112,7 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     timings["plan_seconds"] = time.monotonic() - started
     _log_plan(config, plan)
     ensure_ray(config.execution.address)
+    metrics = JobMetrics.start(config.run_id or "", config.model.name, run.protocol)
     gpus = cluster_gpus(gpus_wanted_at_start(run), config.execution.gpu_wait_seconds)
     placement = place_actors(run, gpus)
     scorer = place_scorer(run, gpus) if run.two_models else None
@@ -130,7 +132,7 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
             state = OutputStore(storage, config.output)
             plan = plan_input(config, storage, state)
             check_same_job(state, fingerprint, config.overwrite)
-        summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings)
+        summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings, metrics)
     finally:
         lease.release()
     return summary
@@ -171,6 +173,7 @@ def _write(
     placements: tuple[ActorPlacement, ActorPlacement | None],
     started: float,
     timings: dict[str, float],
+    metrics: JobMetrics,
 ) -> dict[str, Any]:
     """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
     state.begin(
@@ -187,6 +190,7 @@ def _write(
 
     written = WrittenSoFar()
     waves = plan.waves(config.execution.queries_per_wave)
+    metrics.shards(done=len(plan.skipped), pending=len(plan.to_run), bad=len(plan.bad))
     for number, wave in enumerate(waves, 1):
         if len(waves) > 1:
             log.info("wave %d of %d: %d shards, %d queries", number, len(waves), len(wave.to_run), sum(shard.pending for shard in wave.to_run))
@@ -194,6 +198,8 @@ def _write(
         sink = _run_pipeline(config, wave, state.storage, attempt, *placements)
         readback_started = time.monotonic()
         written.add(sink, _read_back(config, wave, state, attempt))
+        complete = sum(1 for stats in written.shard_stats.values() if stats["complete"])
+        metrics.shards(done=len(plan.skipped) + complete, pending=len(plan.to_run) - complete, bad=len(plan.bad))
         timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
         timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
     timings["waves"] = len(waves)

@@ -10,7 +10,8 @@ Each pool has its own GPU share and batch size, so neither model waits on the
 other: Ray Data streams batches from one pool to the next.
 
 `__call__` is async, so Ray Data runs several batches through one actor at
-once and the engine is never idle while a batch is handed back. A batch
+once and the engine is never idle while a batch is handed back. Each actor
+reports what it did through Ray's metrics API (run_metrics.py). A batch
 that kills its actor twice is split until the query that does it is found
 (batch_guard.py): that query is a dead letter, the rest are ranked.
 """
@@ -31,6 +32,7 @@ from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, sco
 from mmr5_batch.engines import create_async_engine
 from mmr5_batch.stages.batch_guard import BatchGuard
 from mmr5_batch.stages.contracts import StageContract
+from mmr5_batch.stages.run_metrics import StageMetrics
 
 RERANK = StageContract("rerank", reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
 # It reads the prepared rows and writes them back with the scorer's fields filled in.
@@ -58,6 +60,7 @@ class ModelActor:
         self.settings: RankingSettings = settings
         self.stage = stage
         self.guard = BatchGuard.for_job(_job_id(), stage)
+        self.metrics = StageMetrics.start(run_id, spec.model.name, spec.protocol, stage)
         self.engine = create_async_engine(spec)
         self._checked = False
 
@@ -80,7 +83,7 @@ class ModelActor:
         try:
             if not marker.split:
                 async with self.guard.shared():
-                    results = list(await self.work(rows, self.engine, self.settings))
+                    results = list(await self.work(rows, self.engine, self.settings, observer=self.metrics))
             else:
                 results = []
                 for row in rows:
@@ -92,11 +95,12 @@ class ModelActor:
                         row = dataclasses.replace(row, error=row.error or reason)
                     async with self.guard.alone():
                         self.guard.running(key, marker, row.query_id)
-                        results.extend(await self.work([row], self.engine, self.settings))
+                        results.extend(await self.work([row], self.engine, self.settings, observer=self.metrics))
         except BaseException:
             self.guard.leave(key)  # an exception is no death: Ray does not retry it, the batch fails with it
             raise
         self.guard.leave(key)
+        self.metrics.rows_done(results)
         return results
 
 
