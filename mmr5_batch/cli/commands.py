@@ -10,6 +10,7 @@ for; 1 an unexpected error (with a traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -135,8 +136,12 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+DISK_FULL = "No space left on device"
+
+
 def one_line_cause(error: BaseException) -> str | None:
-    """The message of one of our one-line errors raised inside a Ray task or actor, if that is what failed."""
+    """The message of one of our one-line errors raised inside a Ray task or actor, if that is what failed; a full
+    disk under a write task is one line too."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [error]
     while stack:
@@ -147,6 +152,8 @@ def one_line_cause(error: BaseException) -> str | None:
         if isinstance(current, ONE_LINE_ERRORS):
             return str(current)
         text = str(current)
+        if (isinstance(current, OSError) and current.errno == errno.ENOSPC) or DISK_FULL in text:
+            return f"cannot write the results: the disk is full ({DISK_FULL}); free space and run again: what is written is kept"
         for kind in ONE_LINE_ERRORS:
             marker = f"{kind.__name__}: "
             if marker in text:

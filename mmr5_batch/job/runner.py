@@ -102,6 +102,10 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     config = run.config  # every later step reads the resolved run ('auto' decided here, once)
     attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
     storage = Storage(config.storage.s3_options())
+    # Before Ray starts (planning starts it): an output that cannot be written is the whole story.
+    problem = storage.writability_problem(config.output)
+    if problem is not None:
+        raise JobError(f"cannot write to output {config.output}: {problem}")
     state = OutputStore(storage, config.output)
     fingerprint = run_fingerprint(run)
     timings: dict[str, float] = {}

@@ -11,6 +11,7 @@ Credentials live only in it: nothing here prints or writes them.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,24 @@ class Storage:
         if not fs.exists(path):
             return []
         return sorted(self.uri(fs, name) for name in fs.find(path) if name.endswith(suffix) and not _under_hidden(name, path))
+
+    def writability_problem(self, uri: str) -> str | None:
+        """Why files cannot be written under a local prefix, found without writing (None: they can, as far as the
+        file system says, or an object store, which only a write can tell)."""
+        if protocol_of(uri) not in LOCAL_PROTOCOLS:
+            return None
+        path = os.path.abspath(uri.removeprefix("file://"))
+        existing = path
+        while not os.path.exists(existing):
+            parent = os.path.dirname(existing)
+            if parent == existing:
+                return None
+            existing = parent
+        if not os.path.isdir(existing):
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable (read-only, or no permission)"
+        return None
 
     def temporaries(self, uri: str) -> list[str]:
         """The hidden temporaries `write_bytes` left under a local prefix (object stores have none)."""

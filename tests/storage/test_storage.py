@@ -146,3 +146,11 @@ def test_credentials_reach_s3fs_but_never_the_written_config():
     written = config_to_yaml(config) + repr(config) + str(public_dump(config))
     assert "very-secret-value" not in written and "AKIAEXAMPLEKEY" not in written
     assert "eu-west-1" in config_to_yaml(config)
+
+
+def test_an_output_that_cannot_be_written_is_named_without_writing(tmp_path):
+    storage = Storage()
+    (tmp_path / "a-file").write_text("not a folder")
+    assert storage.writability_problem(str(tmp_path / "a-file" / "out" / "deeper")) == f"{tmp_path / 'a-file'} is a file, not a folder"
+    assert storage.writability_problem(str(tmp_path / "new" / "out")) is None and not (tmp_path / "new").exists()
+    assert storage.writability_problem("s3://bucket/out") is None  # only a write can tell
