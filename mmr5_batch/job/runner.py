@@ -34,6 +34,7 @@ import pyarrow as pa
 from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config
 from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.layouts import layout_schema
+from mmr5_batch.engines.factory import check_importable
 from mmr5_batch.errors import JobError, error_line
 from mmr5_batch.job.accounting import COUNTERS, RunOutcome, failures, merge_counters, now_iso, totals
 from mmr5_batch.job.dead_letters import write_unaddressable
@@ -43,7 +44,7 @@ from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
 from mmr5_batch.output.store import OutputStore
-from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
+from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray, ray_is_local
 from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer
 from mmr5_batch.stages.run_metrics import JobMetrics
 from mmr5_batch.stages.step import RerankStep
@@ -102,10 +103,15 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
     config = run.config  # every later step reads the resolved run ('auto' decided here, once)
     attempt = f"{config.run_id}-{uuid.uuid4().hex[:6]}"
     storage = Storage(config.storage.s3_options())
-    # Before Ray starts (planning starts it): an output that cannot be written is the whole story.
+    # Before Ray starts (planning starts it): an output that cannot be written, or (where the actors will run in this
+    # Python, a Ray of our own) an engine that cannot be imported, is the whole story.
     problem = storage.writability_problem(config.output)
     if problem is not None:
         raise JobError(f"cannot write to output {config.output}: {problem}")
+    if ray_is_local(config.execution.address):
+        for spec in (run.main, run.scorer):
+            if spec is not None:
+                check_importable(spec)
     state = OutputStore(storage, config.output)
     fingerprint = run_fingerprint(run)
     timings: dict[str, float] = {}

@@ -12,6 +12,13 @@ from mmr5_batch.stages.placement import ClusterGpus
 log = logging.getLogger(__name__)
 
 
+def ray_is_local(address: str | None) -> bool:
+    """Whether the job starts a Ray of its own here (no address given): its actors then run in this Python."""
+    import ray
+
+    return not (ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"))
+
+
 def ensure_ray(address: str | None) -> None:
     import ray
 
