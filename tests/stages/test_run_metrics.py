@@ -33,15 +33,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-PORT = _free_port()
+PORT = 0  # the metrics export port of the module's Ray, chosen when it starts
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """The module's local Ray, with its metrics export on a port of our own."""
+    """The module's local Ray, with its metrics export on a port of our own (picked just before Ray binds it)."""
     import ray
     from ray.data import DataContext
 
+    global PORT
+    PORT = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", _metrics_export_port=PORT)
     DataContext.get_current().enable_progress_bars = False
