@@ -51,7 +51,6 @@ class ModelRun:
     passes: tuple[EnginePass, ...]
     # The CPU stage builds this model's picture patches (images.processing 'cpu-stage' and a backend reading pixels).
     patches_in_cpu_stage: bool
-    constrain_answer: bool = False
 
     @property
     def grid(self) -> int:
@@ -163,7 +162,7 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
         if kind == SAME_MODEL:
             # The same-model cascade's first pass shows first_window smaller pictures per prompt.
             passes += (EnginePass(cascade.first_window, cascade.first_image_tokens),)
-    main = ModelRun(model, protocol, passes, patches_in_cpu_stage(config.images, model), constrain_answer=model.constrain_answer)
+    main = ModelRun(model, protocol, passes, patches_in_cpu_stage(config.images, model))
     scorer = (
         ModelRun(scorer_model, POINTWISE, (EnginePass(1, cascade.first_image_tokens),), patches_in_cpu_stage(config.images, scorer_model))
         if kind == TWO_MODELS

@@ -257,7 +257,7 @@ def completion_from(output: Any) -> Completion:
 def structured_outputs_class(vllm: Any, spec: ModelRun) -> Any:
     """vLLM's StructuredOutputsParams (vLLM >= 0.12); the answer constraint cannot start without it."""
     found = getattr(getattr(vllm, "sampling_params", None), "StructuredOutputsParams", None)
-    if found is None and spec.constrain_answer:
+    if found is None and spec.model.constrain_answer:
         raise EngineUnavailable("model.constrain_answer needs vLLM's structured outputs (vLLM >= 0.12); upgrade vllm or drop the setting")
     return found
 
