@@ -65,10 +65,13 @@ def read_folder(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """The module's local Ray; its metrics export on a port of our own (tests/support/metrics_export.py reads it)."""
     import ray
 
+    from tests.support.metrics_export import pick_metrics_port
+
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", _metrics_export_port=pick_metrics_port())
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

@@ -58,6 +58,7 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--batch-size": ("execution.batch_size", {"type": int, "help": "queries per actor call"}),
     "--concurrent-batches": ("execution.concurrent_batches", {"type": int, "help": "batches one actor works on at once (default 4)"}),
     "--vllm-engine": ("model.vllm_engine", {"choices": ["async", "offline"], "help": "vLLM engine kind (default async)"}),
+    "--progress-seconds": ("execution.progress_seconds", {"type": float, "help": "seconds between progress lines when not on a terminal (default 30)"}),
     "--address": ("execution.address", {"help": "Ray address (default: RAY_ADDRESS or a local Ray)"}),
     "--max-error-rate": ("execution.max_error_rate", {"type": float, "help": "share of dead-lettered queries or bad shards that fails the job (default 0.01)"}),
     "--s3-endpoint-url": ("storage.endpoint_url", {"help": "S3 endpoint (default: AWS_ENDPOINT_URL or AWS)"}),
@@ -107,39 +108,46 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
         return argparse.HelpFormatter(prog, width=width) if width else argparse.HelpFormatter(prog)
 
     parser = argparse.ArgumentParser(prog="mmr5-batch", description="Batch multimodal reranking with MM-R5 on Ray.", formatter_class=formatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    # Every command's console options (cli/console.py).
+    console = argparse.ArgumentParser(add_help=False)
+    console.add_argument("--verbose", action="store_true", help="also show Ray's, vLLM's and the actors' output on the console (always in the log file)")
+    console.add_argument("--log-file", help="where the log goes (default: $TMPDIR/mmr5-batch/COMMAND-TIME-PID.log)")
 
-    rerank = commands.add_parser("rerank", formatter_class=formatter, help="rerank an input prefix and write ranked rows")
+    def command(name: str, **options: Any) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[console], **options)
+
+    rerank = command("rerank", formatter_class=formatter, help="rerank an input prefix and write ranked rows")
     _add_rerank_arguments(rerank)
 
-    plan = commands.add_parser("plan", formatter_class=formatter, help="check the input and estimate the cost without running the model")
+    plan = command("plan", formatter_class=formatter, help="check the input and estimate the cost without running the model")
     _add_rerank_arguments(plan)
     plan.add_argument("--sample", type=int, default=200, help="queries read to measure candidates and page sizes")
     plan.add_argument("--gen-tokens", type=int, default=400, help="generated tokens per window assumed by the cost model")
     plan.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    show = commands.add_parser("show-prompt", formatter_class=formatter, help="print the exact prompt text the model receives")
+    show = command("show-prompt", formatter_class=formatter, help="print the exact prompt text the model receives")
     show.add_argument("--query", required=True)
     show.add_argument("--num-candidates", type=int, required=True)
     show.add_argument("--model", help="checkpoint directory or model id whose chat template renders the prompt")
 
-    tiny = commands.add_parser(
+    tiny = command(
         "tiny-model", formatter_class=formatter, help="build a tiny random-weights checkpoint offline: Qwen2.5-VL (MM-R5) or a Qwen3-VL pointwise reranker"
     )
     tiny.add_argument("directory")
     tiny.add_argument("--kind", choices=["mm-r5", "pointwise"], default="mm-r5", help="mm-r5: MM-R5's architecture; pointwise: Qwen3-VL-Reranker's")
     tiny.add_argument("--seed", type=int, default=0)
 
-    demo = commands.add_parser("demo-data", formatter_class=formatter, help="write the synthetic demo dataset (pages with text, queries)")
+    demo = command("demo-data", formatter_class=formatter, help="write the synthetic demo dataset (pages with text, queries)")
     demo.add_argument("directory")
     demo.add_argument("--queries", type=int, default=50)
     demo.add_argument("--candidates", type=int, default=8)
     demo.add_argument("--shards", type=int, default=4)
     demo.add_argument("--qrels", help="also write the demo's TREC qrels (gold pages) to this file")
 
-    convert = commands.add_parser("convert", formatter_class=formatter, help="turn a public dataset's files into input shards and qrels")
+    convert = subparsers.add_parser("convert", formatter_class=formatter, help="turn a public dataset's files into input shards and qrels")
     formats = convert.add_subparsers(dest="dataset", required=True)
-    mmdocir = formats.add_parser("mmdocir", formatter_class=formatter, help="MMDocIR pages parquet + annotations JSONL + a first-stage run")
+    mmdocir = formats.add_parser("mmdocir", parents=[console], formatter_class=formatter, help="MMDocIR pages parquet + annotations JSONL + a first-stage run")
     mmdocir.add_argument("--pages", required=True, help="MMDocIR_pages.parquet")
     mmdocir.add_argument("--annotations", required=True, help="MMDocIR_annotations.jsonl")
     mmdocir.add_argument("--run", required=True, help="first-stage run: TREC run file or Parquet (query_id, doc_id, score)")
@@ -147,7 +155,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     mmdocir.add_argument("--top-k", type=int, default=20, help="candidates per question")
     mmdocir.add_argument("--shard-size", type=int, default=500, help="questions per shard")
 
-    evaluate = commands.add_parser("evaluate", formatter_class=formatter, help="recall/nDCG/MRR of a run's reranked and first-stage orders")
+    evaluate = command("evaluate", formatter_class=formatter, help="recall/nDCG/MRR of a run's reranked and first-stage orders")
     evaluate.add_argument("--run", required=True, help="the output prefix of a rerank run")
     evaluate.add_argument("--qrels", required=True, help="TREC qrels, or Parquet/JSONL with query_id, doc_id, relevance")
     evaluate.add_argument("--k", default="1,3,5,10", help="cut-offs, comma-separated")

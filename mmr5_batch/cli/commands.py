@@ -1,10 +1,12 @@
-"""One function per subcommand: each calls the library and turns its errors into one line and an exit code.
+"""One function per subcommand: each calls the library, prints through the console, and turns its errors into one
+line and an exit code.
 
 Exit codes: 0 done; 2 the job could not start or failed as a whole (bad
 config, missing input, no engine, a stage contract broken), with one line on
-stderr saying why; 3 the job ran and wrote its outputs but too many queries
+the console saying why; 3 the job ran and wrote its outputs but too many queries
 or shards failed (`--max-error-rate`), or a shard is not fully accounted
-for; 1 an unexpected error (with a traceback).
+for; 1 an unexpected error (a bug: one line on the console, the traceback in
+the log file it names).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import sys
 
 from mmr5_batch.cli.arguments import config_from_args
+from mmr5_batch.cli.console import Console
 from mmr5_batch.cli.report import format_summary, show_prompt
 from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError, error_line
 
@@ -22,38 +24,41 @@ from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, Job
 ONE_LINE_ERRORS = (ConfigError, JobError, EngineUnavailable, ContractError)
 
 
-def fail(problem: str | BaseException, code: int = 2) -> int:
+def fail(console: Console, problem: str | BaseException, code: int = 2, cause: BaseException | None = None) -> int:
     """Print the one error line and return the exit code. Our own errors say it all in their message; any
-    other error is named by its type and the first line of its message (`errors.error_line`)."""
+    other error is named by its type and the first line of its message (`errors.error_line`). The traceback of
+    `cause` (or of `problem`, an exception) goes to the log file, except a config error's: it has none worth reading."""
     if isinstance(problem, BaseException):
+        if cause is None and not isinstance(problem, ConfigError):
+            cause = problem
         text = str(problem).strip()
         problem = text.splitlines()[0] if isinstance(problem, ONE_LINE_ERRORS) and text else error_line(problem)
-    print(f"mmr5-batch: error: {problem}", file=sys.stderr)
-    return code
+    return console.error(problem, cause, code)
 
 
-def rerank(args: argparse.Namespace) -> int:
+def rerank(args: argparse.Namespace, console: Console) -> int:
     from mmr5_batch.job.runner import run_job
 
     try:
         config = config_from_args(args)
         if not config.input or not config.output:
             raise ConfigError("--input and --output are required (or input/output in the config file)")
-        summary = run_job(config)
+        console.announce_log()
+        summary = run_job(config, progress=console.progress(config.execution.progress_seconds))
     except ONE_LINE_ERRORS as error:
-        return fail(error)
+        return fail(console, error)
     except Exception as error:  # an engine failing at start, a broken contract: raised inside Ray, wrapped by it
         cause = one_line_cause(error)
         if cause is None:
             raise
-        return fail(cause)
-    print(format_summary(summary))
+        return fail(console, cause, cause=error)
+    console.print(format_summary(summary))
     if summary["failed"]:
-        return fail(summary["failed"], 3)
+        return fail(console, summary["failed"], 3)
     return 0
 
 
-def plan(args: argparse.Namespace) -> int:
+def plan(args: argparse.Namespace, console: Console) -> int:
     from mmr5_batch.job.cost_estimate import estimate, format_estimate
 
     try:
@@ -62,30 +67,32 @@ def plan(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if not config.input:
             raise ConfigError("--input is required (or input in the config file)")
+        console.announce_log()
         report = estimate(config, sample=args.sample, generated_tokens=args.gen_tokens)
     except (ConfigError, JobError) as error:
-        return fail(error)
-    print(json.dumps(report, indent=2) if args.json else format_estimate(report))
+        return fail(console, error)
+    console.print(json.dumps(report, indent=2) if args.json else format_estimate(report))
     return 0
 
 
-def show_prompt_command(args: argparse.Namespace) -> int:
+def show_prompt_command(args: argparse.Namespace, console: Console) -> int:
     try:
-        sys.stdout.write(show_prompt(args.query, args.num_candidates, args.model))
+        console.out.write(show_prompt(args.query, args.num_candidates, args.model))
+        console.out.flush()
     except (OSError, ValueError) as error:
-        return fail(error)
+        return fail(console, error)
     return 0
 
 
-def tiny_model(args: argparse.Namespace) -> int:
+def tiny_model(args: argparse.Namespace, console: Console) -> int:
     from mmr5_batch.devtools.tiny_model import build_tiny_model, build_tiny_pointwise_model
 
     build = build_tiny_pointwise_model if args.kind == "pointwise" else build_tiny_model
-    print(build(args.directory, seed=args.seed))
+    console.print(str(build(args.directory, seed=args.seed)))
     return 0
 
 
-def demo_data(args: argparse.Namespace) -> int:
+def demo_data(args: argparse.Namespace, console: Console) -> int:
     from pathlib import Path
 
     from mmr5_batch.devtools.demo_data import demo_qrels_text, write_demo_dataset
@@ -94,22 +101,22 @@ def demo_data(args: argparse.Namespace) -> int:
     if args.qrels:
         Path(args.qrels).parent.mkdir(parents=True, exist_ok=True)
         Path(args.qrels).write_text(demo_qrels_text(queries=args.queries, candidates=args.candidates))
-    print(json.dumps([str(path) for path in paths]))
+    console.print(json.dumps([str(path) for path in paths]))
     return 0
 
 
-def convert(args: argparse.Namespace) -> int:
+def convert(args: argparse.Namespace, console: Console) -> int:
     from mmr5_batch.evaluation.mmdocir import ConvertError, convert_mmdocir
 
     try:
         counts = convert_mmdocir(args.pages, args.annotations, args.run, args.output, top_k=args.top_k, shard_size=args.shard_size)
     except (ConvertError, FileNotFoundError) as error:
-        return fail(error)
-    print(json.dumps(counts, indent=2))
+        return fail(console, error)
+    console.print(json.dumps(counts, indent=2))
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> int:
+def evaluate(args: argparse.Namespace, console: Console) -> int:
     from mmr5_batch.evaluation.evaluate import evaluate_run, format_report
     from mmr5_batch.evaluation.qrels import QrelsError
     from mmr5_batch.evaluation.report import write_report
@@ -120,19 +127,20 @@ def evaluate(args: argparse.Namespace) -> int:
         if not ks or min(ks) < 1:
             raise ValueError
     except ValueError:
-        return fail(f"--k must be positive integers separated by commas, got {args.k!r}")
+        return fail(console, f"--k must be positive integers separated by commas, got {args.k!r}")
     storage = Storage()
     try:
         domains = [name.strip() for name in args.domains.split(",") if name.strip()] if args.domains else None
+        console.announce_log()
         report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage, protocol=args.protocol, domains=domains, address=args.address)
     except (QrelsError, FileNotFoundError) as error:
-        return fail(error)
+        return fail(console, error)
     target = args.json or join(args.run, "evaluation.json")
     storage.write_json(target, report)
     folder = join(target.rsplit("/", 1)[0] if "/" in target else ".", "evaluation")
     write_report(report, folder, storage)
-    print(format_report(report))
-    print(f"\nreport: {join(folder, 'report.md')} (figures beside it); numbers: {target}")
+    console.print(format_report(report))
+    console.print(f"\nreport: {join(folder, 'report.md')} (figures beside it); numbers: {target}")
     return 0
 
 

@@ -1,9 +1,7 @@
-"""What the command line prints: the run summary as a table, the exact prompt, progress lines on stderr."""
+"""What the command line prints: the run summary as a table, the exact prompt."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
 from mmr5_batch.core.vocabulary import STATUSES
@@ -46,26 +44,3 @@ def show_prompt(query: str, num_candidates: int, model: str | None) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(model or "i2vec/MM-R5")
     return render_prompt(tokenizer, build_messages(query, num_candidates))
-
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (test runners and notebooks swap it)."""
-
-    # logging declares `stream` a plain attribute; a property reads sys.stderr anew at every write.
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-def log_to_stderr() -> None:
-    """Our progress lines on stderr: a terminal, or the job's log in the Ray dashboard."""
-    package = logging.getLogger("mmr5_batch")
-    if not package.handlers:
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s mmr5-batch: %(message)s", "%H:%M:%S"))
-        package.addHandler(handler)
-        package.setLevel(logging.INFO)

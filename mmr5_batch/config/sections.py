@@ -299,6 +299,15 @@ class ExecutionConfig(Section):
             "a lease not renewed for this long (its job died) is taken over by the next run."
         ),
     )
+    progress_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Seconds between the job's progress lines (queries and shards done of the run's total, queries/s, time "
+            "left, dead letters) where its console is not a terminal: a cron job, `ray job submit`, CI. The command "
+            "line on a terminal draws a live bar instead."
+        ),
+    )
     read_task_bytes: int = Field(
         64 << 20,
         ge=1,

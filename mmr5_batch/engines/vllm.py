@@ -379,6 +379,24 @@ class VLLMEngine(_VLLMRequests):
         self.llm.llm_engine.engine_core.shutdown()
 
 
+def ray_stat_loggers() -> list[Any] | None:
+    """vLLM's own engine stats (requests running and waiting, KV-cache use, prompt and generated tokens, time to
+    first token...) through Ray's metrics API, beside the job's on Ray's Prometheus export, where the engine runs
+    under Ray (an actor); None elsewhere, or where this vLLM has no Ray logger or Ray lacks Serve, which vLLM's
+    Ray metrics import (vLLM's defaults then: its stats stay in the engine's process)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        import ray.serve
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+    except ImportError as error:
+        log.info("vLLM's engine stats are not sent to Ray's metrics (%s); install ray[serve] beside vLLM for them", error)
+        return None
+    return [RayPrometheusStatLogger]
+
+
 class AsyncVLLMEngine(_VLLMRequests):
     """vLLM's async engine behind the AsyncEngine interface: one request in, its completion out, many in flight."""
 
@@ -402,7 +420,8 @@ class AsyncVLLMEngine(_VLLMRequests):
         check_build(vllm, model)
         args = engine_args(spec)
         try:
-            engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args))
+            loggers = ray_stat_loggers()
+            engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**args), **({"stat_loggers": loggers} if loggers else {}))
             # The same tokenizer (and chat template) vLLM loads for the model.
             tokenizer = AutoTokenizer.from_pretrained(args.get("tokenizer") or args["model"])
         except Exception as error:

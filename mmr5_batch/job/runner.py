@@ -40,12 +40,14 @@ from mmr5_batch.job.accounting import COUNTERS, RunOutcome, failures, merge_coun
 from mmr5_batch.job.dead_letters import write_unaddressable
 from mmr5_batch.job.fingerprint import describe_difference, run_fingerprint
 from mmr5_batch.job.planner import InputPlan, plan_input
+from mmr5_batch.job.progress import ProgressLines, ProgressReporter, ProgressWatch
 from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
 from mmr5_batch.output.store import OutputStore
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray, ray_is_local
 from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer
+from mmr5_batch.stages.progress_tally import ProgressFeed
 from mmr5_batch.stages.run_metrics import JobMetrics
 from mmr5_batch.stages.step import RerankStep
 from mmr5_batch.storage.filesystems import Storage
@@ -68,7 +70,12 @@ def check_same_job(state: OutputStore, fingerprint: dict[str, Any], overwrite: b
 
 
 def _run_pipeline(
-    config: JobConfig, plan: InputPlan, storage: Storage, attempt: str, placement: ActorPlacement, scorer: ActorPlacement | None
+    config: JobConfig,
+    plan: InputPlan,
+    storage: Storage,
+    attempt: str,
+    placements: tuple[ActorPlacement, ActorPlacement | None],
+    progress: ProgressFeed | None,
 ) -> RerankOutputDatasink:
     shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
     relabel = config.relabel
@@ -78,7 +85,8 @@ def _run_pipeline(
     dataset = read_shards(plan, storage, config.execution.read_task_bytes, config.execution.shards_per_read_task)
     if dataset is None:
         return sink
-    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement, scorer_placement=scorer)
+    placement, scorer = placements
+    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement, scorer_placement=scorer, progress=progress)
     step(dataset).write_datasink(sink)
     return sink
 
@@ -89,13 +97,17 @@ def _passthrough(plan: InputPlan) -> pa.Schema:
     return pa.schema([field for field in plan.schema if field.name not in own])
 
 
-def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None = None, **settings: Any) -> dict[str, Any]:
+def run_job(
+    config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None = None, *, progress: ProgressReporter | None = None, **settings: Any
+) -> dict[str, Any]:
     """Run the whole exactly-once job and return the run summary (also written to OUTPUT/summary.json).
 
     `config` is a `JobConfig`, a dict of one (as in the YAML file), the path
     of a YAML file, or None; keyword settings override it (`input=...,
     output=..., window=5`). The summary's `failed` is None, or why the run
     counts as failed (too many dead letters or bad shards; see the CLI's exit 3).
+    `progress` shows the run while it runs (job/progress.py); by default a log
+    line every `execution.progress_seconds`.
     """
     if isinstance(config, str | os.PathLike):
         config = load_config(os.fspath(config))
@@ -142,7 +154,8 @@ def run_job(config: JobConfig | dict[str, Any] | str | os.PathLike[str] | None =
             state = OutputStore(storage, config.output)
             plan = plan_input(config, storage, state)
             check_same_job(state, fingerprint, config.overwrite)
-        summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings, metrics)
+        reporter = progress or ProgressLines(config.execution.progress_seconds)
+        summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings, metrics, reporter)
     finally:
         lease.release()
     return summary
@@ -184,6 +197,7 @@ def _write(
     started: float,
     timings: dict[str, float],
     metrics: JobMetrics,
+    reporter: ProgressReporter,
 ) -> dict[str, Any]:
     """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
     state.begin(
@@ -201,17 +215,21 @@ def _write(
     written = WrittenSoFar()
     waves = plan.waves(config.execution.queries_per_wave)
     metrics.shards(done=len(plan.skipped), pending=len(plan.to_run), bad=len(plan.bad))
-    for number, wave in enumerate(waves, 1):
-        if len(waves) > 1:
-            log.info("wave %d of %d: %d shards, %d queries", number, len(waves), len(wave.to_run), sum(shard.pending for shard in wave.to_run))
-        pipeline_started = time.monotonic()
-        sink = _run_pipeline(config, wave, state.storage, attempt, *placements)
-        readback_started = time.monotonic()
-        written.add(sink, _read_back(config, wave, state, attempt))
-        complete = sum(1 for stats in written.shard_stats.values() if stats["complete"])
-        metrics.shards(done=len(plan.skipped) + complete, pending=len(plan.to_run) - complete, bad=len(plan.bad))
-        timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
-        timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
+    watch = ProgressWatch(reporter, {shard.path: shard.pending for shard in plan.to_run}, planner_letters).start()
+    try:
+        for number, wave in enumerate(waves, 1):
+            if len(waves) > 1:
+                log.info("wave %d of %d: %d shards, %d queries", number, len(waves), len(wave.to_run), sum(shard.pending for shard in wave.to_run))
+            pipeline_started = time.monotonic()
+            sink = _run_pipeline(config, wave, state.storage, attempt, placements, watch.feed)
+            readback_started = time.monotonic()
+            written.add(sink, _read_back(config, wave, state, attempt))
+            complete = sum(1 for stats in written.shard_stats.values() if stats["complete"])
+            metrics.shards(done=len(plan.skipped) + complete, pending=len(plan.to_run) - complete, bad=len(plan.bad))
+            timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
+            timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
+    finally:
+        watch.stop()
     timings["waves"] = len(waves)
     summary = _summary(config, plan, written, attempt, time.monotonic() - started, planner_letters, timings)
     state.finish(attempt, all(stats["complete"] for stats in written.shard_stats.values()), summary)

@@ -11,7 +11,9 @@ other: Ray Data streams batches from one pool to the next.
 
 `__call__` is async, so Ray Data runs several batches through one actor at
 once and the engine is never idle while a batch is handed back. Each actor
-reports what it did through Ray's metrics API (run_metrics.py). A batch
+reports what it did through Ray's metrics API (run_metrics.py), and the
+rerank pool also to the job's progress tally when the job gives it one
+(progress_tally.py). A batch
 that kills its actor twice is split until the query that does it is found
 (batch_guard.py): that query is a dead letter, the rest are ranked.
 """
@@ -27,11 +29,13 @@ import pyarrow as pa
 from mmr5_batch.config import RerankerConfig
 from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.layouts import append_passthrough
-from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, PreparedRow, ResultRow, to_table
+from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, SOURCE_PATH, PreparedRow, ResultRow, to_table
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
+from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.engines import create_async_engine
 from mmr5_batch.stages.batch_guard import BatchGuard
 from mmr5_batch.stages.contracts import StageContract
+from mmr5_batch.stages.progress_tally import ProgressFeed
 from mmr5_batch.stages.run_metrics import StageMetrics
 
 RERANK = StageContract("rerank", reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
@@ -44,9 +48,10 @@ Work = Callable[..., Awaitable[Sequence[Any]]]
 
 class ModelActor:
     """Ray Data callable class: one engine per actor, built from a resolved `RerankerConfig` (as JSON) for its `stage`:
-    'rerank' (the main model) or 'score' (the two-model cascade's scorer)."""
+    'rerank' (the main model) or 'score' (the two-model cascade's scorer); `progress`, where given, hears of every
+    batch's finished queries."""
 
-    def __init__(self, config_json: str, run_id: str = "", stage: str = RERANK.stage) -> None:
+    def __init__(self, config_json: str, run_id: str = "", stage: str = RERANK.stage, progress: ProgressFeed | None = None) -> None:
         run = resolve_run(RerankerConfig.model_validate_json(config_json))
         self.row_type: type
         self.work: Work
@@ -62,6 +67,7 @@ class ModelActor:
         self.guard = BatchGuard.for_job(_job_id(), stage)
         self.metrics = StageMetrics.start(run_id, spec.model.name, spec.protocol, stage)
         self.engine = create_async_engine(spec)
+        self.progress = progress
         self._checked = False
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -73,6 +79,8 @@ class ModelActor:
         if not self._checked:
             self.contract.check_output(table.schema)
             self._checked = True
+        if self.progress is not None:
+            self.progress.tell(batch.column(SOURCE_PATH).to_pylist(), sum(1 for row in table.column("status").to_pylist() if row == ERROR))
         return append_passthrough(table, batch, own)
 
     async def _guarded(self, rows: list[PreparedRow]) -> list[Any]:

@@ -37,6 +37,7 @@ from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
 from mmr5_batch.stages.model_actor import RERANK, SCORE, ModelActor
 from mmr5_batch.stages.placement import ActorPlacement, ClusterGpus, gpus_wanted_at_start, place_actors, place_scorer
 from mmr5_batch.stages.prepare_stage import PREPARE, FetchSettings, group_pairs_batch, prepare_batch
+from mmr5_batch.stages.progress_tally import ProgressFeed
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -101,6 +102,7 @@ class RerankStep:
         placement: ActorPlacement | None = None,
         prepare: PrepareSettings | None = None,
         scorer_placement: ActorPlacement | None = None,
+        progress: ProgressFeed | None = None,
     ) -> None:
         if layout not in (GROUPED, PAIRS):
             raise ConfigError(f"layout must be {GROUPED!r} or {PAIRS!r}, got {layout!r}")
@@ -112,6 +114,7 @@ class RerankStep:
         self.placement = placement
         self.scorer_placement = scorer_placement
         self.prepare = prepare or self.run.prepare
+        self.progress = progress  # told of every batch the rerank pool finishes (the exactly-once job's progress line)
 
     def __call__(self, dataset: Dataset) -> Dataset:
         execution = self.config.execution
@@ -137,16 +140,18 @@ class RerankStep:
         if self.run.two_models:
             scorer = self.scorer_placement or place_scorer(self.run, _cluster_gpus(self.run))
             dataset = self._actor_stage(dataset, SCORE.stage, scorer, self.config.scorer.batch_size, config_json)
-        return self._actor_stage(dataset, RERANK.stage, placement, execution.batch_size, config_json)
+        return self._actor_stage(dataset, RERANK.stage, placement, execution.batch_size, config_json, self.progress)
 
-    def _actor_stage(self, dataset: Dataset, stage: str, placement: ActorPlacement, batch_size: int, config_json: str) -> Dataset:
+    def _actor_stage(
+        self, dataset: Dataset, stage: str, placement: ActorPlacement, batch_size: int, config_json: str, progress: ProgressFeed | None = None
+    ) -> Dataset:
         """An actor pool for `stage` (one engine each, built from the resolved config) over the dataset's batches."""
         from ray.data import ActorPoolStrategy
 
         concurrent = self.config.execution.concurrent_batches
         return dataset.map_batches(
             ModelActor,
-            fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id, "stage": stage},
+            fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id, "stage": stage, "progress": progress},
             # The actor's __call__ is async: several batches run through one
             # engine at once, so a batch's last answers overlap the next batch.
             compute=ActorPoolStrategy(

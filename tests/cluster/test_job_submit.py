@@ -14,11 +14,13 @@ import fcntl
 import json
 import shutil
 import subprocess
+from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 
 from mmr5_batch.devtools.demo_data import write_demo_dataset
-from tests.support.ray_head import REPO, job_info, ranked_query_ids, start_head, stop_head, submit
+from tests.support.ray_head import REPO, job_info, job_logs, ranked_query_ids, start_head, stop_head, submit
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,27 @@ def test_a_gpu_job_on_a_cluster_without_gpus_says_so_instead_of_hanging(head, tm
     assert "mmr5-batch: error: no GPU available: the rerank actors need 1 GPU(s) each, the Ray cluster has 0" in done.stdout
     info = job_info(head, "mmr5-nogpu")
     assert info["status"] == "FAILED" and "exit code 2" in info["message"]
+
+
+def test_an_engine_the_cluster_cannot_import_is_said_in_one_line_after_the_first_actor_tries(head, tmp_path, tiny_model_dir):
+    """The driver of a submitted job cannot tell what the actors' Python holds, so the first actor's attempt says it:
+    the job's log (its console) is our few lines and the one error line; the actor's traceback is in the log file it
+    names."""
+    if find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this environment")
+    write_demo_dataset(tmp_path / "in", queries=2, candidates=3, shards=1)
+    args = ("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", tiny_model_dir, "--backend", "vllm", "--device", "cpu")
+    done = submit_rerank(head, "mmr5-noengine", *args)
+    assert done.returncode == 1
+    logged = job_logs(head, "mmr5-noengine").splitlines()
+    # Ray's job manager writes its own lines first (the runtime env, the entrypoint); the job's console follows.
+    console = logged[next(index for index, line in enumerate(logged) if line.startswith("Running entrypoint for job")) + 1 :]
+    [error] = [line for line in console if "error" in line]
+    assert error.startswith("mmr5-batch: error: the vllm backend needs vllm (No module named 'vllm')"), console
+    log = Path(error.rsplit("(log: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and "EngineUnavailable" in log.read_text()
+    # The log line, what runs (version, input, actors), the progress so far, the error.
+    assert len(console) <= 6 and not [line for line in console if "Traceback" in line or "pid=" in line], console
 
 
 def test_scheduled_submissions_rerank_only_the_shards_that_arrived_since_the_last(head, tmp_path):

@@ -30,6 +30,7 @@ from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
 from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine  # noqa: E402
 from mmr5_batch.job.runner import run_job  # noqa: E402
 from tests.conftest import grey_jpeg, read_folder  # noqa: E402
+from tests.support.metrics_export import dashboard_metrics, wait_for  # noqa: E402
 
 
 def real_config(tiny_model_dir, tmp_path, **overrides):
@@ -91,6 +92,27 @@ def test_whole_pipeline_on_vllm(ray_session, tiny_model_dir, tmp_path, vllm_engi
     summary = run_job(real_config(tiny_model_dir, tmp_path, **{"model.vllm_engine": vllm_engine}))
     assert summary["totals"]["queries"] == 8 and summary["totals"]["error"] == 0
     assert summary["totals"]["windows"] == 16
+
+
+def test_the_engines_own_stats_arrive_in_rays_metrics_export(ray_session, tiny_model_dir, tmp_path):
+    """vLLM's stat logger for Ray sends the engine's stats beside the job's (on Ray's Prometheus export); the tokens it
+    counted are the ones the run summary reports, and the dashboard's vLLM panels name only stats that arrive."""
+    write_demo_dataset(tmp_path / "in", queries=4, candidates=6, shards=1)
+    # A served name of its own: the stats are labelled by it, apart from the module's other runs of the same checkpoint.
+    engine = {"model.engine_kwargs": {"enforce_eager": True, "served_model_name": "stats-probe"}}
+    totals = run_job(real_config(tiny_model_dir, tmp_path, **engine))["totals"]
+    assert totals["queries"] == 4 and totals["prompt_tokens"] > 0 and totals["generated_tokens"] > 0
+    probe = (("model_name", "stats-probe"),)
+    samples = wait_for(
+        {
+            ("ray_vllm_prompt_tokens_total", probe): float(totals["prompt_tokens"]),
+            ("ray_vllm_generation_tokens_total", probe): float(totals["generated_tokens"]),
+            ("ray_vllm_request_success_total", probe): float(totals["windows"]),
+        },
+        "vllm_",
+    )
+    named = dashboard_metrics("ray_vllm_")
+    assert named and named <= set(samples), sorted(named - set(samples))
 
 
 def test_thinking_budget_constraint_and_fast_mode_on_real_vllm(ray_session, tiny_model_dir, tmp_path):

@@ -4,84 +4,16 @@ Grafana dashboard names only metrics that arrive."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import socket
-import tempfile
-import time
-import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from mmr5_batch import run_job
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
 from mmr5_batch.stages.run_metrics import reason_class
 from tests.conftest import grey_jpeg, read_folder
-
-DASHBOARD = Path(__file__).resolve().parents[2] / "cluster" / "grafana" / "mmr5-batch.json"
-SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>.*)\} (?P<value>\S+)$")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-PORT = 0  # the metrics export port of the module's Ray, chosen when it starts
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """The module's local Ray, with its metrics export on a port of our own (picked just before Ray binds it)."""
-    import ray
-    from ray.data import DataContext
-
-    global PORT
-    PORT = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", _metrics_export_port=PORT)
-    DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Every mmr5 sample the node's Prometheus endpoint serves now: name -> (labels, value)."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=10).read().decode()
-    except OSError:
-        return {}
-    samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match and "mmr5_" in match["name"]:
-            samples[match["name"]].append((dict(LABEL.findall(match["labels"])), float(match["value"])))
-    return samples
-
-
-def total(samples, name: str, run_id: str, **labels: str) -> float:
-    """A counter summed over the processes that reported it (each worker is its own series)."""
-    return sum(value for found, value in samples.get(name, []) if found.get("run_id") == run_id and all(found.get(k) == v for k, v in labels.items()))
-
-
-def wait_for(expected: dict[tuple[str, tuple[tuple[str, str], ...]], float], run_id: str, deadline_s: float = 180.0):
-    """Scrape until every expected series has its value (Ray reports every few seconds); the last scrape."""
-    started = time.monotonic()
-    while True:
-        samples = scrape()
-        if all(total(samples, name, run_id, **dict(labels)) == value for (name, labels), value in expected.items()):
-            return samples
-        if time.monotonic() - started > deadline_s:
-            missing = {name: (total(samples, name, run_id, **dict(labels)), value) for (name, labels), value in expected.items()}
-            raise AssertionError(f"metrics never reached the summary's values (got, expected): {missing}")
-        time.sleep(1.0)
+from tests.support.metrics_export import DASHBOARD, dashboard_metrics, scrape, total, wait_for
 
 
 def write_input(folder: Path) -> None:
@@ -118,25 +50,26 @@ def test_the_metrics_in_rays_export_are_the_run_summarys(ray_session, tmp_path):
     expected[("ray_mmr5_dead_letters_total", (("reason", "engine_rejected"),))] = 1.0
     expected[("ray_mmr5_shards", (("state", "done"),))] = 2.0
     expected[("ray_mmr5_shards", (("state", "pending"),))] = 0.0
-    samples = wait_for(expected, "metrics-test")
-    judged = {("ray_mmr5_scored_pairs_total", ()): float(pointwise["totals"]["scored"]), ("ray_mmr5_queries_total", (("status", "pointwise"),)): 5.0}
-    wait_for(judged, "metrics-pointwise")
-    samples = scrape()
+    wait_for({(name, (*labels, ("run_id", "metrics-test"))): value for (name, labels), value in expected.items()}, "mmr5_")
+    judged = {
+        ("ray_mmr5_scored_pairs_total", (("run_id", "metrics-pointwise"),)): float(pointwise["totals"]["scored"]),
+        ("ray_mmr5_queries_total", (("status", "pointwise"), ("run_id", "metrics-pointwise"))): 5.0,
+    }
+    wait_for(judged, "mmr5_")
+    samples = scrape("mmr5_")
 
     # Every engine request and every query that reached the engine was timed; none is in flight now.
-    assert total(samples, "ray_mmr5_request_seconds_count", "metrics-test") >= totals["windows"]
-    assert total(samples, "ray_mmr5_query_seconds_count", "metrics-test") == totals["queries"]
-    assert total(samples, "ray_mmr5_requests_in_flight", "metrics-test") == 0
+    assert total(samples, "ray_mmr5_request_seconds_count", run_id="metrics-test") >= totals["windows"]
+    assert total(samples, "ray_mmr5_query_seconds_count", run_id="metrics-test") == totals["queries"]
+    assert total(samples, "ray_mmr5_requests_in_flight", run_id="metrics-test") == 0
     labels = samples["ray_mmr5_queries_total"][0][0]
     assert labels["model"] == "i2vec/MM-R5" and labels["protocol"] == "mm-r5" and labels["pass"] == "rerank"
 
-    # The dashboard names only metrics that arrive (histograms through their buckets).
-    dashboard = json.loads(DASHBOARD.read_text())
-    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    queries += [variable["query"] for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
-    named = {name for query in queries for name in re.findall(r"ray_mmr5_\w+", query)}
+    # The dashboard names only metrics that arrive (histograms through their buckets); vLLM's: tests/engines/test_vllm_real.py.
+    named = dashboard_metrics("ray_mmr5_")
     assert named and named <= set(samples), sorted(named - set(samples))
-    assert {panel["title"] for panel in dashboard["panels"]} >= {"Queries per second, by status", "Progress: shards", "Query latency"}
+    titles = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"]}
+    assert titles >= {"Queries per second, by status", "Progress: shards", "Query latency"}
 
 
 def test_a_dead_letters_reason_is_one_of_a_few_classes():

@@ -168,5 +168,13 @@ def job_info(head: Head, submission_id: str) -> dict:
         return json.load(response)
 
 
+def job_logs(head: Head, submission_id: str) -> str:
+    """The job's own log (what its entrypoint printed: its console), from the Jobs REST API."""
+    token = (Path(head.env["HOME"]) / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(f"{head.address}/api/jobs/{submission_id}/logs", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["logs"]
+
+
 def ranked_query_ids(output: Path) -> Counter:
     return Counter(qid for path in (output / "ranked").rglob("*.parquet") for qid in pq.read_table(path, columns=["query_id"])["query_id"].to_pylist())

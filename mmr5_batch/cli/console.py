@@ -1,0 +1,206 @@
+"""The terminal a command was started from, and the log file beside it.
+
+On the console: our own lines (what runs, its progress, the summary) and an
+error as one line that names the log file. In the log file (by default
+`$TMPDIR/mmr5-batch/COMMAND-TIME-PID.log`, or `--log-file`): all of that and
+everything else, including what Ray, Ray Data, vLLM and the actors print
+and every traceback. `--verbose` keeps Ray's and the engines' output on the
+console as well.
+
+How: the command's own output goes to a copy of the terminal's descriptors
+taken at the start; the process's descriptors 1 and 2 then point at the log
+file, so whatever writes to them (Ray's loggers, its C++ core, the actors'
+output Ray forwards to the driver, Python warnings) lands there and nothing
+is lost. A stream that is not the process's own descriptor (a test runner's
+or a notebook's) is the console as it is.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from mmr5_batch.job.progress import ProgressLines, ProgressReporter, RunProgress
+
+PACKAGE = "mmr5_batch"
+CONSOLE_FORMAT = logging.Formatter("%(asctime)s mmr5-batch: %(message)s", "%H:%M:%S")
+FILE_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def default_log_path(command: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(tempfile.gettempdir()) / "mmr5-batch" / f"{command}-{stamp}-{os.getpid()}.log"
+
+
+class Console:
+    """A command's console and log file, from `with Console(...)` to its end (see the module docstring)."""
+
+    def __init__(self, command: str, verbose: bool = False, log_file: str | None = None) -> None:
+        self.command = command
+        self.verbose = verbose
+        self.log_path = Path(log_file) if log_file else default_log_path(command)
+        self.out: TextIO = sys.stdout
+        self.err: TextIO = sys.stderr
+        self._copies: list[TextIO] = []
+        self._saved_fds: list[tuple[int, int]] = []
+        self._file: logging.Handler | None = None
+        self._restore_logging: list[tuple[logging.Logger, int, logging.Handler]] = []
+
+    def __enter__(self) -> Console:
+        self.out, self.err = self._own_copy(sys.stdout, 1), self._own_copy(sys.stderr, 2)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = logging.FileHandler(self.log_path, encoding="utf-8")
+        self._file.setFormatter(FILE_FORMAT)
+        console = _ConsoleHandler(self)
+        console.setFormatter(CONSOLE_FORMAT)
+        # Ours on the console and (through the root logger) in the file; every other library's INFO in the file only.
+        self._attach(logging.getLogger(PACKAGE), console, logging.INFO)
+        self._attach(logging.getLogger(), self._file, logging.INFO)
+        if not self.verbose:
+            self._point_descriptors_at_the_log()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, saved in reversed(self._saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._saved_fds.clear()
+        for logger, level, handler in reversed(self._restore_logging):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            handler.close()
+        self._restore_logging.clear()
+        for copy in self._copies:
+            copy.close()
+        self._copies.clear()
+        self.out, self.err = sys.stdout, sys.stderr
+
+    # --- what commands print
+
+    def print(self, text: str) -> None:
+        """A command's result (the summary, a report) on the console's standard output."""
+        print(text, file=self.out, flush=True)
+
+    def announce_log(self) -> None:
+        """Say where the log is, for the commands that start Ray (its output goes there unless --verbose)."""
+        where = "Ray's, the engines' and the actors' output; --verbose shows it here" if not self.verbose else "this console's lines and the tracebacks"
+        logging.getLogger(PACKAGE).info("log: %s (%s)", self.log_path, where)
+
+    def error(self, line: str, error: BaseException | None = None, code: int = 2) -> int:
+        """An error as one line on the console (naming the log file, where the traceback is) and the exit code."""
+        if error is not None:
+            self.log_traceback(line, error)
+            if self.verbose and code == 1:
+                traceback.print_exception(error, file=self.err)
+        where = f" (log: {self.log_path})" if error is not None else ""
+        print(f"mmr5-batch: error: {line}{where}", file=self.err, flush=True)
+        return code
+
+    def log_traceback(self, line: str, error: BaseException) -> None:
+        """The full traceback, in the log file only."""
+        if self._file is not None:
+            record = logging.LogRecord("mmr5_batch.cli", logging.ERROR, __file__, 0, line, None, (type(error), error, error.__traceback__))
+            self._file.handle(record)
+
+    def progress(self, interval: float) -> ProgressReporter:
+        """A live bar on an interactive terminal (unless --verbose, where Ray's output shares it); else a line per interval."""
+        if not self.verbose and _is_terminal(self.err):
+            return ProgressBar(self.err)
+        return ProgressLines(interval)
+
+    # --- how
+
+    def _own_copy(self, stream: TextIO, fd: int) -> TextIO:
+        """The console stream for `stream`: a copy of descriptor `fd` when `stream` writes there (it is about to be
+        pointed at the log), else `stream` itself."""
+        try:
+            writes_to_fd = stream.fileno() == fd
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            writes_to_fd = False
+        if not writes_to_fd or self.verbose:
+            return stream
+        copy = open(os.dup(fd), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8", errors="backslashreplace")  # noqa: SIM115
+        self._copies.append(copy)
+        return copy
+
+    def _attach(self, logger: logging.Logger, handler: logging.Handler, level: int) -> None:
+        self._restore_logging.append((logger, logger.level, handler))
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET or logger.level > level:
+            logger.setLevel(level)
+
+    def _point_descriptors_at_the_log(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for fd in (1, 2):
+                self._saved_fds.append((fd, os.dup(fd)))
+                os.dup2(log_fd, fd)
+        finally:
+            os.close(log_fd)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Our log lines on the console; above a live bar, when one is drawn."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.console.err)
+            self.console.err.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
+class ProgressBar:
+    """The run's progress as tqdm's live bar on an interactive terminal, redrawn every second."""
+
+    interval = 1.0
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.bar: Any = None
+
+    def update(self, progress: RunProgress) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            # A terminal that reports no width (a pseudo-terminal nobody sized) would get a bar of none.
+            sized = _columns(self.stream) > 0
+            self.bar = tqdm(total=progress.queries_total, unit="query", desc="reranking", file=self.stream, dynamic_ncols=sized, ncols=None if sized else 100)
+        self.bar.update(progress.queries_done - self.bar.n)
+        dead = f", {progress.dead_letters} dead letters" if progress.dead_letters else ""
+        self.bar.set_postfix_str(f"{progress.shards_done}/{progress.shards_total} shards{dead}")
+
+    def close(self, progress: RunProgress) -> None:
+        self.update(progress)
+        self.bar.close()
