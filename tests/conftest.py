@@ -117,8 +117,9 @@ def s3_endpoint():
     server.stop()
 
 
-# Test modules that start Ray clusters of their own, kill processes or submit jobs: the slowest lane.
-CLUSTER_MODULES = ("test_faults", "test_driver_kill", "test_job_submit", "test_job_submit_autoscaling", "test_ray_pipeline")
+# Test modules that start Ray clusters of their own (test_console: in the commands they run), kill processes or submit
+# jobs: the slowest lane.
+CLUSTER_MODULES = ("test_console", "test_faults", "test_driver_kill", "test_job_submit", "test_job_submit_autoscaling", "test_ray_pipeline")
 
 
 def pytest_collection_modifyitems(items):

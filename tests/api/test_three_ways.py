@@ -63,7 +63,7 @@ def test_python_api_dataset_step_and_job_rank_identically(ray_session, tmp_path,
 def test_cli_and_jobs_call_run_job(monkeypatch, tmp_path):
     seen = []
 
-    def fake_run_job(config):
+    def fake_run_job(config, **options):  # options: how the run is shown (progress)
         seen.append(config)
         return {
             "failed": None,

@@ -202,3 +202,17 @@ def test_a_bug_is_one_line_and_its_traceback_is_in_the_log(one_shard, monkeypatc
     assert code == 1
     assert [line for line in err if "error" in line] == [f"mmr5-batch: error: unexpected KeyError: 'a bug' (log: {log})"]
     assert "Traceback" in log.read_text() and "raise KeyError" in log.read_text()
+
+
+def test_verbose_shows_a_bugs_traceback_on_the_console_as_well(one_shard, monkeypatch, capsys):
+    from mmr5_batch.cli.main import main
+    from mmr5_batch.job import runner
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(runner, "run_job", broken)
+    log = one_shard / "rerank.log"
+    code = main(["rerank", "--input", str(one_shard / "in"), "--output", str(one_shard / "out"), "--log-file", str(log), "--verbose"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" in err and err.rstrip().endswith(f"mmr5-batch: error: unexpected KeyError: 'a bug' (log: {log})")
