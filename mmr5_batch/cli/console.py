@@ -27,6 +27,8 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from mmr5_batch.job.progress import ProgressLines, ProgressReporter, RunProgress
 
 PACKAGE = "mmr5_batch"
@@ -54,15 +56,21 @@ class Console:
         self._restore_logging: list[tuple[logging.Logger, int, logging.Handler]] = []
 
     def __enter__(self) -> Console:
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = logging.FileHandler(self.log_path, encoding="utf-8")
+        except OSError as error:
+            # No log file, no place for the rest: everything stays on the console, as with --verbose.
+            print(f"mmr5-batch: cannot write the log file {self.log_path} ({error.strerror or error}); all output stays here", file=sys.stderr)
+            self.verbose = True
         self.out, self.err = self._own_copy(sys.stdout, 1), self._own_copy(sys.stderr, 2)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = logging.FileHandler(self.log_path, encoding="utf-8")
-        self._file.setFormatter(FILE_FORMAT)
         console = _ConsoleHandler(self)
         console.setFormatter(CONSOLE_FORMAT)
         # Ours on the console and (through the root logger) in the file; every other library's INFO in the file only.
         self._attach(logging.getLogger(PACKAGE), console, logging.INFO)
-        self._attach(logging.getLogger(), self._file, logging.INFO)
+        if self._file is not None:
+            self._file.setFormatter(FILE_FORMAT)
+            self._attach(logging.getLogger(), self._file, logging.INFO)
         if not self.verbose:
             self._point_descriptors_at_the_log()
         return self
@@ -92,6 +100,8 @@ class Console:
 
     def announce_log(self) -> None:
         """Say where the log is, for the commands that start Ray (its output goes there unless --verbose)."""
+        if self._file is None:
+            return
         where = "Ray's, the engines' and the actors' output; --verbose shows it here" if not self.verbose else "this console's lines and the tracebacks"
         logging.getLogger(PACKAGE).info("log: %s (%s)", self.log_path, where)
 
@@ -101,7 +111,7 @@ class Console:
             self.log_traceback(line, error)
             if self.verbose and code == 1:
                 traceback.print_exception(error, file=self.err)
-        where = f" (log: {self.log_path})" if error is not None else ""
+        where = f" (log: {self.log_path})" if error is not None and self._file is not None else ""
         print(f"mmr5-batch: error: {line}{where}", file=self.err, flush=True)
         return code
 
@@ -158,8 +168,6 @@ class _ConsoleHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
         try:
             tqdm.write(self.format(record), file=self.console.err)
             self.console.err.flush()
@@ -191,8 +199,6 @@ class ProgressBar:
         self.bar: Any = None
 
     def update(self, progress: RunProgress) -> None:
-        from tqdm import tqdm
-
         if self.bar is None:
             # A terminal that reports no width (a pseudo-terminal nobody sized) would get a bar of none.
             sized = _columns(self.stream) > 0

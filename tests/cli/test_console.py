@@ -216,3 +216,15 @@ def test_verbose_shows_a_bugs_traceback_on_the_console_as_well(one_shard, monkey
     code = main(["rerank", "--input", str(one_shard / "in"), "--output", str(one_shard / "out"), "--log-file", str(log), "--verbose"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" in err and err.rstrip().endswith(f"mmr5-batch: error: unexpected KeyError: 'a bug' (log: {log})")
+
+
+def test_a_log_file_that_cannot_be_written_leaves_everything_on_the_console(one_shard, capsys):
+    from mmr5_batch.cli.main import main
+
+    (one_shard / "a-file").write_text("not a folder")
+    log = one_shard / "a-file" / "rerank.log"
+    code = main(["rerank", "--input", str(one_shard / "in"), "--output", str(one_shard / "out"), "--window", "3", "--stride", "3", "--log-file", str(log)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err[0].startswith(f"mmr5-batch: cannot write the log file {log} (") and err[0].endswith("); all output stays here")
+    assert err[1:] == ["mmr5-batch: error: invalid job config: ranking: stride (3) must be smaller than window (3) so windows overlap"]
