@@ -77,16 +77,20 @@ class ProgressReporter(Protocol):
 
 
 class ProgressLines:
-    """One log line per interval, and one at the end: a console that is not a terminal, or a job's log."""
+    """One log line per interval, and one at the end (unless the last one already says it): a console that is not a
+    terminal, or a job's log."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        self._shown: tuple[int, int, int] | None = None
 
     def update(self, progress: RunProgress) -> None:
+        self._shown = (progress.queries_done, progress.shards_done, progress.dead_letters)
         log.info(progress.line())
 
     def close(self, progress: RunProgress) -> None:
-        log.info(progress.line())
+        if (progress.queries_done, progress.shards_done, progress.dead_letters) != self._shown:
+            self.update(progress)
 
 
 class ProgressWatch:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmr5_batch.job.progress import RunProgress, duration
+from mmr5_batch.job.progress import ProgressLines, RunProgress, duration
 from mmr5_batch.stages.progress_tally import ProgressTally
 
 
@@ -28,3 +28,14 @@ def test_the_tally_counts_a_shard_done_once_its_queries_are():
     # A batch told twice (retried after its actor died) counts again, but a shard is done once.
     tally.add({"a.parquet": 1, None: 2}, dead_letters=0)
     assert tally.totals() == {"queries": 8, "dead_letters": 1, "shards": 2}
+
+
+def test_the_last_line_is_not_repeated_when_the_last_interval_already_said_it(caplog):
+    lines = ProgressLines(interval=30)
+    with caplog.at_level("INFO", logger="mmr5_batch.job.progress"):
+        lines.update(RunProgress(50, 20, 4, 1, 0, 10.0))
+        lines.update(RunProgress(50, 50, 4, 4, 0, 20.0))
+        lines.close(RunProgress(50, 50, 4, 4, 0, 20.5))
+        lines.close(RunProgress(50, 50, 4, 4, 1, 21.0))  # a dead letter since: said
+    assert [record.getMessage()[:30] for record in caplog.records] == ["progress: 20 of 50 queries (40"] + ["progress: 50 of 50 queries (10"] * 2
+    assert caplog.records[-1].getMessage().endswith("1 dead letter")
