@@ -48,10 +48,10 @@ def rerank(args: argparse.Namespace, console: Console) -> int:
     except ONE_LINE_ERRORS as error:
         return fail(console, error)
     except Exception as error:  # an engine failing at start, a broken contract: raised inside Ray, wrapped by it
-        cause = one_line_cause(error)
-        if cause is None:
+        line = one_line_cause(error)
+        if line is None:
             raise
-        return fail(console, cause, cause=error)
+        return fail(console, line, cause=error)
     console.print(format_summary(summary))
     if summary["failed"]:
         return fail(console, summary["failed"], 3)
