@@ -165,5 +165,8 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--domains", help="mmdocir protocol: the fixed domains, comma-separated (default: domains.txt beside --qrels)")
     evaluate.add_argument("--json", help="where to write the report (default RUN/evaluation.json)")
+    evaluate.add_argument(
+        "--partial", action="store_true", help="score a run that has not finished (killed, waves or an --overwrite in progress); the report says so"
+    )
     evaluate.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
     return parser

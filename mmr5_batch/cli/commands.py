@@ -132,8 +132,10 @@ def evaluate(args: argparse.Namespace, console: Console) -> int:
     try:
         domains = [name.strip() for name in args.domains.split(",") if name.strip()] if args.domains else None
         console.announce_log()
-        report = evaluate_run(args.run, args.qrels, ks, args.group_by, storage, protocol=args.protocol, domains=domains, address=args.address)
-    except (QrelsError, FileNotFoundError) as error:
+        report = evaluate_run(
+            args.run, args.qrels, ks, args.group_by, storage, protocol=args.protocol, domains=domains, address=args.address, partial=args.partial
+        )
+    except (QrelsError, FileNotFoundError, JobError) as error:
         return fail(console, error)
     target = args.json or join(args.run, "evaluation.json")
     storage.write_json(target, report)

@@ -13,14 +13,15 @@ protocol scores every question) and are counted; they join no group.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
 from mmr5_batch.core.vocabulary import ERROR
+from mmr5_batch.errors import JobError
 from mmr5_batch.evaluation.metrics import macro, micro, query_metrics
 from mmr5_batch.evaluation.qrels import Qrels, QrelsError, load_qrels
 from mmr5_batch.output.store import OutputStore
@@ -84,8 +85,12 @@ def evaluate_run(
     protocol: str = "standard",
     domains: Sequence[str] | None = None,
     address: str | None = None,
+    partial: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of the run's reranked and first-stage orders against the qrels, by `protocol` (see PROTOCOLS)."""
+    """Metrics of the run's reranked and first-stage orders against the qrels, by `protocol` (see PROTOCOLS).
+
+    A run that has not finished (its manifest says so) is refused with JobError unless `partial`, in which case
+    the report says what is unfinished."""
     if protocol not in PROTOCOLS:
         raise QrelsError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     import ray
@@ -98,14 +103,18 @@ def evaluate_run(
         domains = list(domains) if domains else mmdocir_domains(qrels_uri, storage)
     # The results as of the last commit (the manifest): each query once, even while an --overwrite's old and new
     # results lie side by side (output/store.py).
-    files = OutputStore(storage, run).committed_files()
+    output = OutputStore(storage, run)
+    unfinished = output.unfinished(output.manifest())
+    if unfinished and not partial:
+        raise JobError(f"{run} holds the results of an unfinished run ({unfinished}): let the run finish (rerun it), or pass --partial")
+    files = output.committed_files()
     if not files:
         raise FileNotFoundError(f"no results under {run} (ranked/ or dead_letter/)")
     ensure_ray(address)  # only now: a bad qrels file or an empty run is reported without starting Ray
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(uri)[1] for uri in files]
     dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)))
-    scored = dataset.map_batches(partial(score_batch, qrels=qrels, ks=tuple(ks), group_by=group_by), batch_format="pyarrow")
+    scored = dataset.map_batches(functools.partial(score_batch, qrels=qrels, ks=tuple(ks), group_by=group_by), batch_format="pyarrow")
     rows = [row for batch in scored.iter_batches(batch_format="pyarrow") for row in pa.table(batch).to_pylist() if len(row) > 1]
 
     seen = {row["query_id"] for row in rows}
@@ -120,6 +129,7 @@ def evaluate_run(
         "group_by": group_by,
         "queries": len(rows),
         "missing_from_run": len(missing),
+        "unfinished": unfinished,  # None, or what was not finished when a partial evaluation was asked for
     }
     report["micro"] = {order: micro([_split(row, order) for row in rows] + [zeros] * len(missing)) for order in ORDERS}
     report["cost_per_query"] = micro([_split(row, "cost") for row in rows])
@@ -151,6 +161,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"run {report['run']}  qrels {report['qrels']}",
         f"protocol {report.get('protocol', 'standard')}: {report.get('protocol_definition', PROTOCOLS['standard'])}",
         f"queries {report['queries']}, in qrels but not in the run {report['missing_from_run']}",
+        *([f"PARTIAL: the run has not finished ({report['unfinished']})"] if report.get("unfinished") else []),
         "",
     ]
     scopes = [("micro", report["micro"])] + ([(f"macro over {report['group_by']}", report["macro"])] if "macro" in report else [])

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from mmr5_batch.core.rows import SOURCE_PATH
 from mmr5_batch.core.vocabulary import ERROR, STATUSES
+from mmr5_batch.output.records import ShardStats
 from mmr5_batch.storage.filesystems import join
 
 # Fixed counter names: the same keys in every shard's stats and the summary.
@@ -85,7 +86,7 @@ class RunOutcome:
 
     this_run: dict[str, int]  # counters over the rows this run wrote
     planner_letters: int  # dead letters the planner wrote itself
-    shard_stats: dict[str, dict[str, Any]]  # shard URI -> its readback summary
+    shard_stats: dict[str, ShardStats]  # shard URI -> its readback summary
 
     @property
     def processed(self) -> int:
@@ -97,7 +98,7 @@ class RunOutcome:
 
     @property
     def incomplete(self) -> list[str]:
-        return sorted(uri for uri, stats in self.shard_stats.items() if not stats["complete"])
+        return sorted(uri for uri, stats in self.shard_stats.items() if not stats.complete)
 
 
 def failures(outcome: RunOutcome, bad_shards: int, total_shards: int, limit: float, output: str) -> list[str]:

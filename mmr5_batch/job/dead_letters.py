@@ -19,10 +19,11 @@ from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.core.windows import first_stage_order
 from mmr5_batch.job.planner import InputPlan, ShardPlan
 from mmr5_batch.output.layout import DEAD_LETTER
-from mmr5_batch.output.store import OutputStore
+from mmr5_batch.output.transaction import OutputTransaction
 from mmr5_batch.storage.arrow_filesystems import read_parquet
 
-# One file per shard, named by the run that wrote it; a later run finds it (any run id) and leaves it.
+# One file per shard, named by the attempt that wrote it (a file of another attempt, even one with the same run id, is
+# never overwritten); a later run finds it and leaves it.
 UNADDRESSABLE_PREFIX = "part-unaddressable"
 
 
@@ -66,16 +67,16 @@ def _letter(row: dict, doc_ids: list, scores: list, shard: ShardPlan, run_id: st
     return dataclasses.asdict(letter) | {name: value for name, value in row.items() if name not in own}
 
 
-def write_unaddressable(plan: InputPlan, state: OutputStore, run_id: str, model: str, backend: str = "") -> int:
+def write_unaddressable(plan: InputPlan, transaction: OutputTransaction[InputPlan], run_id: str, model: str, backend: str = "") -> int:
     """Write each shard's planner dead letters once (a rerun finds the file and leaves it); rows written."""
     written = 0
     for shard in plan.to_run:
         if not shard.unaddressable:
             continue
-        if any(uri.rsplit("/", 1)[-1].startswith(UNADDRESSABLE_PREFIX) for uri in state.result_files(DEAD_LETTER, shard.key)):
+        if any(uri.rsplit("/", 1)[-1].startswith(UNADDRESSABLE_PREFIX) for uri in transaction.store.result_files(DEAD_LETTER, shard.key)):
             continue
-        table = read_parquet(state.storage, shard.uri)
+        table = read_parquet(transaction.storage, shard.uri)
         letters = unaddressable_dead_letters(shard, table, run_id, model, backend)
-        state.write_planner_dead_letters(shard.key, f"{UNADDRESSABLE_PREFIX}-{run_id}.parquet" if run_id else f"{UNADDRESSABLE_PREFIX}.parquet", letters)
+        transaction.write_dead_letters(shard.key, f"{UNADDRESSABLE_PREFIX}-{transaction.attempt}.parquet", letters)
         written += letters.num_rows
     return written

@@ -12,11 +12,12 @@ from typing import Any
 
 from mmr5_batch.config import JobConfig, ModelConfig, public_dump
 from mmr5_batch.config.run import ResolvedRun
+from mmr5_batch.output.records import ResultSettings, flatten_settings
 
 DEFAULT_DOCUMENT_TOKENS = ModelConfig.model_fields["document_tokens"].default
 
 
-def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
+def job_fingerprint(public_config: dict[str, Any]) -> ResultSettings:
     """The settings that decide what a result row says, from a resolved config's public dump.
 
     A setting added later enters only when it is away from what the job did before it existed, so that
@@ -47,8 +48,8 @@ def job_fingerprint(public_config: dict[str, Any]) -> dict[str, Any]:
         ),
         "images": {key: public_config["images"].get(key) for key in ("image_tokens", "prompt_image_tokens", "policy", "jpeg_quality")},
     }
-    digest = hashlib.sha256(repr(sorted(_flatten(shaping).items())).encode()).hexdigest()[:16]
-    return {"digest": digest, "settings": shaping}
+    digest = hashlib.sha256(repr(sorted(flatten_settings(shaping).items())).encode()).hexdigest()[:16]
+    return ResultSettings(digest, shaping)
 
 
 def _document_tokens(model: dict[str, Any]) -> dict[str, Any]:
@@ -57,23 +58,7 @@ def _document_tokens(model: dict[str, Any]) -> dict[str, Any]:
     return {"document_tokens": tokens} if tokens != DEFAULT_DOCUMENT_TOKENS else {}
 
 
-def run_fingerprint(run: ResolvedRun[JobConfig]) -> dict[str, Any]:
+def run_fingerprint(run: ResolvedRun[JobConfig]) -> ResultSettings:
     """The results fingerprint of a resolved run: its protocols as resolved, so `auto` and the value it resolves to
     agree, and a pointwise run's instruction counts however its protocol was spelled."""
     return job_fingerprint(public_dump(run.config))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    before, after = _flatten(old.get("settings", {})), _flatten(new["settings"])
-    changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
-    return ", ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed[:4]) or "unknown settings"

@@ -35,7 +35,6 @@ from mmr5_batch.job.shard_groups import group_shards
 from mmr5_batch.job.shard_survey import id_hashes, query_ids, survey_shard
 from mmr5_batch.job.shard_tasks import map_shards
 from mmr5_batch.output.layout import shard_key
-from mmr5_batch.output.ledger_index import DONE, FORGOTTEN
 from mmr5_batch.output.store import OutputStore
 from mmr5_batch.stages.cluster import ensure_ray
 from mmr5_batch.storage.arrow_filesystems import read_parquet
@@ -120,21 +119,14 @@ def _run_schema(to_run: list[ShardPlan], layout: str, bad: dict[str, str], estab
 
 
 def _classify(shards: list[ShardPlan], state: OutputStore, overwrite: bool) -> tuple[list[ShardPlan], list[ShardPlan], list[ShardPlan]]:
-    """(to survey, skipped, changed) from the ledger: done and unchanged is skipped; done, begun or found stale with
-    other content is changed (its rows are deleted and it is processed from scratch)."""
+    """(to survey, skipped, changed) from the ledger: done and unchanged is skipped; done, begun or being replaced
+    with other content is changed (its results are superseded and it is processed from scratch)."""
     fresh: list[ShardPlan] = []
     skipped: list[ShardPlan] = []
     changed: list[ShardPlan] = []
     for shard in shards:
-        event = None if overwrite else state.latest_event(shard.key)
-        if event is None:
-            fresh.append(shard)
-        elif event["event"] == FORGOTTEN or event.get("fingerprint") != shard.fingerprint:
-            changed.append(shard)
-        elif event["event"] == DONE:
-            skipped.append(shard)
-        else:
-            fresh.append(shard)  # begun by an interrupted run, same content: resumed
+        verdict = None if overwrite else state.is_changed(shard.key, shard.fingerprint)
+        (fresh if verdict is None else changed if verdict else skipped).append(shard)
     return fresh, skipped, changed
 
 

@@ -17,6 +17,7 @@ from mmr5_batch.core.rows import READBACK_SCHEMA
 from mmr5_batch.job.accounting import COUNTED_COLUMNS, shard_summary
 from mmr5_batch.job.planner import ShardPlan
 from mmr5_batch.job.shard_tasks import map_shards
+from mmr5_batch.output.records import ShardStats
 from mmr5_batch.storage.arrow_filesystems import read_parquet
 from mmr5_batch.storage.filesystems import Storage
 
@@ -32,7 +33,7 @@ def read_back_shard(descriptor: dict[str, Any], storage: Storage) -> dict[str, A
     return {"uri": descriptor["uri"], "stats": json.dumps(stats)}
 
 
-def read_back(shards: list[ShardPlan], files: dict[str, list[str]], storage: Storage) -> dict[str, dict[str, Any]]:
+def read_back(shards: list[ShardPlan], files: dict[str, list[str]], storage: Storage) -> dict[str, ShardStats]:
     """Shard URI -> readback summary, for `shards` with their result files `files` (shard key -> URIs)."""
     descriptors = [
         {
@@ -45,5 +46,6 @@ def read_back(shards: list[ShardPlan], files: dict[str, list[str]], storage: Sto
         for shard in shards
     ]
     return {
-        row["uri"]: json.loads(row["stats"]) for row in map_shards(descriptors, read_back_shard, READBACK_SCHEMA, READBACK_SHARDS_PER_TASK, storage=storage)
+        row["uri"]: ShardStats.from_json(json.loads(row["stats"]))
+        for row in map_shards(descriptors, read_back_shard, READBACK_SCHEMA, READBACK_SHARDS_PER_TASK, storage=storage)
     }

@@ -26,7 +26,8 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -35,16 +36,18 @@ from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, l
 from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.layouts import layout_schema
 from mmr5_batch.engines.factory import check_importable
-from mmr5_batch.errors import JobError, error_line
+from mmr5_batch.errors import JobError
 from mmr5_batch.job.accounting import COUNTERS, RunOutcome, failures, merge_counters, now_iso, totals
 from mmr5_batch.job.dead_letters import write_unaddressable
-from mmr5_batch.job.fingerprint import describe_difference, run_fingerprint
+from mmr5_batch.job.fingerprint import run_fingerprint
 from mmr5_batch.job.planner import InputPlan, plan_input
 from mmr5_batch.job.progress import ProgressLines, ProgressReporter, ProgressWatch
 from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
-from mmr5_batch.output.store import OutputStore
+from mmr5_batch.output.records import ShardStats
+from mmr5_batch.output.transaction import OutputTransaction
+from mmr5_batch.stages.batch_guard import clear_batch_markers
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray, ray_is_local
 from mmr5_batch.stages.placement import ActorPlacement, gpus_wanted_at_start, place_actors, place_scorer
 from mmr5_batch.stages.progress_tally import ProgressFeed
@@ -56,19 +59,6 @@ from mmr5_batch.version import __version__
 log = logging.getLogger(__name__)
 
 
-def check_same_job(state: OutputStore, fingerprint: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to add rows to a prefix that holds results made with other settings (they would mix)."""
-    try:
-        earlier = state.job()
-    except Exception as error:  # missing bucket, rejected credentials, unreachable endpoint
-        raise JobError(f"cannot read output {state.output}: {error_line(error)}") from None
-    if earlier is not None and earlier.get("digest") != fingerprint["digest"] and not overwrite:
-        raise JobError(
-            f"{state.output} holds results of a run with other settings ({describe_difference(earlier, fingerprint)}); "
-            "choose another output or pass --overwrite"
-        )
-
-
 def _run_pipeline(
     config: JobConfig,
     plan: InputPlan,
@@ -77,6 +67,7 @@ def _run_pipeline(
     placements: tuple[ActorPlacement, ActorPlacement | None],
     progress: ProgressFeed | None,
 ) -> RerankOutputDatasink:
+    """One wave's pipeline: its shards read, reranked by the step (its batch markers this attempt's), written."""
     shards = {shard.path: (shard.uri, shard.key) for shard in plan.to_run}
     relabel = config.relabel
     pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
@@ -86,7 +77,7 @@ def _run_pipeline(
     if dataset is None:
         return sink
     placement, scorer = placements
-    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", placement=placement, scorer_placement=scorer, progress=progress)
+    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", attempt=attempt, placement=placement, scorer_placement=scorer, progress=progress)
     step(dataset).write_datasink(sink)
     return sink
 
@@ -124,13 +115,12 @@ def run_job(
         for spec in (run.main, run.scorer):
             if spec is not None:
                 check_importable(spec)
-    state = OutputStore(storage, config.output)
-    fingerprint = run_fingerprint(run)
+    transaction = OutputTransaction(
+        storage, config.output, attempt, run_fingerprint(run), overwrite=config.overwrite, planner=partial(plan_input, config, storage)
+    )
     timings: dict[str, float] = {}
     started = time.monotonic()
-    runs_before = _finished_runs_or_none(state)
-    plan = plan_input(config, storage, state)
-    check_same_job(state, fingerprint, config.overwrite)
+    plan = transaction.plan()
     timings["plan_seconds"] = time.monotonic() - started
     _log_plan(config, plan)
     ensure_ray(config.execution.address)
@@ -141,32 +131,13 @@ def run_job(
     log.info("rerank actors: %d to %d, each %g CPU and %g GPU", placement.min_actors, placement.max_actors, placement.cpus, placement.gpus)
     if scorer is not None:
         log.info("scorer actors: %d, each %g CPU and %g GPU", scorer.max_actors, scorer.cpus, scorer.gpus)
-
-    try:  # the last check, and the first write: the prefix exists from here on
-        lease = state.open(attempt, config.run_id or "", config.execution.lease_seconds)
-    except JobError:
-        raise
-    except Exception as error:  # a file where a folder should be, read-only, full, no permission
-        raise JobError(f"cannot write to output {config.output}: {error_line(error)}") from None
-    try:
-        if runs_before is None or state.finished_runs() != runs_before:
-            # Another job finished into this prefix while this one planned: plan again on what it wrote.
-            state = OutputStore(storage, config.output)
-            plan = plan_input(config, storage, state)
-            check_same_job(state, fingerprint, config.overwrite)
+    with transaction:
+        plan = transaction.open(config.run_id or "", config.execution.lease_seconds) or plan
         reporter = progress or ProgressLines(config.execution.progress_seconds)
-        summary = _write(config, plan, state, fingerprint, attempt, (placement, scorer), started, timings, metrics, reporter)
-    finally:
-        lease.release()
-    return summary
-
-
-def _finished_runs_or_none(state: OutputStore) -> list[str] | None:
-    """The finished runs in the output before planning; None where it cannot be read (planning then says why)."""
-    try:
-        return state.finished_runs()
-    except Exception:
-        return None
+        try:
+            return _write(config, plan, transaction, (placement, scorer), started, timings, metrics, reporter)
+        finally:
+            clear_batch_markers(attempt)
 
 
 def _log_plan(config: JobConfig, plan: InputPlan) -> None:
@@ -190,27 +161,23 @@ def _log_plan(config: JobConfig, plan: InputPlan) -> None:
 def _write(
     config: JobConfig,
     plan: InputPlan,
-    state: OutputStore,
-    fingerprint: dict[str, Any],
-    attempt: str,
+    transaction: OutputTransaction[InputPlan],
     placements: tuple[ActorPlacement, ActorPlacement | None],
     started: float,
     timings: dict[str, float],
     metrics: JobMetrics,
     reporter: ProgressReporter,
 ) -> dict[str, Any]:
-    """Holding the lease: clear what must go, record the job, run the pipeline, account for every shard."""
-    state.begin(
-        attempt,
-        fingerprint=fingerprint,
-        overwrite=config.overwrite,
+    """Holding the lease: begin, run the pipeline wave by wave, commit each, finish."""
+    attempt = transaction.attempt
+    transaction.begin(
         changed=[shard.key for shard in plan.changed],
         to_run={shard.key: shard.fingerprint for shard in plan.to_run},
         input_layout=plan.layout,
         passthrough=_passthrough(plan),
         config_yaml=config_to_yaml(config),
     )
-    planner_letters = write_unaddressable(plan, state, config.run_id or "", config.model.name, config.model.backend)
+    planner_letters = write_unaddressable(plan, transaction, config.run_id or "", config.model.name, config.model.backend)
 
     written = WrittenSoFar()
     waves = plan.waves(config.execution.queries_per_wave)
@@ -221,10 +188,10 @@ def _write(
             if len(waves) > 1:
                 log.info("wave %d of %d: %d shards, %d queries", number, len(waves), len(wave.to_run), sum(shard.pending for shard in wave.to_run))
             pipeline_started = time.monotonic()
-            sink = _run_pipeline(config, wave, state.storage, attempt, placements, watch.feed)
+            sink = _run_pipeline(config, wave, transaction.storage, attempt, placements, watch.feed)
             readback_started = time.monotonic()
-            written.add(sink, _read_back(config, wave, state, attempt))
-            complete = sum(1 for stats in written.shard_stats.values() if stats["complete"])
+            written.add(sink, _read_back(config, wave, transaction, number, len(waves)))
+            complete = sum(1 for stats in written.shard_stats.values() if stats.complete)
             metrics.shards(done=len(plan.skipped) + complete, pending=len(plan.to_run) - complete, bad=len(plan.bad))
             timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
             timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
@@ -232,7 +199,7 @@ def _write(
         watch.stop()
     timings["waves"] = len(waves)
     summary = _summary(config, plan, written, attempt, time.monotonic() - started, planner_letters, timings)
-    state.finish(attempt, all(stats["complete"] for stats in written.shard_stats.values()), summary)
+    transaction.finish(summary["incomplete_shards"], summary)
     return summary
 
 
@@ -242,23 +209,24 @@ class WrittenSoFar:
 
     per_shard: dict[str, dict[str, int]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
-    shard_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shard_stats: dict[str, ShardStats] = field(default_factory=dict)
 
-    def add(self, sink: RerankOutputDatasink, shard_stats: dict[str, dict[str, Any]]) -> None:
+    def add(self, sink: RerankOutputDatasink, shard_stats: dict[str, ShardStats]) -> None:
         # A shard runs in exactly one wave: nothing to merge.
         self.per_shard.update(sink.per_shard)
         self.files.extend(sink.files)
         self.shard_stats.update(shard_stats)
 
 
-def _read_back(config: JobConfig, plan: InputPlan, state: OutputStore, attempt: str) -> dict[str, dict[str, Any]]:
-    """Each of the wave's shards' rows as written, counted (Ray tasks); complete shards go into the ledger in one write
-    (their superseded files, an --overwrite's old results, are deleted first)."""
-    shard_stats = read_back(plan.to_run, state.written_files(), state.storage)
+def _read_back(config: JobConfig, plan: InputPlan, transaction: OutputTransaction[InputPlan], wave: int, waves: int) -> dict[str, ShardStats]:
+    """Each of the wave's shards' rows as written, counted (Ray tasks); its complete shards committed in one write."""
     finished = now_iso()
-    for stats in shard_stats.values():
-        stats.update(run_id=config.run_id, finished_at=finished)
-    state.commit_wave(attempt, {shard.key: shard_stats[shard.uri] for shard in plan.to_run if shard_stats[shard.uri]["complete"]})
+    shard_stats = {
+        uri: replace(stats, run_id=config.run_id, finished_at=finished)
+        for uri, stats in read_back(plan.to_run, transaction.store.written_files(), transaction.storage).items()
+    }
+    complete = {shard.key: shard_stats[shard.uri] for shard in plan.to_run if shard_stats[shard.uri].complete}
+    transaction.commit_wave(complete, wave=wave, waves=waves)
     return shard_stats
 
 
@@ -276,7 +244,7 @@ def _summary(
     outcome = RunOutcome(totals(written.per_shard), planner_letters, written.shard_stats)
     limit = config.execution.max_error_rate
     failed = failures(outcome, len(plan.bad), plan.shards, limit, config.output)
-    output_counters = merge_counters([{uri: stats["counters"]} for uri, stats in outcome.shard_stats.items()])
+    output_counters = merge_counters([{uri: dict(stats.counters)} for uri, stats in outcome.shard_stats.items()])
     summary = {
         "run_id": config.run_id,
         "attempt": attempt,

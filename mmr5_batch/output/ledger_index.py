@@ -4,12 +4,11 @@ One line per shard and event, one file per run and event kind, so a run
 writes two or three files whatever its number of shards, and reading the
 whole ledger costs one listing plus one read per file, not one per shard:
 
-- `forgotten`: the results there are of content that has changed since; they
-  are deleted next and the shard is processed again (a crash in between
-  leaves the event, so the next run deletes them too).
 - `started`: the content (fingerprint) a run began to process; rows written
   for the shard after it are of that content.
 - `done`: every query of the shard is written, with the shard's counters.
+- `forgotten` (written by earlier versions only): the results there are of
+  content that has changed since; read as a changed shard.
 
 The latest event of a shard wins (files in `seq` order, which a run takes as
 one past the highest, holding the output's lease). While an `--overwrite` is
@@ -22,14 +21,17 @@ a crash in between leaves both, which read the same.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from mmr5_batch.output.layout import INDEX, OutputLayout
+from mmr5_batch.output.records import LedgerEvent, parse_json
+from mmr5_batch.output.writes import Delete, Put, Write
 from mmr5_batch.storage.filesystems import Storage
 
 STARTED, DONE, FORGOTTEN = "started", "done", "forgotten"
+# What a damaged index file's message tells the user to do.
+REMEDY = "remove the damaged file to let the next run redo the shards it recorded, or write the results to a new output"
 EVENTS = (FORGOTTEN, STARTED, DONE)
 COMPACTED = "compacted"
 COMPACT_AFTER = 16
@@ -39,13 +41,13 @@ COMPACT_AFTER = 16
 class LedgerIndex:
     """Every shard's latest ledger event, read from the index files."""
 
-    latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard key -> its latest event
+    latest: dict[str, LedgerEvent] = field(default_factory=dict)  # shard key -> its latest event
     files: list[str] = field(default_factory=list)  # index files read, in seq order
     next_seq: int = 1
 
-    def apply(self, events: Iterable[dict[str, Any]]) -> None:
+    def apply(self, events: Iterable[LedgerEvent]) -> None:
         for event in events:
-            self.latest[event["key"]] = event
+            self.latest[event.key] = event
 
 
 def _seq(uri: str) -> int:
@@ -59,36 +61,31 @@ def read_index(storage: Storage, output: str) -> LedgerIndex:
     index = LedgerIndex()
     index.files = sorted(storage.list_files(OutputLayout(output).ledger(INDEX), ".jsonl"), key=lambda uri: (_seq(uri), uri))
     for uri in index.files:
-        index.apply(json.loads(line) for line in storage.read_bytes(uri).decode().splitlines() if line.strip())
+        lines = storage.read_bytes(uri).splitlines()
+        index.apply(LedgerEvent.from_json(parse_json(uri, line, REMEDY)) for line in lines if line.strip())
     index.next_seq = max((_seq(uri) for uri in index.files), default=0) + 1
     return index
 
 
-def append_events(storage: Storage, output: str, index: LedgerIndex, kind: str, attempt: str, events: list[dict[str, Any]]) -> str | None:
-    """Write one index file of `events` (each with `key`), as the next in order; None when there are none."""
+def append(output: str, index: LedgerIndex, kind: str, attempt: str, events: list[LedgerEvent]) -> list[Write]:
+    """One index file of `events`, as the next in order (none when there are none); `index` takes them now."""
     if not events:
-        return None
-    lines = [json.dumps(event | {"event": event.get("event", kind)}, sort_keys=True) for event in events]
+        return []
     uri = OutputLayout(output).ledger(INDEX, f"{index.next_seq:08d}-{kind}-{attempt}.jsonl")
-    storage.write_text(uri, "\n".join(lines) + "\n")
-    index.apply(json.loads(line) for line in lines)
+    index.apply(events)
     index.files.append(uri)
     index.next_seq += 1
-    return uri
+    return [Put(uri, "".join(json.dumps(event.to_json(), sort_keys=True) + "\n" for event in events).encode())]
 
 
-def compact(storage: Storage, output: str, index: LedgerIndex, attempt: str, keep: Any = None) -> bool:
-    """Rewrite the index as one file of each shard's latest event (only those `keep(event)` accepts), then delete
-    the files it replaces; whether it did (it does when there are more than COMPACT_AFTER index files, or a
-    `keep` filter)."""
+def compact(output: str, index: LedgerIndex, attempt: str, keep: Callable[[LedgerEvent], bool] | None = None) -> list[Write]:
+    """The index rewritten as one file of each shard's latest event (only those `keep(event)` accepts), then the
+    files it replaces deleted; nothing unless there are more than COMPACT_AFTER index files, or a `keep` filter."""
     if keep is None and len(index.files) <= COMPACT_AFTER:
-        return False
+        return []
     replaced = list(index.files)
     events = [event for _, event in sorted(index.latest.items()) if keep is None or keep(event)]
     index.latest, index.files = {}, []
     # Even with no events left, the compacted file marks the sequence past the deleted ones.
-    written = append_events(storage, output, index, COMPACTED, attempt, events) if events else None
-    for uri in replaced:
-        if uri != written:
-            storage.remove(uri)
-    return True
+    written = append(output, index, COMPACTED, attempt, events)
+    return [*written, *(Delete(uri) for uri in replaced if uri not in {write.uri for write in written})]

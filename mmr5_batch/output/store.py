@@ -1,4 +1,4 @@
-"""The output prefix as one object: what it holds, what counts now, and every write a run makes to it, in order.
+"""The output prefix as it stands: what it holds, what counts now, and what a reader is shown.
 
 The outputs are the checkpoint. Result files are partitioned by source shard
 (`ranked/<shard key>/`, `dead_letter/<shard key>/`; layout.py names every
@@ -6,35 +6,13 @@ path) and each file appears whole or not at all, so the query_ids written
 for a shard are exactly its queries that are done, whatever killed the
 previous run. A run reads them and processes only the rest.
 
-What counts now: every result file but the ones an `--overwrite` in
-progress has superseded (`_ledger/superseded.json`); resume and the readback
-ask `live_files`. What readers read: the manifest (`manifest.json`), the
-live files as of the last commit, replaced whole at every commit; `evaluate`
-and readers outside the project (pyarrow, DuckDB, Spark: docs/output-and-
-exactly-once.md) read it, so no reader counts a query twice while old and
-new results lie side by side during an `--overwrite`.
-
-A run's writes, in the order that keeps every crash safe (the runner calls
-them in this order; each step is one method here):
-
-1. `open`: take the lease (one job per prefix), then remove the temporaries
-   a killed writer left (only the holder may).
-2. `begin`: an `--overwrite` first supersedes every result file there (one
-   write: from then on they do not count, yet stay until replaced); shards
-   whose content changed are recorded as forgotten, then their results are
-   deleted (a crash in between leaves the record, so the next run deletes
-   them too); pairs files without their ranked file (a crashed task) go;
-   the shards about to run are recorded as started with their content
-   fingerprint; then the job's settings digest, the input layout, the
-   passthrough types and the config.
-3. The pipeline writes result files (the sink), each whole or not at all.
-4. `commit_wave`, after each wave is read back: the superseded files of its
-   complete shards are deleted (their new rows are all there), then those
-   shards are recorded as done (one ledger file), then the manifest.
-5. `finish`: when every shard is accounted for, an `--overwrite` ends (what
-   is still superseded is deleted, the ledger events older than it dropped,
-   then its record removed); the ledger is compacted; the summary and the
-   manifest are written.
+What counts now (resume, readback): every result file but the superseded
+ones (`_ledger/superseded.json`: an `--overwrite` in progress, or a shard
+whose content changed). What a reader is shown (the manifest,
+`manifest_names`): per shard, either its old results or its new ones, never
+both and never neither: a shard's superseded files stay named until its
+replacement is committed, its new files are named from then on. Every write
+to the prefix is the transaction's (transaction.py); this object only reads.
 
 The ledger (ledger_index.py: a few index files per run) records which
 content (fingerprint: size plus ETag or mtime) a run began to process, and
@@ -45,9 +23,7 @@ reading them, and reprocesses a shard whose fingerprint changed.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +32,6 @@ import pyarrow as pa
 from mmr5_batch.output import ledger_index
 from mmr5_batch.output.layout import (
     ALL_FOLDERS,
-    DEAD_LETTER,
     INPUT_LAYOUT_FILE,
     JOB_FILE,
     PAIRS,
@@ -67,109 +42,90 @@ from mmr5_batch.output.layout import (
     SUPERSEDED_FILE,
     OutputLayout,
 )
-from mmr5_batch.output.lease import OutputLease
-from mmr5_batch.output.ledger_index import DONE, FORGOTTEN, STARTED, LedgerIndex
+from mmr5_batch.output.ledger_index import DONE, FORGOTTEN, LedgerIndex
+from mmr5_batch.output.records import LedgerEvent, Manifest, OutputDamaged, Superseded, parse_json
 from mmr5_batch.storage.filesystems import Storage
 
-MANIFEST_VERSION = 1
+# What a message about a damaged ledger file tells the user to do.
+LEDGER_REMEDY = "it is the job's own record: restore it, or write the results to a new output"
+MANIFEST_REMEDY = "rerun the job (mmr5-batch rerank with the same settings) to rewrite it"
 
 
 @dataclass
 class OutputStore:
-    """One output prefix seen through its ledger and result folders, and the writes a run makes to it."""
+    """One output prefix seen through its ledger and result folders; read once, kept current by the transaction."""
 
     storage: Storage
     output: str
-    # An --overwrite in progress (`_ledger/superseded.json`): its id, settings and the result files it replaces.
-    _overwrite: dict[str, Any] | None = field(default=None, repr=False)
-    _overwrite_read: bool = field(default=False, repr=False)
+    _superseded: Superseded | None = field(default=None, repr=False)
+    _superseded_read: bool = field(default=False, repr=False)
     _ledger: LedgerIndex | None = field(default=None, repr=False)
 
     @property
     def layout(self) -> OutputLayout:
         return OutputLayout(self.output)
 
-    # -- what the prefix holds -------------------------------------------------------------------------------
+    # -- the ledger's records ----------------------------------------------------------------------------------
 
-    def overwrite(self) -> dict[str, Any] | None:
-        """The --overwrite in progress, if any: while it is, the ledger's older entries and the superseded files do not count."""
-        if not self._overwrite_read:
-            uri = self.layout.ledger(SUPERSEDED_FILE)
-            self._overwrite = self.storage.read_json(uri) if self.output and self.storage.exists(uri) else None
-            self._overwrite_read = True
-        return self._overwrite
+    def superseded_record(self) -> Superseded | None:
+        """The files that no longer count yet stay named until replaced (an --overwrite's, changed shards')."""
+        if not self._superseded_read:
+            data = self._read_ledger_file(SUPERSEDED_FILE)
+            self._superseded = Superseded.from_json(data) if data is not None else None
+            self._superseded_read = True
+        return self._superseded
+
+    def overwrite(self) -> Superseded | None:
+        """The --overwrite in progress, if any: while it is, the ledger's older entries do not count."""
+        record = self.superseded_record()
+        return record if record is not None and record.overwriting else None
 
     def superseded(self) -> frozenset[str]:
-        overwrite = self.overwrite()
-        return frozenset(overwrite["files"]) if overwrite else frozenset()
+        record = self.superseded_record()
+        return frozenset(record.files) if record else frozenset()
 
-    def result_files(self, name: str, key: str) -> list[str]:
-        """A shard's live files in one result folder, superseded ones left out."""
-        superseded = self.superseded()
-        return [uri for uri in self.storage.list_files(self.folder(name, key), ".parquet") if uri not in superseded]
-
-    def files_by_shard(self, name: str) -> dict[str, list[str]]:
-        """Every shard's live files in one result folder (one recursive listing), superseded ones left out."""
-        superseded = self.superseded()
-        found: dict[str, list[str]] = {}
-        if not self.output:
-            return found
-        folder = self.layout.folder(name)
-        # The listing spells files as the filesystem does (a relative output comes back absolute).
-        prefix = self.storage.listed_prefix(folder)
-        for uri in self.storage.list_files(folder, ".parquet"):
-            if uri not in superseded:
-                found.setdefault(uri[len(prefix) + 1 :].split("/", 1)[0], []).append(uri)
-        return found
-
-    def written_files(self) -> dict[str, list[str]]:
-        """Every shard's live result files (ranked and dead letters): what resume and the readback read."""
-        found: dict[str, list[str]] = {}
-        for name in RESULT_FOLDERS:
-            for key, files in self.files_by_shard(name).items():
-                found.setdefault(key, []).extend(files)
-        return found
-
-    def live_files(self, folders: Iterable[str] = RESULT_FOLDERS) -> list[str]:
-        """The live files of the given folders, sorted: what a reader of the results reads (each query once)."""
-        return sorted(uri for name in folders for files in self.files_by_shard(name).values() for uri in files)
-
-    def committed_files(self, folders: Iterable[str] = RESULT_FOLDERS) -> list[str]:
-        """The result files as of the last commit (the manifest), each query once: what `evaluate` and readers outside
-        read. An output written before manifests existed: its live files."""
-        manifest = self.manifest()
-        if manifest is None:
-            return self.live_files(folders)
-        prefix = self.storage.listed_prefix(self.output)
-        return sorted(f"{prefix}/{path}" for name in folders for path in manifest.get(name, []))
-
-    def folder(self, name: str, key: str) -> str:
-        return self.layout.shard_folder(name, key)
+    def remember_superseded(self, record: Superseded | None) -> None:
+        """What the transaction just wrote (it holds the lease: nobody else changes the record)."""
+        self._superseded, self._superseded_read = record, True
 
     def ledger(self) -> LedgerIndex:
-        """The ledger index, read once (a few requests) and kept up to date by this object's writes."""
+        """The ledger index, read once (a few requests) and kept up to date by the transaction's writes."""
         if self._ledger is None:
             self._ledger = ledger_index.read_index(self.storage, self.output) if self.output else LedgerIndex()
         return self._ledger
 
-    def latest_event(self, key: str) -> dict[str, Any] | None:
+    def latest_event(self, key: str) -> LedgerEvent | None:
         """A shard's latest ledger event that counts (see ledger_index.py), or None."""
-        return self._current(self.ledger().latest.get(key))
+        event = self.ledger().latest.get(key)
+        overwrite = self.overwrite()
+        if event is None or overwrite is None or event.overwrite_id == overwrite.overwrite_id:
+            return event
+        return None
 
-    def ledger_entry(self, key: str) -> dict[str, Any] | None:
-        """The shard's `done` entry (every query written, with its fingerprint and counters), if that is its latest event."""
-        event = self.latest_event(key)
-        return event if event and event["event"] == DONE else None
+    def replacing(self) -> frozenset[str]:
+        """The shards whose old files are superseded and whose replacement is not committed yet."""
+        return frozenset(self._key_of(uri) for uri in self.superseded()) - self.replaced()
 
-    def started_fingerprint(self, key: str) -> str | None:
-        """The fingerprint an earlier, unfinished run processed this shard with (None: no such run)."""
-        event = self.latest_event(key)
-        return event.get("fingerprint") if event and event["event"] == STARTED else None
+    def replaced(self) -> frozenset[str]:
+        """Shards with superseded files whose replacement is committed (done within the --overwrite in progress):
+        their old files are named no more and may be deleted. A changed shard's replacement is committed and its old
+        files deleted in one commit; one that a crash split is processed again (the planner sees it replacing)."""
+        if self.overwrite() is None:
+            return frozenset()
+        keys = {self._key_of(uri) for uri in self.superseded()}
+        return frozenset(key for key in keys if (event := self.latest_event(key)) is not None and event.event == DONE)
 
-    def forgotten(self, key: str) -> bool:
-        """Whether the shard's results were found stale and may not all be deleted yet."""
+    def is_changed(self, key: str, fingerprint: str) -> bool | None:
+        """Whether the shard must be processed from scratch (its results are of other content, or their replacement
+        is pending), False where it is done with this content, None where it is new or resumes."""
         event = self.latest_event(key)
-        return bool(event and event["event"] == FORGOTTEN)
+        if self.overwrite() is None and key in self.replacing():
+            return True
+        if event is None:
+            return None
+        if event.event == FORGOTTEN or event.fingerprint != fingerprint:
+            return True
+        return False if event.event == DONE else None
 
     def finished_runs(self) -> list[str]:
         """The run summaries under `_ledger/runs/`: a new one means a job finished into this prefix."""
@@ -185,174 +141,110 @@ class OutputStore:
         entry = self._current(self._read_ledger_file(INPUT_LAYOUT_FILE))
         return entry["layout"] if entry else None
 
-    def job(self) -> dict[str, Any] | None:
+    def job(self) -> Mapping[str, Any] | None:
         """The settings of the results here: an --overwrite in progress's, else the last job's."""
         overwrite = self.overwrite()
         if overwrite is not None:
-            return overwrite["fingerprint"]
+            return overwrite.fingerprint
         return self._read_ledger_file(JOB_FILE)
 
-    def manifest(self) -> dict[str, Any] | None:
+    def tagged(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """`entry` marked as belonging to the --overwrite in progress, if any."""
+        overwrite = self.overwrite()
+        return entry | {"overwrite_id": overwrite.overwrite_id} if overwrite else entry
+
+    # -- the result files ----------------------------------------------------------------------------------------
+
+    def result_files(self, name: str, key: str) -> list[str]:
+        """A shard's live files in one result folder, superseded ones left out."""
+        superseded = self.superseded()
+        return [uri for uri in self.storage.list_files(self.layout.shard_folder(name, key), ".parquet") if uri not in superseded]
+
+    def files_by_shard(self, name: str, *, superseded_too: bool = False) -> dict[str, list[str]]:
+        """Every shard's files in one result folder (one recursive listing), superseded ones left out unless asked."""
+        leave_out = frozenset() if superseded_too else self.superseded()
+        found: dict[str, list[str]] = {}
+        if not self.output:
+            return found
+        for uri in self.storage.list_files(self.layout.folder(name), ".parquet"):
+            if uri not in leave_out:
+                found.setdefault(self._key_of(uri), []).append(uri)
+        return found
+
+    def written_files(self) -> dict[str, list[str]]:
+        """Every shard's live result files (ranked and dead letters): what resume and the readback read."""
+        found: dict[str, list[str]] = {}
+        for name in RESULT_FOLDERS:
+            for key, files in self.files_by_shard(name).items():
+                found.setdefault(key, []).extend(files)
+        return found
+
+    def relative(self, uri: str) -> str:
+        """A file's path below the prefix, as the manifest names it."""
+        return uri[len(self.storage.listed_prefix(self.output)) + 1 :]
+
+    def _key_of(self, uri: str) -> str:
+        # `<prefix>/<folder>/<key>/<file>`
+        return self.relative(uri).split("/")[1]
+
+    def manifest_names(self, committed: Iterable[str] = (), *, every_shard: bool = False) -> dict[str, list[str]]:
+        """What the manifest names now, per folder (paths relative to the prefix): for each shard either its old,
+        superseded files (its replacement not committed) or its live ones, never both; a pairs file only beside its
+        ranked file (which commits it). `committed`: shards whose replacement the caller has just recorded done;
+        `every_shard`: every replacement is committed (the run's end)."""
+        superseded = self.superseded()
+        pending = frozenset() if every_shard else self.replacing() - set(committed)
+        names: dict[str, list[str]] = {}
+        for name in ALL_FOLDERS:
+            names[name] = sorted(
+                self.relative(uri)
+                for key, files in self.files_by_shard(name, superseded_too=True).items()
+                for uri in files
+                if (uri in superseded) == (key in pending)
+            )
+        ranked = {path.split("/", 1)[1] for path in names[RANKED]}
+        names[PAIRS] = [path for path in names[PAIRS] if path.split("/", 1)[1] in ranked]
+        return names
+
+    # -- what readers read -------------------------------------------------------------------------------------
+
+    def manifest(self) -> Manifest | None:
+        """The manifest as last published (None: none yet, or an output written before manifests existed)."""
         uri = self.layout.manifest
-        return self.storage.read_json(uri) if self.output and self.storage.exists(uri) else None
+        if not (self.output and self.storage.exists(uri)):
+            return None
+        data = parse_json(uri, self.storage.read_bytes(uri), MANIFEST_REMEDY)
+        if not isinstance(data, dict):
+            raise OutputDamaged(f"{uri} is not a JSON object; {MANIFEST_REMEDY}")
+        return Manifest.from_json(data)
 
-    # -- a run's writes, in order (see the module docstring) -------------------------------------------------
+    def unfinished(self, manifest: Manifest | None) -> str | None:
+        """Why the results the manifest names are not those of a finished run, in words; None when they are."""
+        if manifest is not None and manifest.complete is not None:
+            return None if manifest.complete else manifest.unfinished or "the run that wrote it did not finish"
+        # Written before manifests said so: the ledger tells of an --overwrite in progress.
+        return "an --overwrite is in progress" if self.overwrite() is not None else None
 
-    def open(self, attempt: str, run_id: str, lease_seconds: float) -> OutputLease:
-        """1. Take the output's lease (raises JobError naming the holder), then clear what a killed writer left."""
-        lease = OutputLease(self.storage, self.output, attempt, run_id, lease_seconds)
-        lease.acquire()
-        self.remove_temporaries()
-        return lease
-
-    def begin(
-        self,
-        attempt: str,
-        *,
-        fingerprint: dict[str, Any],
-        overwrite: bool,
-        changed: list[str],
-        to_run: dict[str, str],
-        input_layout: str,
-        passthrough: pa.Schema,
-        config_yaml: str,
-    ) -> None:
-        """2. Before any result is written: supersede (--overwrite), forget changed shards, drop orphan pairs, record
-        the shards started (key -> content fingerprint), the settings, input layout, passthrough types and config."""
-        if overwrite:
-            self._supersede_results(fingerprint)
-        self._forget_shards(attempt, changed)
-        self._remove_orphan_pairs(list(to_run))
-        self._append(STARTED, attempt, {key: {"fingerprint": value} for key, value in to_run.items()})
-        self.storage.write_json(self.layout.ledger(JOB_FILE), fingerprint)
-        self.storage.write_json(self.layout.ledger(INPUT_LAYOUT_FILE), self._tagged({"layout": input_layout}))
-        encoded = base64.b64encode(passthrough.serialize().to_pybytes()).decode()
-        self.storage.write_json(self.layout.ledger(PASSTHROUGH_FILE), self._tagged({"columns": [str(column) for column in passthrough], "arrow_ipc": encoded}))
-        self.storage.write_text(self.layout.config, config_yaml)
-
-    def commit_wave(self, attempt: str, complete: dict[str, dict[str, Any]]) -> None:
-        """4. A wave read back: its complete shards' superseded files go, the shards are recorded done, the manifest follows."""
-        self._delete_superseded(complete)
-        self._append(DONE, attempt, complete)
-        self.publish_manifest(attempt)
-
-    def finish(self, attempt: str, every_shard_complete: bool, summary: dict[str, Any]) -> None:
-        """5. The run's end: an --overwrite ends once every shard is accounted for; compaction; summary; manifest."""
-        if every_shard_complete:
-            self._finish_overwrite(attempt)  # shards gone from the input or unreadable now: their old results go too
-        ledger_index.compact(self.storage, self.output, self.ledger(), attempt)
-        self.storage.write_json(self.layout.summary, summary)
-        self.storage.write_json(self.layout.run_summary(attempt), summary)
-        self.publish_manifest(attempt)
-
-    def publish_manifest(self, attempt: str) -> None:
-        """The live result files, relative to the output prefix, replaced whole: what readers outside the project read."""
+    def committed_files(self, folders: Iterable[str] = RESULT_FOLDERS) -> list[str]:
+        """The result files the manifest names, each query once: what `evaluate` and readers outside read. An output
+        written before manifests existed: its live files."""
+        manifest = self.manifest()
         prefix = self.storage.listed_prefix(self.output)
-        manifest: dict[str, Any] = {
-            "version": MANIFEST_VERSION,
-            "attempt": attempt,
-            "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        for name in (RANKED, DEAD_LETTER, PAIRS):
-            manifest[name] = [uri[len(prefix) + 1 :] for uri in self.live_files([name])]
-        self.storage.write_json(self.layout.manifest, manifest)
-
-    def remove_temporaries(self) -> int:
-        """Delete the hidden temporaries under the prefix (a writer killed mid-file left them); how many."""
-        found = self.storage.temporaries(self.output)
-        for uri in found:
-            self.storage.remove(uri)
-        return len(found)
-
-    def write_planner_dead_letters(self, key: str, file_name: str, table: pa.Table) -> str:
-        """Dead letters the planner writes for a shard (rows no task can address); the file's URI."""
-        uri = self.layout.result_file(DEAD_LETTER, key, file_name)
-        self.storage.write_parquet(table, uri)
-        return uri
+        if manifest is None:
+            return sorted(uri for name in folders for files in self.files_by_shard(name).values() for uri in files)
+        return sorted(f"{prefix}/{path}" for name in folders for path in manifest.files(name))
 
     # -- the parts ---------------------------------------------------------------------------------------------
 
     def _read_ledger_file(self, name: str) -> Any:
         uri = self.layout.ledger(name)
-        return self.storage.read_json(uri) if self.output and self.storage.exists(uri) else None
+        if not (self.output and self.storage.exists(uri)):
+            return None
+        return parse_json(uri, self.storage.read_bytes(uri), LEDGER_REMEDY)
 
     def _current(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
         """`entry` unless an --overwrite is in progress that it predates."""
         overwrite = self.overwrite()
-        if entry is None or overwrite is None or entry.get("overwrite_id") == overwrite["overwrite_id"]:
+        if entry is None or overwrite is None or entry.get("overwrite_id") == overwrite.overwrite_id:
             return entry
         return None
-
-    def _tagged(self, entry: dict[str, Any]) -> dict[str, Any]:
-        overwrite = self.overwrite()
-        return entry | {"overwrite_id": overwrite["overwrite_id"]} if overwrite else entry
-
-    def _append(self, kind: str, attempt: str, entries: dict[str, dict[str, Any]]) -> None:
-        events = [self._tagged(entry | {"key": key}) for key, entry in sorted(entries.items())]
-        ledger_index.append_events(self.storage, self.output, self.ledger(), kind, attempt, events)
-
-    def _record_overwrite(self, overwrite: dict[str, Any] | None) -> None:
-        """Start, update or (None) end an --overwrite; one write, so it takes effect all at once."""
-        uri = self.layout.ledger(SUPERSEDED_FILE)
-        if overwrite is None:
-            self.storage.remove(uri)
-        else:
-            self.storage.write_json(uri, overwrite)
-        self._overwrite, self._overwrite_read = overwrite, True
-
-    def _supersede_results(self, fingerprint: dict[str, Any]) -> int:
-        """Start an overwrite: every result file now in the output is superseded (one write); how many files."""
-        files = set(self.superseded())  # an unfinished overwrite's too
-        for name in ALL_FOLDERS:
-            files.update(self.storage.list_files(self.layout.folder(name), ".parquet"))
-        self._record_overwrite({"overwrite_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint, "files": sorted(files)})
-        return len(files)
-
-    def _delete_superseded(self, keys: Iterable[str]) -> int:
-        """Delete the superseded files of the given shards (their new rows are complete); how many."""
-        overwrite = self.overwrite()
-        if overwrite is None:
-            return 0
-        wanted = set(keys)
-        prefix = self.storage.listed_prefix(self.output)
-        # `<prefix>/<folder>/<key>/<file>`
-        doomed = {uri for uri in overwrite["files"] if uri[len(prefix) + 1 :].split("/")[1] in wanted}
-        for uri in sorted(doomed):
-            self.storage.remove(uri)
-        self._record_overwrite(overwrite | {"files": [uri for uri in overwrite["files"] if uri not in doomed]})
-        return len(doomed)
-
-    def _finish_overwrite(self, attempt: str) -> None:
-        """Delete what is still superseded and the ledger events older than the overwrite, then end it."""
-        overwrite = self.overwrite()
-        if overwrite is None:
-            return
-        for uri in overwrite["files"]:
-            self.storage.remove(uri)
-        keep: Callable[[dict[str, Any]], bool] = lambda event: event.get("overwrite_id") == overwrite["overwrite_id"]  # noqa: E731
-        ledger_index.compact(self.storage, self.output, self.ledger(), attempt, keep)
-        self._record_overwrite(None)
-
-    def _forget_shards(self, attempt: str, keys: list[str]) -> None:
-        """Record that the shards' results are stale, then delete them: a crash in between leaves the record, so the
-        next run deletes them too (it never keeps rows of changed content)."""
-        self._append(FORGOTTEN, attempt, {key: {} for key in keys})
-        for key in keys:
-            for name in ALL_FOLDERS:
-                self.storage.remove(self.folder(name, key))
-
-    def _remove_orphan_pairs(self, keys: list[str]) -> int:
-        """Delete pairs files of the given shards whose ranked file was never written (a crashed task); how many.
-        The sink writes a task's pairs file before its ranked file of the same name: the ranked file commits it."""
-        pairs = self.files_by_shard(PAIRS)
-        if not pairs:
-            return 0
-        ranked = self.files_by_shard(RANKED)
-        removed = 0
-        for key in set(keys) & set(pairs):
-            committed = {uri.rsplit("/", 1)[-1] for uri in ranked.get(key, [])}
-            for uri in pairs[key]:
-                if uri.rsplit("/", 1)[-1] not in committed:
-                    self.storage.remove(uri)
-                    removed += 1
-        return removed

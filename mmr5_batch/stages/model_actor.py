@@ -48,10 +48,10 @@ Work = Callable[..., Awaitable[Sequence[Any]]]
 
 class ModelActor:
     """Ray Data callable class: one engine per actor, built from a resolved `RerankerConfig` (as JSON) for its `stage`:
-    'rerank' (the main model) or 'score' (the two-model cascade's scorer); `progress`, where given, hears of every
-    batch's finished queries."""
+    'rerank' (the main model) or 'score' (the two-model cascade's scorer); `attempt` owns its batch markers
+    (batch_guard.py); `progress`, where given, hears of every batch's finished queries."""
 
-    def __init__(self, config_json: str, run_id: str = "", stage: str = RERANK.stage, progress: ProgressFeed | None = None) -> None:
+    def __init__(self, config_json: str, attempt: str, run_id: str = "", stage: str = RERANK.stage, progress: ProgressFeed | None = None) -> None:
         run = resolve_run(RerankerConfig.model_validate_json(config_json))
         self.row_type: type
         self.work: Work
@@ -64,7 +64,7 @@ class ModelActor:
         assert settings is not None
         self.settings: RankingSettings = settings
         self.stage = stage
-        self.guard = BatchGuard.for_job(_job_id(), stage)
+        self.guard = BatchGuard.for_attempt(attempt, stage)
         self.metrics = StageMetrics.start(run_id, spec.model.name, spec.protocol, stage)
         self.engine = create_async_engine(spec)
         self.progress = progress
@@ -110,13 +110,3 @@ class ModelActor:
         self.guard.leave(key)
         self.metrics.rows_done(results)
         return results
-
-
-def _job_id() -> str:
-    """The Ray job this actor works for (its batches' markers are that job's), 'local' outside Ray."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
-    except Exception:  # an old or partial Ray: the markers are still this node's
-        return "local"

@@ -21,6 +21,7 @@ Rows that cannot be reranked come out with `status == "error"` and a
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,7 @@ class RerankStep:
         columns: ColumnMapping | None = None,
         layout: str = GROUPED,
         run_id: str = "",
+        attempt: str | None = None,
         placement: ActorPlacement | None = None,
         prepare: PrepareSettings | None = None,
         scorer_placement: ActorPlacement | None = None,
@@ -111,6 +113,8 @@ class RerankStep:
         self.columns = columns or ColumnMapping()
         self.layout = layout
         self.run_id = run_id
+        # Whose batch markers the actors keep (batch_guard.py): the job's attempt, else one made each time it is applied.
+        self.attempt = attempt
         self.placement = placement
         self.scorer_placement = scorer_placement
         self.prepare = prepare or self.run.prepare
@@ -123,6 +127,7 @@ class RerankStep:
         placement = self.placement
         # Credentials stay with the driver and the storage tasks; the engines need none.
         config_json = self.config.model_dump_json(exclude={"storage"})
+        attempt = self.attempt or f"step-{uuid.uuid4().hex}"
         if self.layout == PAIRS:
             dataset = dataset.groupby(self.columns.query_id).map_groups(group_pairs_batch, batch_format="pyarrow")
         if not self.columns.is_identity:
@@ -139,11 +144,11 @@ class RerankStep:
         )
         if self.run.two_models:
             scorer = self.scorer_placement or place_scorer(self.run, _cluster_gpus(self.run))
-            dataset = self._actor_stage(dataset, SCORE.stage, scorer, self.config.scorer.batch_size, config_json)
-        return self._actor_stage(dataset, RERANK.stage, placement, execution.batch_size, config_json, self.progress)
+            dataset = self._actor_stage(dataset, SCORE.stage, scorer, self.config.scorer.batch_size, config_json, attempt)
+        return self._actor_stage(dataset, RERANK.stage, placement, execution.batch_size, config_json, attempt, self.progress)
 
     def _actor_stage(
-        self, dataset: Dataset, stage: str, placement: ActorPlacement, batch_size: int, config_json: str, progress: ProgressFeed | None = None
+        self, dataset: Dataset, stage: str, placement: ActorPlacement, batch_size: int, config_json: str, attempt: str, progress: ProgressFeed | None = None
     ) -> Dataset:
         """An actor pool for `stage` (one engine each, built from the resolved config) over the dataset's batches."""
         from ray.data import ActorPoolStrategy
@@ -151,7 +156,7 @@ class RerankStep:
         concurrent = self.config.execution.concurrent_batches
         return dataset.map_batches(
             ModelActor,
-            fn_constructor_kwargs={"config_json": config_json, "run_id": self.run_id, "stage": stage, "progress": progress},
+            fn_constructor_kwargs={"config_json": config_json, "attempt": attempt, "run_id": self.run_id, "stage": stage, "progress": progress},
             # The actor's __call__ is async: several batches run through one
             # engine at once, so a batch's last answers overlap the next batch.
             compute=ActorPoolStrategy(

@@ -72,7 +72,7 @@ def test_the_resolved_run_says_which_cascade_and_what_each_engine_sees(local_poi
 
 
 def digest(**overrides):
-    return run_fingerprint(resolve_run(job(**overrides)))["digest"]
+    return run_fingerprint(resolve_run(job(**overrides))).digest
 
 
 def test_the_digest_follows_what_the_model_sees_not_how_it_is_spelled(local_pointwise):

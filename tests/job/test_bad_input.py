@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from mmr5_batch.cli.main import main
 from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA, PAIRS_INPUT_SCHEMA
@@ -178,57 +177,6 @@ def test_a_second_job_into_a_held_prefix_is_refused_and_an_expired_lease_taken_o
     assert not lease.exists() and sorted(row["query_id"] for row in read_folder(out / "ranked")) == ["g0", "g1"]
 
 
-@pytest.mark.parametrize("crash_at", [0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13])
-def test_overwrite_keeps_results_until_replaced_through_a_crash_at_any_step(ray_session, tmp_path, monkeypatch, capsys, crash_at):
-    from mmr5_batch.storage.filesystems import Storage
-
-    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
-    write(tmp_path / "in" / "b.parquet", pa.Table.from_pylist(rows("b", 2), schema=SCHEMA))
-    out = tmp_path / "out"
-    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
-    queries = ["a0", "a1", "b0", "b1"]
-
-    # Crash the --overwrite run at its crash_at-th write or delete on the driver (clearing, ledger, accounting).
-    steps = {"done": 0}
-    write_bytes, remove = Storage.write_bytes, Storage.remove
-
-    def step(original):
-        def crashing(self, *args):
-            if steps["done"] == crash_at and "lease" not in str(args[0]):
-                raise KeyboardInterrupt(f"crash injected at step {crash_at}")
-            steps["done"] += 1
-            return original(self, *args)
-
-        return crashing
-
-    monkeypatch.setattr(Storage, "write_bytes", step(write_bytes))
-    monkeypatch.setattr(Storage, "remove", step(remove))
-    new_settings = ["--window", "3", "--stride", "2"]
-    with contextlib.suppress(KeyboardInterrupt):
-        main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--overwrite", *new_settings])
-    monkeypatch.setattr(Storage, "write_bytes", write_bytes)
-    monkeypatch.setattr(Storage, "remove", remove)
-    # Nothing complete was destroyed before its replacement: every query still has a row (old or new).
-    assert set(row["query_id"] for row in read_folder(out / "ranked")) == set(queries)
-    (out / "_ledger" / "lease.json").unlink(missing_ok=True)  # as if the dead run's lease had expired
-
-    # The next plain run with the new settings finishes the overwrite: every query exactly once, old rows gone.
-    # (Crashed before the overwrite's first write, it never began: the old results stand and say so.)
-    began = (out / "_ledger" / "superseded.json").exists() or json.loads((out / "_ledger" / "job.json").read_text())["settings"]["ranking"]["window"] == 3
-    code = main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, *new_settings])
-    if not began:
-        assert code == 2 and "holds results of a run with other settings" in capsys.readouterr().err
-        code = main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, *new_settings, "--overwrite"])
-    assert code == 0
-    ranked = read_folder(out / "ranked")
-    assert sorted(row["query_id"] for row in ranked) == queries
-    assert not (out / "_ledger" / "superseded.json").exists()
-    assert json.loads((out / "summary.json").read_text())["failed"] is None
-    # And a run after that adds nothing.
-    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, *new_settings]) == 0
-    assert json.loads((out / "summary.json").read_text())["shards"]["skipped_done_earlier"] == 2
-
-
 def test_a_query_id_repeated_after_a_crash_keeps_its_first_written_copy(ray_session, tmp_path):
     write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
     out = tmp_path / "out"
@@ -269,8 +217,8 @@ def manifest_rows(out: Path, folder: str = "ranked") -> list[dict]:
     return [row for path in manifest[folder] for row in pq.read_table(out / path).to_pylist()]
 
 
-def test_an_interrupted_overwrite_is_read_once_by_evaluate_and_by_the_manifest(ray_session, tmp_path, monkeypatch, capsys):
-    from mmr5_batch.output.store import OutputStore
+def test_an_interrupted_overwrite_is_refused_by_evaluate_unless_partial_and_read_once_through_the_manifest(ray_session, tmp_path, monkeypatch, capsys):
+    from mmr5_batch.output.transaction import OutputTransaction
 
     write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
     write(tmp_path / "in" / "b.parquet", pa.Table.from_pylist(rows("b", 2), schema=SCHEMA))
@@ -280,26 +228,57 @@ def test_an_interrupted_overwrite_is_read_once_by_evaluate_and_by_the_manifest(r
     assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
     assert sorted(row["query_id"] for row in manifest_rows(out)) == queries
 
-    def evaluated() -> int:
-        assert main(["evaluate", "--run", str(out), "--qrels", str(tmp_path / "qrels.trec"), "--k", "1", "--json", str(tmp_path / "eval.json")]) == 0
-        capsys.readouterr()
-        return json.loads((tmp_path / "eval.json").read_text())["queries"]
+    def evaluate(*extra: str) -> tuple[int, str]:
+        code = main(["evaluate", "--run", str(out), "--qrels", str(tmp_path / "qrels.trec"), "--k", "1", "--json", str(tmp_path / "eval.json"), *extra])
+        return code, capsys.readouterr().err
 
     # Killed after the new rows are written, before they are committed: old and new files lie side by side.
-    def killed(self, attempt, complete):
+    def killed(self, complete, **wave):
         raise KeyboardInterrupt("killed before the commit")
 
-    monkeypatch.setattr(OutputStore, "commit_wave", killed)
+    monkeypatch.setattr(OutputTransaction, "commit_wave", killed)
     with contextlib.suppress(KeyboardInterrupt):
         main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--overwrite", "--window", "3", "--stride", "2"])
     monkeypatch.undo()
     (out / "_ledger" / "lease.json").unlink(missing_ok=True)  # as if the dead run's lease had expired
     assert len(read_folder(out / "ranked")) == 8  # a plain listing reads every query twice
-    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries and evaluated() == 4
+    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries  # the manifest: the old results, once
+    code, error = evaluate()
+    [line] = [line for line in error.splitlines() if "error:" in line]
+    assert code == 2 and "holds the results of an unfinished run (run " in line and "has begun and not finished" in line and "--partial" in line
+    code, _ = evaluate("--partial")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert code == 0 and report["queries"] == 4 and "has begun and not finished" in report["unfinished"]
 
     assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--window", "3", "--stride", "2"]) == 0
-    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries and evaluated() == 4
+    assert sorted(row["query_id"] for row in manifest_rows(out)) == queries and evaluate()[0] == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["unfinished"] is None
     assert len(read_folder(out / "ranked")) == 4 and manifest_rows(out, "dead_letter") == []
+
+
+def test_a_truncated_manifest_is_one_line_for_evaluate_and_rewritten_by_rerank(ray_session, tmp_path, capsys):
+    write(tmp_path / "in" / "a.parquet", pa.Table.from_pylist(rows("a", 2), schema=SCHEMA))
+    (tmp_path / "qrels.trec").write_text("a0 0 d2 1\na1 0 d2 1\n")
+    out = tmp_path / "out"
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 0
+    whole = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--qrels", str(tmp_path / "qrels.trec"), "--k", "1", "--json", str(tmp_path / "e.json")]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert f"{out / 'manifest.json'} cannot be parsed" in line and "rerun the job" in line and "unexpected" not in line
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS, "--verbose"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "manifest.json cannot be parsed" in line]
+    assert len(warnings) == 1 and "this run rewrites it" in warnings[0]
+    assert sorted(row["query_id"] for row in manifest_rows(out)) == ["a0", "a1"]
+    # A ledger file the job reads that cannot be parsed: one line naming it, exit 2, nothing written.
+    [index] = sorted((out / "_ledger" / "index").glob("*.jsonl"))[-1:]
+    index.write_text(index.read_text()[:10])
+    before = sorted(path.name for path in out.rglob("*"))
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(out), *FLAGS]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert f"{index} cannot be parsed" in line and "unexpected" not in line
+    assert sorted(path.name for path in out.rglob("*")) == before
 
 
 def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_run(ray_session, tmp_path):

@@ -77,3 +77,43 @@ def _nested(values: dict) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return tree
+
+
+def test_runs_interrupted_while_their_first_batch_is_in_flight_leave_no_death_behind(tmp_path):
+    """Ctrl-C three times while the first batch is in the engine, then the whole run: nothing is dead-lettered.
+    Each driver starts its own Ray, so every one of these jobs has the same Ray job id; the batch markers belong
+    to the attempt, so an interrupted batch is never taken for an actor's death."""
+    import tempfile
+
+    write_demo_dataset(tmp_path / "in", queries=8, candidates=3, shards=1)
+    short = tempfile.mkdtemp(prefix="mg-", dir="/tmp")  # the runs' temp dir (Ray's socket paths must stay short)
+    environment = {**os.environ, "RAY_ADDRESS": "", "TMPDIR": short}
+
+    def command(name: str, **engine) -> list[str]:
+        values = job_values(tmp_path, **{"model.engine_kwargs": engine, "execution.batch_size": 4, "execution.prepare_batch_size": 4})
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(_nested(values)))
+        return [sys.executable, "-m", "mmr5_batch.cli", "rerank", "--config", str(tmp_path / f"{name}.yaml")]
+
+    for attempt in range(3):
+        first_call = tmp_path / f"first-call-{attempt}"
+        driver = subprocess.Popen(
+            command(f"slow-{attempt}", seconds_per_call=120.0, first_call_file=str(first_call)),
+            start_new_session=True,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(lambda: first_call.exists() or driver.poll() is not None, "the first batch in the engine", timeout=240)
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole process group
+            driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+    finished = subprocess.run(command("whole"), env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    summary = read_summary(str(tmp_path / "out"))
+    assert summary["processed_shards_now_hold"]["queries"] == 8 and summary["processed_shards_now_hold"]["error"] == 0
+    assert [row for row in written_rows(tmp_path / "out") if row["query_id"]] and not list((tmp_path / "out").glob("dead_letter/*/*.parquet"))

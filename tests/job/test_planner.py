@@ -11,7 +11,7 @@ from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.rows import DEAD_LETTER_KEEP
 from mmr5_batch.job.accounting import shard_summary as summarise
 from mmr5_batch.job.dead_letters import unaddressable_dead_letters
-from mmr5_batch.job.fingerprint import describe_difference, job_fingerprint
+from mmr5_batch.job.fingerprint import job_fingerprint
 from mmr5_batch.job.planner import ShardPlan, _mark_unaddressable
 from mmr5_batch.job.shard_reader import drop_query_ids
 from mmr5_batch.output.layout import shard_key
@@ -34,14 +34,14 @@ def test_fingerprint_changes_with_result_settings_only():
     base = fingerprint()
     assert fingerprint(**{"execution.actors": 8, "execution.batch_size": 64}) == base
     other = fingerprint(**{"images.image_tokens": 512})
-    assert other["digest"] != base["digest"]
-    assert describe_difference(base, other) == "images.image_tokens: 1024 -> 512"
+    assert other.digest != base.digest
+    assert base.difference(other) == "images.image_tokens: 1024 -> 512"
     # The protocol settings enter only when away from MM-R5's: outputs written before they existed keep their
     # fingerprint (these digests are the previous version's, for the defaults and the same-model cascade).
-    assert base["digest"] == "a70f759ce268ce37" and fingerprint(**{"cascade.enabled": True})["digest"] == "3ed5cf257d9ba114"
+    assert base.digest == "a70f759ce268ce37" and fingerprint(**{"cascade.enabled": True}).digest == "3ed5cf257d9ba114"
     two_models = fingerprint(**{"cascade.enabled": True, "cascade.first_pass": "pointwise"})
-    assert "cascade.scorer.name: None -> 'Qwen/Qwen3-VL-Reranker-2B'" in describe_difference(fingerprint(**{"cascade.enabled": True}), two_models)
-    assert fingerprint(**{"model.protocol": "pointwise"})["digest"] != base["digest"]
+    assert "cascade.scorer.name: None -> 'Qwen/Qwen3-VL-Reranker-2B'" in fingerprint(**{"cascade.enabled": True}).difference(two_models)
+    assert fingerprint(**{"model.protocol": "pointwise"}).digest != base.digest
     assert fingerprint(**{"scorer.name": "other"}) == base  # the scorer counts only when it runs
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from mmr5_batch.output.ledger_index import COMPACT_AFTER, DONE, FORGOTTEN, STARTED, LedgerIndex, append_events, compact, read_index
+from mmr5_batch.output.ledger_index import COMPACT_AFTER, DONE, FORGOTTEN, STARTED, LedgerIndex, append, compact, read_index
+from mmr5_batch.output.records import LedgerEvent
+from mmr5_batch.output.writes import apply
 from mmr5_batch.storage.filesystems import Storage
 
 
@@ -20,10 +22,13 @@ class Ledger:
         self.index = read_index(Storage(), self.output)
 
     def append(self, kind: str, attempt: str, entries: dict[str, dict]) -> None:
-        append_events(Storage(), self.output, self.index, kind, attempt, [entry | {"key": key} for key, entry in sorted(entries.items())])
+        events = [LedgerEvent.from_json(entry | {"key": key, "event": kind}) for key, entry in sorted(entries.items())]
+        apply(Storage(), append(self.output, self.index, kind, attempt, events))
 
     def compact(self, attempt: str, keep=None) -> bool:
-        return compact(Storage(), self.output, self.index, attempt, keep)
+        writes = compact(self.output, self.index, attempt, keep)
+        apply(Storage(), writes)
+        return bool(writes)
 
 
 def test_a_run_writes_one_file_per_event_kind_whatever_its_shards(tmp_path):
@@ -34,7 +39,7 @@ def test_a_run_writes_one_file_per_event_kind_whatever_its_shards(tmp_path):
     ledger.append(DONE, "run1-a", {key: {"fingerprint": "10:1", "complete": True} for key in keys})
     assert index_files(tmp_path) == ["00000001-forgotten-run1-a.jsonl", "00000002-started-run1-a.jsonl", "00000003-done-run1-a.jsonl"]
     fresh = Ledger(tmp_path)  # a later run reads it back
-    assert fresh.index.latest["s0001"] == {"key": "s0001", "event": "done", "fingerprint": "10:1", "complete": True}
+    assert fresh.index.latest["s0001"].to_json() == {"key": "s0001", "event": "done", "fingerprint": "10:1", "complete": True}
     assert fresh.index.next_seq == 4
 
 
@@ -44,8 +49,8 @@ def test_the_latest_event_of_a_shard_wins(tmp_path):
     ledger.append(FORGOTTEN, "r2", {"a": {}})
     ledger.append(STARTED, "r2", {"a": {"fingerprint": "2"}, "c": {"fingerprint": "5"}})
     latest = Ledger(tmp_path).index.latest
-    assert latest["a"] == {"key": "a", "event": "started", "fingerprint": "2"}
-    assert latest["b"] == {"key": "b", "event": "done", "fingerprint": "1"} and "missing" not in latest
+    assert latest["a"].to_json() == {"key": "a", "event": "started", "fingerprint": "2"}
+    assert latest["b"].to_json() == {"key": "b", "event": "done", "fingerprint": "1"} and "missing" not in latest
 
 
 def test_compaction_keeps_the_latest_events_in_one_file(tmp_path):
@@ -55,7 +60,7 @@ def test_compaction_keeps_the_latest_events_in_one_file(tmp_path):
     assert ledger.compact("rz")
     assert index_files(tmp_path) == [f"{COMPACT_AFTER + 2:08d}-compacted-rz.jsonl"]
     fresh = Ledger(tmp_path)
-    assert fresh.index.latest["a"]["fingerprint"] == str(COMPACT_AFTER) and fresh.index.latest["only0"]["fingerprint"] == "x"
+    assert fresh.index.latest["a"].fingerprint == str(COMPACT_AFTER) and fresh.index.latest["only0"].fingerprint == "x"
     assert not fresh.compact("rz2")  # one file: nothing to do
 
 
@@ -65,7 +70,7 @@ def test_a_crash_inside_compaction_reads_the_same(tmp_path):
     ledger.append(STARTED, "r2", {"a": {"fingerprint": "2"}})
     before = dict(read_index(Storage(), str(tmp_path / "out")).latest)
     compacted = tmp_path / "out" / "_ledger" / "index" / "00000003-compacted-r3.jsonl"
-    compacted.write_text("".join(json.dumps(event) + "\n" for event in before.values()))  # written, old files not yet deleted
+    compacted.write_text("".join(json.dumps(event.to_json()) + "\n" for event in before.values()))  # written, old files not yet deleted
     assert read_index(Storage(), str(tmp_path / "out")).latest == before
 
 
@@ -73,5 +78,5 @@ def test_a_keep_filter_drops_the_events_it_refuses(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.append(DONE, "r1", {"a": {"fingerprint": "1"}})
     ledger.append(DONE, "r2", {"b": {"fingerprint": "1", "overwrite_id": "ow1"}})
-    assert ledger.compact("r3", keep=lambda event: event.get("overwrite_id") == "ow1")
+    assert ledger.compact("r3", keep=lambda event: event.overwrite_id == "ow1")
     assert set(Ledger(tmp_path).index.latest) == {"b"} and LedgerIndex().next_seq == 1

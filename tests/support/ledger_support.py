@@ -13,7 +13,7 @@ from mmr5_batch.storage.filesystems import Storage
 def done_keys(output: str | Path, storage: Storage | None = None) -> list[str]:
     """The shard keys whose latest ledger event is `done`, sorted."""
     index = read_index(storage or Storage(), str(output))
-    return sorted(key for key, event in index.latest.items() if event["event"] == DONE)
+    return sorted(key for key, event in index.latest.items() if event.event == DONE)
 
 
 def forget_done(output: Path) -> int:
