@@ -45,7 +45,7 @@ from mmr5_batch.job.progress import ProgressLines, ProgressReporter, ProgressWat
 from mmr5_batch.job.readback import read_back
 from mmr5_batch.job.shard_reader import read_shards
 from mmr5_batch.job.sink import RerankOutputDatasink
-from mmr5_batch.output.records import ShardStats
+from mmr5_batch.output.records import RunSummary, ShardStats
 from mmr5_batch.output.transaction import OutputTransaction
 from mmr5_batch.stages.batch_guard import clear_batch_markers
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray, ray_is_local
@@ -199,8 +199,8 @@ def _write(
         watch.stop()
     timings["waves"] = len(waves)
     summary = _summary(config, plan, written, attempt, time.monotonic() - started, planner_letters, timings)
-    transaction.finish(summary["incomplete_shards"], summary)
-    return summary
+    transaction.finish(summary)
+    return summary.to_json()
 
 
 @dataclass
@@ -238,43 +238,42 @@ def _summary(
     wall: float,
     planner_letters: int,
     timings: dict[str, float],
-) -> dict[str, Any]:
+) -> RunSummary:
     """Count what every processed shard holds now: the run summary."""
     finished = now_iso()
     outcome = RunOutcome(totals(written.per_shard), planner_letters, written.shard_stats)
     limit = config.execution.max_error_rate
     failed = failures(outcome, len(plan.bad), plan.shards, limit, config.output)
     output_counters = merge_counters([{uri: dict(stats.counters)} for uri, stats in outcome.shard_stats.items()])
-    summary = {
-        "run_id": config.run_id,
-        "attempt": attempt,
-        "model": config.model.name,
-        "backend": config.model.backend,
-        "input": config.input,
-        "output": config.output,
-        "finished_at": finished,
-        "shards": {
+    return RunSummary(
+        run_id=config.run_id,
+        attempt=attempt,
+        model=config.model.name,
+        backend=config.model.backend,
+        input=config.input,
+        output=config.output,
+        finished_at=finished,
+        shards={
             "total": plan.shards,
             "processed": len(plan.to_run),
             "skipped_done_earlier": len(plan.skipped),
             "reprocessed_changed": len(plan.changed),
             "bad": len(plan.bad),
         },
-        "bad_shards": plan.bad,
+        bad_shards=plan.bad,
         # Files under the input that are not data: names starting with '_' or '.', or not ending in .parquet.
-        "ignored_files": {"count": len(plan.ignored), "first": plan.ignored[:20]},
-        "wall_seconds": round(wall, 3),
+        ignored_files={"count": len(plan.ignored), "first": plan.ignored[:20]},
+        wall_seconds=round(wall, 3),
         # Where the time went: planning (listing, ledger, survey), the pipeline, the end-of-run readback.
-        "timings": {name: round(value, 3) for name, value in timings.items()},
-        "queries_per_second": round(outcome.processed / wall, 3) if wall > 0 else 0.0,
-        "totals": outcome.this_run,
-        "planner_dead_letters": planner_letters,
-        "per_shard": written.per_shard,
-        "processed_shards_now_hold": totals(output_counters) if output_counters else dict.fromkeys(COUNTERS, 0),
-        "incomplete_shards": outcome.incomplete,
-        "error_rate": round(outcome.errors / outcome.processed, 6) if outcome.processed else 0.0,
-        "max_error_rate": limit,
-        "failed": "; ".join(failed) or None,
-        "files": sorted(written.files),
-    }
-    return summary
+        timings={name: round(value, 3) for name, value in timings.items()},
+        queries_per_second=round(outcome.processed / wall, 3) if wall > 0 else 0.0,
+        totals=outcome.this_run,
+        planner_dead_letters=planner_letters,
+        per_shard=written.per_shard,
+        processed_shards_now_hold=totals(output_counters) if output_counters else dict.fromkeys(COUNTERS, 0),
+        incomplete_shards=outcome.incomplete,
+        error_rate=round(outcome.errors / outcome.processed, 6) if outcome.processed else 0.0,
+        max_error_rate=limit,
+        failed="; ".join(failed) or None,
+        files=sorted(written.files),
+    )

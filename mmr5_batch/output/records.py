@@ -108,6 +108,34 @@ class Superseded(JsonRecord):
 
 
 @dataclass(frozen=True)
+class RunSummary(JsonRecord):
+    """`summary.json` and `_ledger/runs/<attempt>.json`: what one run did (the job's accounting fills it in)."""
+
+    run_id: str | None
+    attempt: str
+    model: str
+    backend: str
+    input: str
+    output: str
+    finished_at: str
+    shards: Mapping[str, int]  # total, processed, skipped_done_earlier, reprocessed_changed, bad
+    bad_shards: Mapping[str, str]  # shard URI -> why it was skipped
+    ignored_files: Mapping[str, Any]  # files under the input that are not data: count, first
+    wall_seconds: float
+    timings: Mapping[str, float]  # planning, the pipeline, the readback, waves
+    queries_per_second: float
+    totals: Mapping[str, int]  # counters over the rows this run wrote
+    planner_dead_letters: int
+    per_shard: Mapping[str, Mapping[str, int]]
+    processed_shards_now_hold: Mapping[str, int]
+    incomplete_shards: list[str]
+    error_rate: float
+    max_error_rate: float
+    failed: str | None  # why the run counts as failed, or None
+    files: list[str]
+
+
+@dataclass(frozen=True)
 class Manifest(JsonRecord):
     """`manifest.json`: the result files a reader reads, relative to the prefix, each query once; and whether the
     run it describes is complete (earlier versions wrote no `complete`: None)."""

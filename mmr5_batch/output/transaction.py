@@ -44,7 +44,7 @@ import enum
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import pyarrow as pa
 
@@ -53,7 +53,7 @@ from mmr5_batch.output import ledger_index
 from mmr5_batch.output.layout import ALL_FOLDERS, DEAD_LETTER, INPUT_LAYOUT_FILE, JOB_FILE, PAIRS, PASSTHROUGH_FILE, RANKED, SUPERSEDED_FILE
 from mmr5_batch.output.lease import OutputLease
 from mmr5_batch.output.ledger_index import DONE, STARTED
-from mmr5_batch.output.records import LedgerEvent, Manifest, OutputDamaged, ResultSettings, ShardStats, Superseded
+from mmr5_batch.output.records import LedgerEvent, Manifest, OutputDamaged, ResultSettings, RunSummary, ShardStats, Superseded
 from mmr5_batch.output.store import OutputStore
 from mmr5_batch.output.writes import Delete, Put, Write, apply, put_json, put_parquet
 from mmr5_batch.storage.filesystems import Storage
@@ -173,11 +173,12 @@ class OutputTransaction(Generic[Plan]):
         ]
         apply(self.storage, writes)
 
-    def finish(self, incomplete: list[str], summary: Mapping[str, Any]) -> None:
-        """The run's end, `incomplete` naming the shards not fully accounted for: the final manifest; an --overwrite
+    def finish(self, summary: RunSummary) -> None:
+        """The run's end: the final manifest (unfinished while a shard is not fully accounted for); an --overwrite
         ends once every shard is (shards gone from the input or unreadable now lose their old results too);
         compaction; the summary."""
         self._step(Phase.BEGUN, Phase.FINISHED)
+        incomplete = summary.incomplete_shards
         every_shard_complete = not incomplete
         unfinished = None
         if incomplete:
@@ -188,8 +189,8 @@ class OutputTransaction(Generic[Plan]):
             self._manifest(every_shard=every_shard_complete, unfinished=unfinished),
             *(self._end_supersession() if every_shard_complete else []),
             *ledger_index.compact(self.output, self.store.ledger(), self.attempt),
-            put_json(self.store.layout.summary, dict(summary)),
-            put_json(self.store.layout.run_summary(self.attempt), dict(summary)),
+            put_json(self.store.layout.summary, summary.to_json()),
+            put_json(self.store.layout.run_summary(self.attempt), summary.to_json()),
         ]
         apply(self.storage, writes)
 

@@ -103,3 +103,48 @@ def test_gpu_actors_land_only_on_gpu_nodes_one_per_gpu(cluster, tmp_path):
     assert_exactly_once(tmp_path / "out")
     actor_nodes = [path.read_text() for path in (tmp_path / "pids").glob("*.node")]
     assert len(actor_nodes) == 2 and set(actor_nodes) == gpu_nodes
+
+
+def test_a_query_that_kills_its_actor_is_dead_lettered_when_the_actor_comes_back_on_another_node(cluster, tmp_path):
+    """The batch markers are the cluster's (Ray's key-value store), not a node's: the first engine's node is taken
+    away as soon as the engine is up, so every later death and restart of the actor happens on another node, and the
+    query that kills the engine is still found and dead-lettered alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmr5_batch.core.rows import GROUPED_INPUT_SCHEMA
+    from tests.conftest import grey_jpeg
+
+    rows = [
+        {
+            "query_id": f"q{index}",
+            "query": "which page? #die" if index == 1 else "which page?",
+            "candidates": [
+                {"doc_id": f"d{doc}", "image": grey_jpeg(40 * doc + 20, (32, 32)), "image_uri": None, "text": None, "score": 1.0 - doc} for doc in range(2)
+            ],
+        }
+        for index in range(3)
+    ]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=GROUPED_INPUT_SCHEMA), tmp_path / "in" / "s.parquet")
+    node_a = cluster.add_node(num_cpus=1, resources={"die-test": 1})
+    cluster.wait_for_nodes()
+    overrides = {
+        "execution.actor_resources": {"die-test": 1},
+        "execution.batch_size": 4,
+        "execution.prepare_batch_size": 4,
+        "execution.max_error_rate": 0.5,
+        "model.engine_kwargs": {"seconds_per_call": 1.0, "pid_dir": str(tmp_path / "pids")},
+    }
+    thread, outcome = run_in_thread(load_config(None, job_values(tmp_path, **overrides)))
+    wait_for(lambda: list((tmp_path / "pids").glob("*.node")), "the first engine")
+    cluster.add_node(num_cpus=1, resources={"die-test": 1})
+    cluster.remove_node(node_a)
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    nodes = {path.read_text() for path in (tmp_path / "pids").glob("*.node")}
+    assert len(nodes) >= 2  # the actor came back on the other node
+    ranked = sorted(row["query_id"] for row in written_rows(tmp_path / "out") if row["query_id"] != "q1")
+    assert ranked == ["q0", "q2"]
+    letters = pq.read_table(next((tmp_path / "out" / "dead_letter").rglob("*.parquet"))).to_pylist()
+    assert [letter["query_id"] for letter in letters] == ["q1"] and "actor died on this query's batch" in letters[0]["reason"]
