@@ -11,7 +11,7 @@ rank; missed positives are `label = 1` with `existing_label = 0`.
 Pairs are written in the same write task as their ranked row, before it
 (`pairs/<shard key>/` with the ranked file's name): the ranked file is the
 commit, and a pairs file without one is the leftover of a crashed task,
-removed by the next run (output/store.py), so pairs keep the exactly-once
+removed by the next run (output/transaction.py: begin) and never named in the manifest, so pairs keep the exactly-once
 guarantee of the ranked rows.
 """
 

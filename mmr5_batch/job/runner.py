@@ -15,9 +15,9 @@ changes. Then:
 
 and finally every processed shard's written rows are read back and counted
 in Ray tasks (readback.py): shards whose every query is there exactly once
-go into the ledger, in one write. Every write to the output prefix is a call
-on its store (output/store.py: open, begin, commit a wave, finish), which
-holds the crash-safe order.
+go into the ledger, in one write. Every write to the output prefix is a step
+of one transaction (output/transaction.py: plan, open, begin, commit a wave,
+finish), whose type allows only the crash-safe order.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every result row goes to exactly one of two tables: `ranked/` (every status
 but error: ok, repaired, fallback, fast, pointwise) or `dead_letter/`
 (status error, with the reason), each partitioned by source shard
 (`ranked/<shard key>/`), which is what resume and incremental runs read back
-(output/store.py). A file name is the
+(output/store.py), and the manifest names once committed (output/transaction.py). A file name is the
 run attempt plus the write task's index, so a retried task replaces its own
 file instead of adding one; each file is written whole or not at all. Each
 task returns its counters per source shard (accounting.py); the driver merges them.
@@ -75,7 +75,7 @@ class RerankOutputDatasink(Datasink[dict]):
             is_error = pc.equal(part["status"], ERROR)
             ranked = part.filter(pc.invert(is_error)).drop_columns(list(RANKED_DROP))
             dead = part.filter(is_error).select(list(DEAD_LETTER_KEEP) + passthrough)
-            # The ranked file goes last: it commits the task's pairs (output/store.py drops pairs without one).
+            # The ranked file goes last: it commits the task's pairs (the transaction drops pairs without one, the manifest never names them).
             outputs = [(DEAD_LETTER, dead)]
             if self.pairs is not None and ranked.num_rows:
                 outputs.append((PAIRS, pairs_table(ranked, *self.pairs)))

@@ -153,7 +153,7 @@ class Storage:
                 fs.mv(temporary, path)
             except BaseException:
                 # A full disk or a killed task must not leave the half-written temporary behind; a process killed
-                # outright does, and the output's next holder removes it (output/store.py: remove_temporaries).
+                # outright does, and the output's next holder removes it (output/transaction.py: open).
                 if fs.exists(temporary):
                     fs.rm(temporary)
                 raise

@@ -20,8 +20,8 @@ once, names exactly the result files there are, and nothing is superseded.
 manifest says unfinished, and right after the rerun.
 
 Six situations in three scenarios (SCENARIOS) x crash points (the writes
-each run makes: PLAIN + CHANGED + OVERWRITE = TOTAL on this version; the
-test prints each count). Result files
+each run makes: 11 + 14 + 26 = 51 crash points on this version; the test
+prints each count). Result files
 written by Ray workers are covered by their whole-file atomicity and the
 sink's tests. One shared local Ray, two to four tiny shards per scenario.
 """
