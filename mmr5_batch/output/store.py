@@ -23,6 +23,7 @@ reading them, and reprocesses a shard whose fingerprint changed.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,9 +180,14 @@ class OutputStore:
                 found.setdefault(key, []).extend(files)
         return found
 
+    @functools.cached_property
+    def _listed_prefix(self) -> str:
+        # Resolved once: `relative` runs for every file of every listing.
+        return self.storage.listed_prefix(self.output)
+
     def relative(self, uri: str) -> str:
         """A file's path below the prefix, as the manifest names it."""
-        return uri[len(self.storage.listed_prefix(self.output)) + 1 :]
+        return uri[len(self._listed_prefix) + 1 :]
 
     def _key_of(self, uri: str) -> str:
         # `<prefix>/<folder>/<key>/<file>`
@@ -229,7 +235,7 @@ class OutputStore:
         """The result files the manifest names, each query once: what `evaluate` and readers outside read. An output
         written before manifests existed: its live files."""
         manifest = self.manifest()
-        prefix = self.storage.listed_prefix(self.output)
+        prefix = self._listed_prefix
         if manifest is None:
             return sorted(uri for name in folders for files in self.files_by_shard(name).values() for uri in files)
         return sorted(f"{prefix}/{path}" for name in folders for path in manifest.files(name))
