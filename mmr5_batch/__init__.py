@@ -32,6 +32,7 @@ _PUBLIC = {
     "EngineUnavailable": "mmr5_batch.errors",
     "JobError": "mmr5_batch.errors",
     "QueryFailed": "mmr5_batch.errors",
+    "PageUnreadable": "mmr5_batch.errors",
 }
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "EngineUnavailable",
     "JobConfig",
     "JobError",
+    "PageUnreadable",
     "QueryFailed",
     "RankedResult",
     "RerankStep",
@@ -56,7 +58,7 @@ __all__ = [
 if TYPE_CHECKING:
     from mmr5_batch.api.reranker import RankedResult, Reranker
     from mmr5_batch.config import JobConfig, RerankerConfig, load_config
-    from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError, QueryFailed
+    from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError, PageUnreadable, QueryFailed
     from mmr5_batch.job.runner import run_job
     from mmr5_batch.stages.step import ColumnMapping, RerankStep, build_reranker, rerank_dataset
 

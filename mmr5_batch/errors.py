@@ -37,3 +37,8 @@ def error_line(error: BaseException) -> str:
 
 class QueryFailed(RuntimeError):
     """A query the Python API could not rerank at all; the message is its dead-letter reason."""
+
+
+class PageUnreadable(QueryFailed):
+    """`Reranker.rerank` was given a page it cannot show the model (unreadable, undecodable, refused): the message
+    names the page (its position and what was given) and why."""

@@ -7,7 +7,9 @@
 
 `rerank(query, images)` takes the arguments MM-R5's own `QueryReranker.rerank`
 takes and returns the same thing, the 0-based order of the images, so it is
-a drop-in replacement. `rank` returns the full `RankedResult`; `rank_many`
+a drop-in replacement; like MM-R5's script it raises when a page cannot be
+read (`PageUnreadable`, naming the page and why), unless asked to rank such
+pages last (`unreadable="last"`). `rank` returns the full `RankedResult`; `rank_many`
 ranks many queries at once through the same async window scheduler as the
 Ray actors (all their windows share the engine). Preparation, prompt,
 budgets, windows, cascade, thinking budget, fast mode and parsing are the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import Future
@@ -35,12 +38,12 @@ from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.config.run import ModelRun, resolve_run
 from mmr5_batch.core.engine_protocol import AsyncEngine
 from mmr5_batch.core.preparation import prepare_row
-from mmr5_batch.core.rows import ResultRow
+from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
 from mmr5_batch.core.scheduler import rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.engines import create_async_engine
 from mmr5_batch.engines.image_processors import page_work
-from mmr5_batch.errors import QueryFailed
+from mmr5_batch.errors import PageUnreadable, QueryFailed
 from mmr5_batch.storage.filesystems import Storage
 
 Result = TypeVar("Result")
@@ -134,14 +137,24 @@ class Reranker:
         future: Future[Result] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result()
 
-    def rerank(self, query: str, images: Sequence[Any]) -> list[int]:
+    def rerank(self, query: str, images: Sequence[Any], *, unreadable: str = "raise") -> list[int]:
         """The 0-based order of `images` (paths, URIs, bytes or PIL images), most relevant first; MM-R5's call.
 
-        Images that cannot be read or decoded go last. Raises QueryFailed when the query cannot be ranked at all.
+        A page that cannot be read, decoded or shown to the model raises `PageUnreadable` naming it and why (before
+        the model runs, where preparing it tells), as MM-R5's script fails on it; with `unreadable="last"` such pages
+        are ranked last instead (`rank` always ranks them last and says why in `flagged`). Raises QueryFailed when
+        the query cannot be ranked at all.
         """
-        result = self.rank(query, images)
+        if unreadable not in ("raise", "last"):
+            raise ValueError(f"unreadable must be 'raise' or 'last', got {unreadable!r}")
+        prepared, given = self._prepared([{"query_id": "0", "query": query, "candidates": images}])
+        if unreadable == "raise":
+            _raise_for_unreadable(prepared[0].candidates or [], images, given[0])
+        result = self._ranked(prepared, given, reasoning=False)[0]
         if result.status == ERROR:
             raise QueryFailed(result.reason or "query failed")
+        if unreadable == "raise" and result.flagged:  # refused by the engine itself
+            _raise_for_unreadable([PreparedCandidate(doc_id=doc, error=why) for doc, why in result.flagged.items()], images, given[0])
         return result.order
 
     def rank(self, query: str, candidates: Sequence[Any], *, query_id: str = "0", reasoning: bool = False) -> RankedResult:
@@ -150,6 +163,11 @@ class Reranker:
 
     def rank_many(self, queries: Sequence[QueryInput], *, reasoning: bool = False) -> list[RankedResult]:
         """Many queries at once, their windows interleaved on the one engine; results in input order."""
+        prepared, given = self._prepared(queries)
+        return self._ranked(prepared, given, reasoning)
+
+    def _prepared(self, queries: Sequence[QueryInput]) -> tuple[list[PreparedRow], list[list[str]]]:
+        """The queries' prepared rows (the CPU stage's work) and each one's doc_ids as given."""
         if self.engine is None:
             raise RuntimeError("this Reranker is closed")
         prepared, given = [], []
@@ -159,6 +177,11 @@ class Reranker:
             rows, fetched = candidate_rows(candidates, self.storage)
             prepared.append(prepare_row({"query_id": query_id, "query": query, "candidates": rows}, self._prepare, fetched, work))
             given.append([row["doc_id"] for row in rows])
+        return prepared, given
+
+    def _ranked(self, prepared: list[PreparedRow], given: list[list[str]], reasoning: bool) -> list[RankedResult]:
+        if self.engine is None:
+            raise RuntimeError("this Reranker is closed")
         settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
         if self.scorer is not None and self._scorer_settings is not None:
             prepared = self._run(score_queries_async(prepared, self.scorer, self._scorer_settings))
@@ -191,6 +214,19 @@ class Reranker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _raise_for_unreadable(candidates: Sequence[PreparedCandidate], images: Sequence[Any], doc_ids: Sequence[str]) -> None:
+    """`PageUnreadable` for the first candidate with a reason, named by its position and what the caller gave."""
+    for candidate in candidates:
+        if candidate.error is None:
+            continue
+        position = doc_ids.index(candidate.doc_id) if candidate.doc_id in doc_ids else None
+        given = images[position] if position is not None else None
+        if isinstance(given, Mapping):  # a candidate dict: its path or URI, if it gave one
+            given = given.get("image") if isinstance(given.get("image"), str | os.PathLike) else given.get("image_uri")
+        shown = os.fspath(given) if isinstance(given, str | os.PathLike) else f"doc_id {candidate.doc_id}"
+        raise PageUnreadable(f"page {position} ({shown}): {candidate.error}; pass unreadable='last' to rank such pages last")
 
 
 def _unpack(item: QueryInput, index: int) -> tuple[str, str, Sequence[Any]]:

@@ -112,7 +112,9 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     # Every command's console options (cli/console.py).
     console = argparse.ArgumentParser(add_help=False)
     console.add_argument("--verbose", action="store_true", help="also show Ray's, vLLM's and the actors' output on the console (always in the log file)")
-    console.add_argument("--log-file", help="where the log goes (default: $TMPDIR/mmr5-batch/COMMAND-TIME-PID.log)")
+    console.add_argument(
+        "--log-file", help="where the log goes (default: a new file in the per-user, owner-only $TMPDIR/mmr5-batch-UID/, named COMMAND-TIME-PID.log)"
+    )
 
     def command(name: str, **options: Any) -> argparse.ArgumentParser:
         return subparsers.add_parser(name, parents=[console], **options)

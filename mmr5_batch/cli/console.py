@@ -2,10 +2,18 @@
 
 On the console: our own lines (what runs, its progress, the summary) and an
 error as one line that names the log file. In the log file (by default
-`$TMPDIR/mmr5-batch/COMMAND-TIME-PID.log`, or `--log-file`): all of that and
-everything else, including what Ray, Ray Data, vLLM and the actors print
+`$TMPDIR/mmr5-batch-UID/COMMAND-TIME-PID.log`, or `--log-file`): all of that
+and everything else, including what Ray, Ray Data, vLLM and the actors print
 and every traceback. `--verbose` keeps Ray's and the engines' output on the
 console as well.
+
+The default folder is the user's own: made owner-only, and refused when it
+is not a folder the user owns (a link, another user's); the default file is
+created new (never an existing file, never through a planted link). An
+explicit `--log-file` is the user's choice and is opened as given. A log
+that cannot be written as the command runs (a full disk, /dev/full) costs
+only the log: the console says once that it is incomplete, and the exit
+code and the summary are what they would have been.
 
 How: the command's own output goes to a copy of the terminal's descriptors
 taken at the start; the process's descriptors 1 and 2 then point at the log
@@ -17,9 +25,12 @@ or a notebook's) is the console as it is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import logging
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -36,9 +47,45 @@ CONSOLE_FORMAT = logging.Formatter("%(asctime)s mmr5-batch: %(message)s", "%H:%M
 FILE_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def default_log_path(command: str) -> Path:
+class LogFileError(OSError):
+    """The default log folder cannot be trusted (a link, another user's)."""
+
+
+def user_log_folder() -> Path:
+    """`$TMPDIR/mmr5-batch-UID`, made owner-only; refused when it is not a folder this user owns (checked without
+    following a link), and made owner-only again when it is more open than that."""
+    folder = Path(tempfile.gettempdir()) / f"mmr5-batch-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    found = os.lstat(folder)
+    if not stat.S_ISDIR(found.st_mode):
+        raise LogFileError(errno.EEXIST, "not a folder (a link or a file is in its place)", str(folder))
+    if found.st_uid != os.getuid():
+        raise LogFileError(errno.EPERM, f"the folder belongs to user {found.st_uid}, not to this one", str(folder))
+    if stat.S_IMODE(found.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def open_default_log(command: str) -> tuple[Path, int]:
+    """A new log file in the user's folder, named COMMAND-TIME-PID.log (with a number after it if that name is
+    taken): created, never reused, never reached through a link."""
+    folder = user_log_folder()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return Path(tempfile.gettempdir()) / "mmr5-batch" / f"{command}-{stamp}-{os.getpid()}.log"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC
+    for attempt in range(100):
+        path = folder / f"{command}-{stamp}-{os.getpid()}{f'-{attempt}' if attempt else ''}.log"
+        try:
+            return path, os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+    raise LogFileError(errno.EEXIST, "every log name for this command and second is taken", str(folder))
+
+
+def open_given_log(path: Path) -> int:
+    """The user's `--log-file`, opened as given (appended to)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
 
 class Console:
@@ -47,7 +94,11 @@ class Console:
     def __init__(self, command: str, verbose: bool = False, log_file: str | None = None) -> None:
         self.command = command
         self.verbose = verbose
-        self.log_path = Path(log_file) if log_file else default_log_path(command)
+        self.given_log = Path(log_file) if log_file else None
+        self.log_path: Path | str = self.given_log or f"$TMPDIR/mmr5-batch-{os.getuid()}/"
+        self.log_incomplete = False
+        self._log_fd: int | None = None
+        self._streams: list[tuple[str, TextIO]] = []
         self.out: TextIO = sys.stdout
         self.err: TextIO = sys.stderr
         self._copies: list[TextIO] = []
@@ -57,11 +108,18 @@ class Console:
 
     def __enter__(self) -> Console:
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = logging.FileHandler(self.log_path, encoding="utf-8")
+            if self.given_log is not None:
+                self._log_fd = open_given_log(self.given_log)
+            else:
+                self.log_path, self._log_fd = open_default_log(self.command)
+            self._file = _LogFileHandler(self, self._log_fd)
         except OSError as error:
             # No log file, no place for the rest: everything stays on the console, as with --verbose.
-            print(f"mmr5-batch: cannot write the log file {self.log_path} ({error.strerror or error}); all output stays here", file=sys.stderr)
+            where = self.given_log if self.given_log is not None else (error.filename or self.log_path)
+            print(f"mmr5-batch: cannot write the log file {where} ({error.strerror or error}); all output stays here", file=sys.stderr)
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
             self.verbose = True
         self.out, self.err = self._own_copy(sys.stdout, 1), self._own_copy(sys.stderr, 2)
         console = _ConsoleHandler(self)
@@ -76,8 +134,10 @@ class Console:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
+        for name, stream in reversed(self._streams):
             stream.flush()
+            setattr(sys, name, stream)
+        self._streams.clear()
         for fd, saved in reversed(self._saved_fds):
             os.dup2(saved, fd)
             os.close(saved)
@@ -90,7 +150,18 @@ class Console:
         for copy in self._copies:
             copy.close()
         self._copies.clear()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
         self.out, self.err = sys.stdout, sys.stderr
+
+    def log_failed(self, error: BaseException | None) -> None:
+        """A write to the log file failed: said once on the console; the command goes on."""
+        if self.log_incomplete:
+            return
+        self.log_incomplete = True
+        reason = getattr(error, "strerror", None) or error or "a write failed"
+        print(f"mmr5-batch: the log file {self.log_path} is incomplete: cannot write it ({reason}); the command goes on", file=self.err, flush=True)
 
     # --- what commands print
 
@@ -149,15 +220,87 @@ class Console:
             logger.setLevel(level)
 
     def _point_descriptors_at_the_log(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
+        assert self._log_fd is not None
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            stream = getattr(sys, name)
             stream.flush()
-        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._saved_fds.append((fd, os.dup(fd)))
+            os.dup2(self._log_fd, fd)
+            if stream is not self.out and stream is not self.err:
+                # Python-level writes to the process's own descriptor: to the log, a failed write costing only the log.
+                self._streams.append((name, stream))
+                setattr(sys, name, _LogStream(self, fd, stream))
+
+
+class _LogFileHandler(logging.Handler):
+    """Every log record into the log file's descriptor; a write that fails costs the record, never the command."""
+
+    def __init__(self, console: Console, fd: int) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            for fd in (1, 2):
-                self._saved_fds.append((fd, os.dup(fd)))
-                os.dup2(log_fd, fd)
-        finally:
-            os.close(log_fd)
+            _write_all(self.fd, (self.format(record) + "\n").encode("utf-8", errors="backslashreplace"))
+        except OSError as error:
+            self.console.log_failed(error)
+        except Exception:
+            self.handleError(record)
+
+
+class _LogStream(io.TextIOBase):
+    """`sys.stdout` or `sys.stderr` while their descriptor is the log: text written straight to it, a failed write
+    costing only the log."""
+
+    def __init__(self, console: Console, fd: int, like: TextIO) -> None:
+        self.console = console
+        self.fd = fd
+        self._encoding = getattr(like, "encoding", None) or "utf-8"
+        self.buffer = _LogBytes(self)  # where a caller writes bytes, as to a real stream's
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only here, as on a real stream
+        return self._encoding
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        try:
+            _write_all(self.fd, text.encode(self._encoding, errors="backslashreplace"))
+        except OSError as error:
+            self.console.log_failed(error)
+        return len(text)
+
+
+class _LogBytes:
+    """`_LogStream.buffer`: bytes written to the log as they are."""
+
+    def __init__(self, stream: _LogStream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        try:
+            _write_all(self.stream.fd, bytes(data))
+        except OSError as error:
+            self.stream.console.log_failed(error)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class _ConsoleHandler(logging.Handler):

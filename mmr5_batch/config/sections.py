@@ -260,9 +260,11 @@ class ExecutionConfig(Section):
     group_by: str | None = Field(
         None,
         description=(
-            "A column (e.g. a document id) whose equal values should meet in one preparation task and actor batch: "
-            "the rows are sorted by it (a Ray Data sort: a shuffle) before preparation, so pages shared by queries "
-            "over one document are prepared once and the engine's own caches hit. Unset: input order."
+            "A column of single values (text, bytes, a number or a date; e.g. a document id) whose equal values should "
+            "meet in one preparation task and actor batch, so pages shared by queries over one document are prepared "
+            "once and the engine's own caches hit. The job orders each read task's rows by it (no page moves between "
+            "workers; queries over one document meet where their shards share a read task); the Dataset step, which "
+            "takes any dataset, sorts the whole dataset by it (a Ray Data shuffle). Unset: input order."
         ),
     )
     cpus_per_prepare_task: float = Field(

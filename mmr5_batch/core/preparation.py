@@ -92,18 +92,13 @@ class PageWork:
         return self.prepared[key]
 
     def cut_text(self, text: str, limit: int) -> str:
-        """`text` cut to its first `limit` tokens (the reference's truncation of a long document)."""
+        """`text` cut to its first `limit` tokens (the pointwise family's rule: the document's head, as its reference
+        truncates a long document), exactly: the cut text tokenises to at most `limit` tokens on its own, and a cut
+        never splits a character (see `cut_to_tokens`)."""
         if self.tokenizer is None:
             words = text.split()
             return text if len(words) <= limit else " ".join(words[:limit])
-        # A token is rarely longer than 16 characters: tokenize a prefix first, the whole text only when it falls short.
-        head = text[: limit * 16]
-        ids = self.tokenizer.encode(head, add_special_tokens=False)
-        if len(ids) <= limit and len(head) < len(text):
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= limit:
-            return text
-        return str(self.tokenizer.decode(ids[:limit]))
+        return cut_to_tokens(text, limit, self.tokenizer)
 
     def patch(self, picture: bytes, tokens: int, processor: Any, grid: int) -> ImagePatches:
         # The picture's content key is its cache key too: one hash per picture.
@@ -129,10 +124,12 @@ def _prepared_candidate(
     uri = candidate.get("image_uri")
     if not data:
         if not uri:
-            if settings.text_documents and text:
+            # A blank text (white space only) says nothing to a model: no document, where there is no image either.
+            if settings.text_documents and text and text.strip():
                 return bare
             needs = "image bytes, image_uri nor text" if settings.text_documents else "image bytes nor image_uri"
-            return bare.flagged(f"candidate has neither {needs}")
+            blank = " (its text is blank)" if settings.text_documents and text else ""
+            return bare.flagged(f"candidate has neither {needs}{blank}")
         result = fetched.get(uri, f"cannot read image_uri {uri}: not fetched")
         if isinstance(result, str):
             return bare.flagged(result)
@@ -260,6 +257,35 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
 
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def cut_to_tokens(text: str, limit: int, tokenizer: Any) -> str:
+    """The head of `text` that is at most `limit` tokens of `tokenizer`: cut on the tokens' own character offsets
+    (a fast tokenizer's), else on their decoded text, then checked by tokenising the cut again, one token shorter
+    while it is too long or ends in a broken character (a byte-level token inside a multi-byte one)."""
+    # A token is rarely longer than 16 characters: tokenize a prefix first, the whole text only when it falls short.
+    head = text[: limit * 16]
+    encoded = _encode(tokenizer, head)
+    if len(encoded[0]) <= limit and len(head) < len(text):
+        encoded = _encode(tokenizer, text)
+    ids, offsets = encoded
+    if len(ids) <= limit:
+        return text
+    for count in range(limit, 0, -1):
+        cut = text[: offsets[count - 1][1]] if offsets is not None else str(tokenizer.decode(ids[:count]))
+        if cut.endswith("\ufffd") and not text.startswith(cut):
+            continue
+        if len(tokenizer.encode(cut, add_special_tokens=False)) <= limit:
+            return cut
+    return ""
+
+
+def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """Token ids of `text`, and each token's (start, end) characters where the tokenizer tells them (fast ones)."""
+    if getattr(tokenizer, "is_fast", False):
+        found = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(found["input_ids"]), [tuple(pair) for pair in found["offset_mapping"]]
+    return list(tokenizer.encode(text, add_special_tokens=False)), None
 
 
 def uris_to_fetch(rows: Sequence[Mapping[str, Any]]) -> list[str]:

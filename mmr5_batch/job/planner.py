@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mmr5_batch.core.group_key import group_key_problem
 from mmr5_batch.core.layouts import GROUPED, passthrough_problem, run_schema
 from mmr5_batch.core.rows import SURVEY_SCHEMA
 from mmr5_batch.errors import JobError, error_line
@@ -161,8 +162,8 @@ def plan_input(config: Any, storage: Storage, state: OutputStore) -> InputPlan:
     if not to_run and not skipped:
         raise JobError("no readable shard: " + "; ".join(bad.values()))
     group_by = config.execution.group_by
-    if to_run and group_by and group_by not in schema.names:
-        raise JobError(f"execution.group_by: the input has no column {group_by!r}; its columns are {schema.names}")
+    if to_run and group_by and (problem := group_key_problem(group_by, schema)) is not None:
+        raise JobError(problem)
     _mark_unaddressable_by_hash(to_run, layout, hashes, storage)
     return InputPlan(root, layout, to_run, skipped, [shard for shard in to_run if shard.key in changed_keys], bad, schema, listing.ignored)
 

@@ -4,7 +4,11 @@ time left, dead letters so far.
 While the pipeline runs, a thread of the driver (`ProgressWatch`) asks the
 run's tally (stages/progress_tally.py) for its totals every
 `reporter.interval` seconds and hands a `RunProgress` to the reporter; once
-more when the run ends. The default reporter logs one line per interval
+more when the run ends, from what the run wrote when it has that (the tally
+is a live view, which a stopped or dead tally leaves behind). A look waits at
+most `LOOK_SECONDS` for the tally's answer and never asks again while one is
+awaited, so a tally that does not answer (stopped, dead, its node gone)
+holds up the end of a run by at most that. The default reporter logs one line per interval
 (`execution.progress_seconds`), which is what a cron job, `ray job submit` or
 CI shows; the command line draws a live bar instead when its terminal is
 interactive (cli/console.py).
@@ -21,6 +25,9 @@ from typing import Any, Protocol
 from mmr5_batch.stages.progress_tally import ProgressFeed, start_tally
 
 log = logging.getLogger(__name__)
+
+# The longest a look at the tally waits: what the progress line may add to the end of a run.
+LOOK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,8 @@ class ProgressWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mmr5-progress", daemon=True)
         self._last = RunProgress(self.queries, 0, len(pending), 0, dead_letters, 0.0)
+        self._asked: Any = None  # the tally's answer still awaited (one question at a time)
+        self._looking = threading.Lock()  # the thread's looks and a caller's share `_asked`
 
     def start(self) -> ProgressWatch:
         self.tally = start_tally(self.pending)
@@ -119,35 +128,59 @@ class ProgressWatch:
         """What the rerank pool's actors tell the tally through."""
         return ProgressFeed(self.tally)
 
-    def stop(self) -> RunProgress:
-        """Stop the thread, show the last look, and let the tally go."""
+    def stop(self, written: tuple[int, int, int] | None = None) -> RunProgress:
+        """Stop the thread and show the last look: `written` (this run's queries written, shards complete and the
+        model stage's dead letters, from what the run wrote) where the run has it, else the tally's totals; then let
+        the tally go."""
         import ray
 
         self._stop.set()
         self._thread.join()
-        progress = self.look()
+        if written is None:
+            progress = self.look()
+        else:
+            queries, shards, dead_letters = written
+            progress = self._progress(queries, shards, dead_letters)
         self.reporter.close(progress)
-        ray.kill(self.tally)
+        try:
+            ray.kill(self.tally)
+        except Exception as error:  # gone already: nothing to let go
+            log.debug("the progress tally could not be stopped: %s", error)
         return progress
 
     def look(self) -> RunProgress:
-        """The tally's totals now (the last look when the tally does not answer: the progress line never fails a run)."""
+        """The tally's totals now, waiting at most LOOK_SECONDS (the last look when the tally does not answer: the
+        progress line never fails nor holds up a run)."""
         import ray
 
+        with self._looking:
+            return self._look(ray)
+
+    def _look(self, ray: Any) -> RunProgress:
         try:
-            totals = ray.get(self.tally.totals.remote(), timeout=60)
+            if self._asked is None:
+                self._asked = self.tally.totals.remote()
+            ready, _ = ray.wait([self._asked], timeout=LOOK_SECONDS)
+            if not ready:
+                return self._last
+            asked, self._asked = self._asked, None
+            totals = ray.get(asked)
         except Exception as error:
+            self._asked = None
             log.debug("no progress from the tally: %s", error)
             return self._last
-        self._last = RunProgress(
+        self._last = self._progress(totals["queries"], totals["shards"], totals["dead_letters"])
+        return self._last
+
+    def _progress(self, queries: int, shards: int, dead_letters: int) -> RunProgress:
+        return RunProgress(
             queries_total=self.queries,
-            queries_done=min(totals["queries"], self.queries),
+            queries_done=min(queries, self.queries),
             shards_total=len(self.pending),
-            shards_done=min(totals["shards"], len(self.pending)),
-            dead_letters=self.planner_dead_letters + totals["dead_letters"],
+            shards_done=min(shards, len(self.pending)),
+            dead_letters=self.planner_dead_letters + dead_letters,
             seconds=time.monotonic() - self.started,
         )
-        return self._last
 
     def _run(self) -> None:
         while not self._stop.wait(self.reporter.interval):

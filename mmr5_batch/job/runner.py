@@ -34,7 +34,8 @@ import pyarrow as pa
 
 from mmr5_batch.config import JobConfig, config_from_keywords, config_to_yaml, load_config
 from mmr5_batch.config.run import resolve_run
-from mmr5_batch.core.layouts import layout_schema
+from mmr5_batch.core.layouts import GROUPED, layout_schema
+from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.engines.factory import check_importable
 from mmr5_batch.errors import JobError
 from mmr5_batch.job.accounting import COUNTERS, RunOutcome, failures, merge_counters, now_iso, totals
@@ -72,12 +73,24 @@ def _run_pipeline(
     relabel = config.relabel
     pairs = (relabel.positives_top_k, relabel.label_column) if relabel.emit == "pairs" else None
     sink = RerankOutputDatasink(config.output, attempt, shards, storage, pairs, config.execution.rows_per_write)
+    # Grouped shards are ordered by execution.group_by inside each read task, moving no page between workers; pairs
+    # are regrouped by query across the dataset anyway, so the step sorts them after that.
+    group_in_reader = config.execution.group_by if plan.layout == GROUPED else None
     # A shard whose every query is written (or dead-lettered by the planner) is not read at all.
-    dataset = read_shards(plan, storage, config.execution.read_task_bytes, config.execution.shards_per_read_task)
+    dataset = read_shards(plan, storage, config.execution.read_task_bytes, config.execution.shards_per_read_task, group_in_reader)
     if dataset is None:
         return sink
     placement, scorer = placements
-    step = RerankStep(config, layout=plan.layout, run_id=config.run_id or "", attempt=attempt, placement=placement, scorer_placement=scorer, progress=progress)
+    step = RerankStep(
+        config,
+        layout=plan.layout,
+        run_id=config.run_id or "",
+        attempt=attempt,
+        placement=placement,
+        scorer_placement=scorer,
+        progress=progress,
+        rows_grouped=group_in_reader is not None,
+    )
     step(dataset).write_datasink(sink)
     return sink
 
@@ -195,8 +208,10 @@ def _write(
             metrics.shards(done=len(plan.skipped) + complete, pending=len(plan.to_run) - complete, bad=len(plan.bad))
             timings["pipeline_seconds"] = timings.get("pipeline_seconds", 0.0) + readback_started - pipeline_started
             timings["readback_seconds"] = timings.get("readback_seconds", 0.0) + time.monotonic() - readback_started
-    finally:
+    except BaseException:
         watch.stop()
+        raise
+    watch.stop(written.progress())
     timings["waves"] = len(waves)
     summary = _summary(config, plan, written, attempt, time.monotonic() - started, planner_letters, timings)
     transaction.finish(summary)
@@ -210,6 +225,11 @@ class WrittenSoFar:
     per_shard: dict[str, dict[str, int]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     shard_stats: dict[str, ShardStats] = field(default_factory=dict)
+
+    def progress(self) -> tuple[int, int, int]:
+        """This run's queries written, shards complete and the model stage's dead letters: the progress line's last look."""
+        counted = totals(self.per_shard)
+        return counted["queries"], sum(1 for stats in self.shard_stats.values() if stats.complete), counted[ERROR]
 
     def add(self, sink: RerankOutputDatasink, shard_stats: dict[str, ShardStats]) -> None:
         # A shard runs in exactly one wave: nothing to merge.

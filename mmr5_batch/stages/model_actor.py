@@ -2,7 +2,9 @@
 
 `rerank` (every run): prepared rows in, result rows out; the work is
 `core.scheduler.rerank_queries_async`, the same code the Python API runs in
-process. `score` (the two-model cascade only, its own pool between prepare
+process. Both read their batch through `core.arrow_rows`: the small fields
+as Python values, each picture's patches as a view of the batch's own buffer,
+which reaches the engine without a copy. `score` (the two-model cascade only, its own pool between prepare
 and rerank): prepared rows in, the same rows out with each candidate's
 `relevance` (the pointwise scorer's P(yes) on its first-pass image and
 text) and the scorer's counts; the work is `core.scheduler.score_queries_async`.
@@ -11,9 +13,9 @@ other: Ray Data streams batches from one pool to the next.
 
 `__call__` is async, so Ray Data runs several batches through one actor at
 once and the engine is never idle while a batch is handed back. Each actor
-reports what it did through Ray's metrics API (run_metrics.py), and the
-rerank pool also to the job's progress tally when the job gives it one
-(progress_tally.py). A batch
+has one observer (stage_observer.py) that hears of every request and counts
+each batch once, for Ray's metrics and, in the rerank pool when the job gives
+one, the progress tally. A batch
 that kills its actor twice is split until the query that does it is found
 (batch_guard.py): that query is a dead letter, the rest are ranked.
 """
@@ -28,15 +30,16 @@ import pyarrow as pa
 
 from mmr5_batch.config import RerankerConfig
 from mmr5_batch.config.run import resolve_run
+from mmr5_batch.core.arrow_rows import prepared_rows, scored_table
 from mmr5_batch.core.layouts import append_passthrough
-from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, SOURCE_PATH, PreparedRow, ResultRow, to_table
+from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, PreparedRow, ResultRow, to_table
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
-from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.engines import create_async_engine
 from mmr5_batch.stages.batch_guard import BatchGuard
 from mmr5_batch.stages.contracts import StageContract
 from mmr5_batch.stages.progress_tally import ProgressFeed
 from mmr5_batch.stages.run_metrics import StageMetrics
+from mmr5_batch.stages.stage_observer import StageObserver
 
 RERANK = StageContract("rerank", reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
 # It reads the prepared rows and writes them back with the scorer's fields filled in.
@@ -53,35 +56,31 @@ class ModelActor:
 
     def __init__(self, config_json: str, attempt: str, run_id: str = "", stage: str = RERANK.stage, progress: ProgressFeed | None = None) -> None:
         run = resolve_run(RerankerConfig.model_validate_json(config_json))
-        self.row_type: type
         self.work: Work
         if stage == SCORE.stage:
             if run.scorer is None:
                 raise ValueError("a score stage without the two-model cascade")
-            spec, settings, self.contract, self.row_type, self.work = run.scorer, run.scoring(run_id), SCORE, PreparedRow, score_queries_async
+            spec, settings, self.contract, self.work = run.scorer, run.scoring(run_id), SCORE, score_queries_async
         else:
-            spec, settings, self.contract, self.row_type, self.work = run.main, run.ranking(run_id), RERANK, ResultRow, rerank_queries_async
+            spec, settings, self.contract, self.work = run.main, run.ranking(run_id), RERANK, rerank_queries_async
         assert settings is not None
         self.settings: RankingSettings = settings
         self.stage = stage
         self.guard = BatchGuard.for_attempt(attempt, stage)
-        self.metrics = StageMetrics.start(run_id, spec.model.name, spec.protocol, stage)
+        self.observer = StageObserver(StageMetrics.start(run_id, spec.model.name, spec.protocol, stage), progress)
         self.engine = create_async_engine(spec)
-        self.progress = progress
         self._checked = False
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if not self._checked:  # the columns of one dataset's batches agree: the first one tells
             self.contract.check_input(batch.schema)
-        own = set(PREPARED_COLUMNS.names)
-        rows = [PreparedRow.of(row) for row in batch.select([name for name in batch.column_names if name in own]).to_pylist()]
-        table = to_table(list(await self._guarded(rows)), self.row_type)
+        results = await self._guarded(prepared_rows(batch))
+        table = scored_table(results, batch) if self.contract is SCORE else to_table(results, ResultRow)
         if not self._checked:
             self.contract.check_output(table.schema)
             self._checked = True
-        if self.progress is not None:
-            self.progress.tell(batch.column(SOURCE_PATH).to_pylist(), sum(1 for row in table.column("status").to_pylist() if row == ERROR))
-        return append_passthrough(table, batch, own)
+        self.observer.batch_done(results)
+        return append_passthrough(table, batch, set(PREPARED_COLUMNS.names))
 
     async def _guarded(self, rows: list[PreparedRow]) -> list[Any]:
         """The stage's work on the batch, under its marker (see batch_guard.py): whole, or one query at a time once the
@@ -91,7 +90,7 @@ class ModelActor:
         try:
             if not marker.split:
                 async with self.guard.shared():
-                    results = list(await self.work(rows, self.engine, self.settings, observer=self.metrics))
+                    results = list(await self.work(rows, self.engine, self.settings, observer=self.observer))
             else:
                 results = []
                 for row in rows:
@@ -103,10 +102,9 @@ class ModelActor:
                         row = dataclasses.replace(row, error=row.error or reason)
                     async with self.guard.alone():
                         self.guard.running(key, marker, row.query_id)
-                        results.extend(await self.work([row], self.engine, self.settings, observer=self.metrics))
+                        results.extend(await self.work([row], self.engine, self.settings, observer=self.observer))
         except BaseException:
             self.guard.leave(key)  # an exception is no death: Ray does not retry it, the batch fails with it
             raise
         self.guard.leave(key)
-        self.metrics.rows_done(results)
         return results

@@ -12,7 +12,6 @@ died before handing it back is counted twice: the progress line is a view
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,5 +51,6 @@ class ProgressFeed:
 
     tally: Any  # the ProgressTally actor's handle
 
-    def tell(self, shards: Sequence[str | None], dead_letters: int) -> None:
-        self.tally.add.remote(dict(Counter(shards)), dead_letters)
+    def tell(self, by_shard: dict[str | None, int], dead_letters: int) -> None:
+        """A batch's finished queries per source shard and its dead letters (stage_observer.BatchCounts)."""
+        self.tally.add.remote(by_shard, dead_letters)

@@ -14,12 +14,9 @@ docs/metrics.md says what each one means and how to reach it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from mmr5_batch.core.rows import PreparedRow, ResultRow
-from mmr5_batch.core.vocabulary import ERROR
 
 TAGS = ("run_id", "model", "protocol", "pass")
 # Seconds: an engine request (one window or pair) and a query (all its windows), from a fraction of a second on
@@ -96,20 +93,16 @@ class StageMetrics:
     def query_done(self, seconds: float) -> None:
         self._metrics["query_seconds"].observe(seconds, tags=self.tags)
 
-    def rows_done(self, rows: Iterable[ResultRow | PreparedRow]) -> None:
-        """A batch's results: queries by status, dead letters by reason class, and the rows' own counters."""
-        for row in rows:
-            if isinstance(row, PreparedRow):
-                # The scorer's counts ride on its rows into the rerank stage, whose result rows add them up once.
-                continue
-            status = row.status or ERROR
-            self._metrics["queries"].inc(1, tags=self.tags | {"status": status})
-            if status == ERROR:
-                self._metrics["dead_letters"].inc(1, tags=self.tags | {"reason": reason_class(row.reason)})
-            for name in ROW_COUNTERS:
-                value = getattr(row, name) or 0
-                if value:
-                    self._metrics[name].inc(value, tags=self.tags)
+    def add(self, statuses: Mapping[str, int], dead_letter_reasons: Mapping[str, int], counters: Mapping[str, int]) -> None:
+        """A batch's counts (stage_observer.BatchCounts): queries by status, dead letters by reason class, the rows'
+        own counters."""
+        for status, count in statuses.items():
+            self._metrics["queries"].inc(count, tags=self.tags | {"status": status})
+        for reason, count in dead_letter_reasons.items():
+            self._metrics["dead_letters"].inc(count, tags=self.tags | {"reason": reason})
+        for name, value in counters.items():
+            if value:
+                self._metrics[name].inc(value, tags=self.tags)
 
 
 def _actor_id() -> str:

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.config.run import ResolvedRun, resolve_run
+from mmr5_batch.core.group_key import group_key, group_key_problem
 from mmr5_batch.core.layouts import GROUPED, PAIRS
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, InputCandidate, struct_type
@@ -105,6 +106,7 @@ class RerankStep:
         prepare: PrepareSettings | None = None,
         scorer_placement: ActorPlacement | None = None,
         progress: ProgressFeed | None = None,
+        rows_grouped: bool = False,
     ) -> None:
         if layout not in (GROUPED, PAIRS):
             raise ConfigError(f"layout must be {GROUPED!r} or {PAIRS!r}, got {layout!r}")
@@ -119,6 +121,8 @@ class RerankStep:
         self.scorer_placement = scorer_placement
         self.prepare = prepare or self.run.prepare
         self.progress = progress  # told of every batch the rerank pool finishes (the exactly-once job's progress line)
+        # The rows arrive already grouped by execution.group_by (the job's reader groups within its read tasks).
+        self.rows_grouped = rows_grouped
 
     def __call__(self, dataset: Dataset) -> Dataset:
         execution = self.config.execution
@@ -133,7 +137,7 @@ class RerankStep:
         if not self.columns.is_identity:
             dataset = dataset.map_batches(self.columns.to_grouped, batch_format="pyarrow")
         self._check_known_schema(dataset)
-        if execution.group_by:
+        if execution.group_by and not self.rows_grouped:
             dataset = group_rows(dataset, execution.group_by)
         dataset = dataset.repartition(target_num_rows_per_block=execution.prepare_batch_size)
         dataset = dataset.map_batches(
@@ -183,22 +187,26 @@ class RerankStep:
         schema = dataset.schema(fetch_if_missing=False)
         if schema is not None and isinstance(getattr(schema, "base_schema", None), pa.Schema):
             PREPARE.check_input(schema.base_schema)
+            group_by = self.config.execution.group_by
+            if group_by and (problem := group_key_problem(group_by, schema.base_schema)) is not None:
+                raise ContractError(problem)
 
 
-# The sort key `group_rows` adds and drops again: the grouping column as a string, nulls as "" (a sort needs values).
+# The sort key `group_rows` adds and drops again: the grouping column's values as bytes (core/group_key.py).
 GROUP_KEY = "__mmr5_group_key"
 
 
 def _with_group_key(batch: pa.Table, column: str) -> pa.Table:
-    if column not in batch.column_names:
-        raise ContractError(f"execution.group_by: the input has no column {column!r}; it has {batch.column_names}")
-    import pyarrow.compute as pc
-
-    return batch.append_column(GROUP_KEY, pc.fill_null(pc.cast(batch.column(column), pa.string()), ""))
+    problem = group_key_problem(column, batch.schema)
+    if problem is not None:
+        raise ContractError(problem)
+    return batch.append_column(GROUP_KEY, group_key(batch.column(column)))
 
 
 def group_rows(dataset: Dataset, column: str) -> Dataset:
-    """The rows sorted by `column`, so equal values (queries over one document) land in the same blocks and batches."""
+    """The rows sorted by `column` across the dataset (a Ray Data sort: a shuffle of whole rows), so equal values
+    (queries over one document) land in the same blocks and batches. The job groups within its read tasks instead
+    (`rows_grouped`), moving no page between workers."""
     keyed = dataset.map_batches(partial(_with_group_key, column=column), batch_format="pyarrow")
     return keyed.sort(GROUP_KEY).drop_columns([GROUP_KEY])
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 
 import pytest
 from PIL import Image
 
-from mmr5_batch import ConfigError, QueryFailed, RankedResult, Reranker
+from mmr5_batch import ConfigError, PageUnreadable, QueryFailed, RankedResult, Reranker
 from tests.conftest import grey_jpeg
 
 # The scripted test engine ranks darker pages first: this order is [1, 2, 0].
@@ -56,10 +57,30 @@ def test_unreadable_images_are_flagged_last_not_fatal(reranker, tmp_path):
     assert "FileNotFoundError" in result.flagged["1"] and "undecodable image" in result.flagged["2"]
 
 
+def test_rerank_raises_naming_an_unreadable_page_unless_asked_to_rank_it_last(reranker, tmp_path):
+    """MM-R5's drop-in: a missing file is an error naming it, not a silent last place (`rank` flags it)."""
+    missing = tmp_path / "missing.png"
+    pages = [grey_jpeg(200), str(missing), grey_jpeg(120), grey_jpeg(10)]
+    engine = reranker.engine.engine
+    before = len(engine.calls)
+    with pytest.raises(PageUnreadable, match=rf"^page 1 \({re.escape(str(missing))}\): cannot read {re.escape(str(missing))}: FileNotFoundError") as raised:
+        reranker.rerank("q", pages)
+    assert "unreadable='last'" in str(raised.value) and isinstance(raised.value, QueryFailed)
+    assert len(engine.calls) == before  # refused before the model ran
+    with pytest.raises(PageUnreadable, match=r"^page 0 \(doc_id 0\): undecodable image"):
+        reranker.rerank("q", [b"not an image", grey_jpeg(10)])
+    with pytest.raises(PageUnreadable, match=rf"^page 1 \({re.escape(str(tmp_path / 'gone.png'))}\)"):
+        reranker.rerank("q", [grey_jpeg(10), {"doc_id": "p", "image_uri": str(tmp_path / "gone.png")}])
+    assert reranker.rerank("q", pages, unreadable="last") == [3, 2, 0, 1]
+    assert reranker.rank("q", pages).flagged.keys() == {"1"}
+    with pytest.raises(ValueError, match="unreadable must be"):
+        reranker.rerank("q", pages, unreadable="skip")
+
+
 def test_a_query_that_cannot_be_ranked_raises_from_rerank_and_is_an_error_from_rank(reranker):
     assert reranker.rank("q", [b"junk"]).status == "error"
     with pytest.raises(QueryFailed, match="no usable candidate"):
-        reranker.rerank("q", [b"junk", b"more junk"])
+        reranker.rerank("q", [b"junk", b"more junk"], unreadable="last")
     with pytest.raises(ValueError, match="unknown field"):
         reranker.rank("q", [{"doc_id": "a", "picture": b""}])
 

@@ -228,3 +228,67 @@ def test_a_log_file_that_cannot_be_written_leaves_everything_on_the_console(one_
     assert code == 2
     assert err[0].startswith(f"mmr5-batch: cannot write the log file {log} (") and err[0].endswith("); all output stays here")
     assert err[1:] == ["mmr5-batch: error: invalid job config: ranking: stride (3) must be smaller than window (3) so windows overlap"]
+
+
+def test_a_log_on_a_full_device_costs_only_the_log(one_shard):
+    """`--log-file /dev/full`: every write to the log fails; the run still ends 0 with its summary, and the console
+    says once that the log is incomplete."""
+    args = ["rerank", "--input", str(one_shard / "in"), "--output", str(one_shard / "out"), "--backend", "scripted-test", "--window", "3", "--stride", "2"]
+    console = run_command([*args, "--log-file", "/dev/full"])
+    assert console.code == 0, console.lines
+    assert_summary_printed(console.lines, one_shard / "out")
+    incomplete = [line for line in console.lines if "is incomplete" in line]
+    assert incomplete == ["mmr5-batch: the log file /dev/full is incomplete: cannot write it (No space left on device); the command goes on"]
+    assert_quiet(console.lines)
+
+
+@pytest.fixture
+def own_temp_dir(tmp_path, monkeypatch):
+    """This test's own $TMPDIR, and a fixed time and pid, so the default log's name is known in advance."""
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    monkeypatch.setattr(time, "strftime", lambda pattern, when=None: "20261207T000000Z")
+    return temp / f"mmr5-batch-{os.getuid()}"
+
+
+def tiny_model(capsys, folder: Path) -> tuple[int, list[str]]:
+    from mmr5_batch.cli.main import main
+
+    code = main(["tiny-model", str(folder)])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_the_default_log_is_new_owner_only_and_never_through_a_planted_link(own_temp_dir, tmp_path, capsys):
+    own_temp_dir.mkdir(mode=0o755)  # made open by someone: made owner-only again
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (own_temp_dir / "tiny-model-20261207T000000Z-4242.log").symlink_to(victim)
+    code, err = tiny_model(capsys, tmp_path / "model")
+    assert code == 0, err
+    assert victim.read_text() == "precious\n"
+    assert (own_temp_dir / "tiny-model-20261207T000000Z-4242-1.log").is_file()
+    assert own_temp_dir.stat().st_mode & 0o777 == 0o700
+    assert (own_temp_dir / "tiny-model-20261207T000000Z-4242-1.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_log_folder_that_is_a_link_is_refused_and_everything_stays_on_the_console(own_temp_dir, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    own_temp_dir.symlink_to(elsewhere)
+    code, err = tiny_model(capsys, tmp_path / "model")
+    assert code == 0
+    assert err[0] == f"mmr5-batch: cannot write the log file {own_temp_dir} (not a folder (a link or a file is in its place)); all output stays here"
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_explicit_log_file_is_the_users_choice_and_is_followed(tmp_path, capsys):
+    from mmr5_batch.cli.main import main
+
+    target = tmp_path / "real.log"
+    (tmp_path / "link.log").symlink_to(target)
+    assert main(["tiny-model", str(tmp_path / "model"), "--log-file", str(tmp_path / "link.log")]) == 0
+    assert target.exists()

@@ -219,3 +219,48 @@ def test_document_text_is_cut_in_the_cpu_stage_to_the_reference_limit(tiny_point
     assert resolve_run(config_from_keywords(RerankerConfig)).prepare.text_tokens is None
     two = resolve_run(config_from_keywords(RerankerConfig, cascade=True, **{"cascade.first_pass": "pointwise", "scorer.backend": "hf"}))
     assert two.prepare.text_tokens == 8192 and two.prepare.tokenizer_source == "Qwen/Qwen3-VL-Reranker-2B"
+
+
+class TokenizerWithoutOffsets:
+    """A real tokenizer seen through encode and decode only, as a slow (Python) tokenizer is: no character offsets."""
+
+    is_fast = False
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text, add_special_tokens=False):
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids)
+
+
+def test_a_cut_inside_a_multi_byte_character_is_exact(tiny_pointwise_dir):
+    """Cut on ids, the head decodes to text that tokenises to at most the limit again, and no character is broken
+    (decoding a byte-level token inside one gives U+FFFD, which re-tokenises longer)."""
+    from mmr5_batch.core.preparation import cut_to_tokens
+    from mmr5_batch.engines.image_processors import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_pointwise_dir)
+    text = "Prix: 12 € — 東京の資料 🙂 página número " * 6
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    naive_over = [limit for limit in range(1, 60) if len(tokenizer.encode(tokenizer.decode(ids[:limit]), add_special_tokens=False)) > limit]
+    assert naive_over  # decoding the first N ids is not exact on this text: what the cut must avoid
+    for which in (tokenizer, TokenizerWithoutOffsets(tokenizer)):
+        for limit in range(1, 60):
+            cut = cut_to_tokens(text, limit, which)
+            assert len(tokenizer.encode(cut, add_special_tokens=False)) <= limit, (limit, cut)
+            assert text.startswith(cut) and "\ufffd" not in cut
+            assert len(cut) > 0
+    assert cut_to_tokens("short", 16, tokenizer) == "short"
+
+
+def test_a_blank_document_without_an_image_is_flagged_and_a_blank_query_is_a_dead_letter():
+    run = resolve_run(config_from_keywords(RerankerConfig, backend="scripted-test", protocol="pointwise"))
+    row = {"query_id": "q", "query": "which?", "candidates": [{"doc_id": "a", "text": " \n\t ", "score": 1.0}, {"doc_id": "b", "text": "words", "score": 0.5}]}
+    prepared = prepare_row(row, run.prepare)
+    assert prepared.error is None
+    assert prepared.candidates[0].error == "candidate has neither image bytes, image_uri nor text (its text is blank)"
+    assert prepared.candidates[1].usable
+    assert prepare_row(dict(row, query="  "), run.prepare).error.startswith("empty query")

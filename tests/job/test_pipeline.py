@@ -8,6 +8,7 @@ error paths through the same pipeline.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -306,3 +307,77 @@ def test_group_by_puts_queries_over_one_document_in_one_preparation_task(ray_ses
     assert decoded("grouped", **{"execution.group_by": "domain"}) == 4 * 3 < decoded("input-order")
     with pytest.raises(JobError, match="execution.group_by: the input has no column 'document'"):
         decoded("bad", **{"execution.group_by": "document"})
+
+
+def noise_jpeg(seed: int, size: tuple[int, int] = (240, 320)) -> bytes:
+    """A page that does not compress (about 118 KiB as JPEG at this size): its bytes are what a shuffle would move."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_group_by_moves_no_page_through_the_object_store(ray_session, tmp_path):
+    """The job groups within its read tasks: with execution.group_by the object store holds no more than without it
+    (a dataset-wide sort put every page through it twice more: the issue's 1,150 against 567 MiB)."""
+    from tests.support.object_store import ObjectStoreWatch
+
+    pages = [noise_jpeg(seed) for seed in range(25)]
+    rows = [
+        grouped_row(
+            f"q{i:03d}", f"question {i}?", [candidate(f"d{i}-{p}", image=pages[(i + p) % 25], score=1 - p / 10) for p in range(5)], domain=f"doc{i % 7}"
+        )
+        for i in range(120)
+    ]
+    (tmp_path / "in").mkdir()
+    for shard in range(4):
+        write_shard(tmp_path / "in" / f"part-{shard}.parquet", rows[shard::4])
+
+    def run(output, **settings):
+        values = {"input": str(tmp_path / "in"), "output": str(tmp_path / output), "model.backend": "scripted-test", "execution.prepare_batch_size": 4}
+        with ObjectStoreWatch() as store:
+            summary = run_job(load_config(None, values | settings))
+        assert summary["totals"]["queries"] == 120 and summary["totals"]["error"] == 0
+        return store
+
+    plain = run("plain")
+    grouped = run("grouped", **{"execution.group_by": "domain"})
+    data = sum(len(page) for page in pages) * 120 * 5 // 25
+    assert plain.created >= data  # every page went through the store once, as read
+    assert grouped.created <= 1.2 * plain.created, (grouped.created, plain.created)
+    assert grouped.peak <= 1.2 * plain.peak, (grouped.peak, plain.peak)
+    # Each read task's queries over one document are next to each other in what it hands on.
+    ranked = read_folder(tmp_path / "grouped" / "ranked")
+    assert sorted(row["query_id"] for row in ranked) == sorted(row["query_id"] for row in rows)
+
+
+def test_group_by_a_binary_column_groups_raw_bytes_and_a_list_column_is_refused(ray_session, tmp_path):
+    from mmr5_batch.core.group_key import sorted_by_group
+
+    keys = [b"\xff\xfe", b"\x00A", b"\xff\xfe", None, b"\x00A"]
+    table = pa.table({"query_id": [f"q{i}" for i in range(5)], "key": pa.array(keys, pa.binary())})
+    ordered = sorted_by_group(table, "key")
+    assert ordered["key"].to_pylist() == [None, b"\x00A", b"\x00A", b"\xff\xfe", b"\xff\xfe"]
+    assert ordered["query_id"].to_pylist() == ["q3", "q1", "q4", "q0", "q2"]  # stable within a key
+    # Through the job: a binary key (not UTF-8) runs, a list column is refused in one line before the pipeline.
+    candidates = [candidate(f"d{p}", level=40 * p + 20, score=1 - p / 10) for p in range(3)]
+    rows = [{"query_id": f"q{i}", "query": f"question {i}?", "candidates": candidates, "key": keys[i], "tags": [i]} for i in range(5)]
+    schema = GROUPED_INPUT_SCHEMA.append(pa.field("key", pa.binary())).append(pa.field("tags", pa.list_(pa.int64())))
+    (tmp_path / "job").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "job" / "part-0.parquet")
+    values = {"input": str(tmp_path / "job"), "output": str(tmp_path / "out"), "model.backend": "scripted-test"}
+    summary = run_job(load_config(None, values | {"execution.group_by": "key"}))
+    assert summary["totals"]["queries"] == 5 and summary["totals"]["error"] == 0
+    assert sorted(row["key"] for row in read_folder(tmp_path / "out" / "ranked") if row["key"]) == [b"\x00A", b"\x00A", b"\xff\xfe", b"\xff\xfe"]
+    with pytest.raises(JobError) as refused:
+        run_job(load_config(None, values | {"output": str(tmp_path / "out-2"), "execution.group_by": "tags"}))
+    assert re.fullmatch(
+        r"execution\.group_by: column 'tags' is list<\w+: int64>; a grouping key must hold single values \(text, bytes, a number or a date\), not a list or a struct",
+        str(refused.value),
+    )
+    assert not (tmp_path / "out-2" / "ranked").exists()

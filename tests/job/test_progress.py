@@ -1,8 +1,14 @@
-"""The progress line: what it says at the start, midway and at the end, and the tally behind it (no Ray)."""
+"""The progress line: what it says at the start, midway and at the end, the tally behind it, and a tally that
+stops answering (the one test with a Ray)."""
 
 from __future__ import annotations
 
-from mmr5_batch.job.progress import ProgressLines, RunProgress, duration
+import os
+import signal
+import threading
+import time
+
+from mmr5_batch.job.progress import LOOK_SECONDS, ProgressLines, ProgressWatch, RunProgress, duration
 from mmr5_batch.stages.progress_tally import ProgressTally
 
 
@@ -39,3 +45,42 @@ def test_the_last_line_is_not_repeated_when_the_last_interval_already_said_it(ca
         lines.close(RunProgress(50, 50, 4, 4, 1, 21.0))  # a dead letter since: said
     assert [record.getMessage()[:30] for record in caplog.records] == ["progress: 20 of 50 queries (40"] + ["progress: 50 of 50 queries (10"] * 2
     assert caplog.records[-1].getMessage().endswith("1 dead letter")
+
+
+class Shown:
+    interval = 0.1
+
+    def __init__(self, wanted: int) -> None:
+        self.updates: list[RunProgress] = []
+        self.closed: list[RunProgress] = []
+        self.wanted = wanted
+        self.seen = threading.Event()  # an update has shown `wanted` queries
+
+    def update(self, progress: RunProgress) -> None:
+        self.updates.append(progress)
+        if progress.queries_done >= self.wanted:
+            self.seen.set()
+
+    def close(self, progress: RunProgress) -> None:
+        self.closed.append(progress)
+
+
+def test_a_stopped_tally_holds_up_the_end_by_a_few_seconds_and_the_last_line_is_what_was_written(ray_session):
+    """SIGSTOP on the tally (a frozen node): each look waits at most LOOK_SECONDS, the end does not wait on it, and
+    the last line says what the run wrote (before: a 60 s wait per look, twice, and "0 of N" at the end)."""
+    shown = Shown(wanted=3)
+    watch = ProgressWatch(shown, {"a.parquet": 3, "b.parquet": 2}, dead_letters=1).start()
+    watch.feed.tell({"a.parquet": 3}, 0)
+    pid = ray_session.get(watch.tally.__ray_call__.remote(lambda tally: os.getpid()))
+    assert shown.seen.wait(timeout=300)  # the watch's thread has had the tally's answer
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frozen = watch.look()
+        assert frozen.queries_done == 3  # the last answer, not a wait
+        started = time.monotonic()
+        last = watch.stop(written=(5, 2, 1))
+        assert time.monotonic() - started < 10 * LOOK_SECONDS
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert (last.queries_done, last.shards_done, last.dead_letters) == (5, 2, 2)
+    assert shown.closed == [last]
