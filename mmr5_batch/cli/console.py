@@ -155,6 +155,13 @@ class Console:
             self._log_fd = None
         self.out, self.err = sys.stdout, sys.stderr
 
+    def write_log(self, fd: int, data: bytes) -> None:
+        """Bytes straight to a descriptor of the log file; a failed write costs only the log."""
+        try:
+            _write_all(fd, data)
+        except OSError as error:
+            self.log_failed(error)
+
     def log_failed(self, error: BaseException | None) -> None:
         """A write to the log file failed: said once on the console; the command goes on."""
         if self.log_incomplete:
@@ -242,11 +249,11 @@ class _LogFileHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _write_all(self.fd, (self.format(record) + "\n").encode("utf-8", errors="backslashreplace"))
-        except OSError as error:
-            self.console.log_failed(error)
+            line = self.format(record) + "\n"
         except Exception:
             self.handleError(record)
+            return
+        self.console.write_log(self.fd, line.encode("utf-8", errors="backslashreplace"))
 
 
 class _LogStream(io.TextIOBase):
@@ -273,10 +280,7 @@ class _LogStream(io.TextIOBase):
         return False
 
     def write(self, text: str) -> int:
-        try:
-            _write_all(self.fd, text.encode(self._encoding, errors="backslashreplace"))
-        except OSError as error:
-            self.console.log_failed(error)
+        self.console.write_log(self.fd, text.encode(self._encoding, errors="backslashreplace"))
         return len(text)
 
 
@@ -287,10 +291,7 @@ class _LogBytes:
         self.stream = stream
 
     def write(self, data: bytes) -> int:
-        try:
-            _write_all(self.stream.fd, bytes(data))
-        except OSError as error:
-            self.stream.console.log_failed(error)
+        self.stream.console.write_log(self.stream.fd, bytes(data))
         return len(data)
 
     def flush(self) -> None:

@@ -40,9 +40,9 @@ def group_key_problem(column: str, schema: pa.Schema) -> str | None:
 def group_key(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """A sortable key whose equal values are the column's equal values: text and bytes as their bytes, other kinds
     as their text; a null as empty bytes (a sort needs values; grouping nulls with empty values is harmless)."""
-    kind = array.type.value_type if pa.types.is_dictionary(array.type) else array.type
     if pa.types.is_dictionary(array.type):
-        array = pc.cast(array, kind)
+        array = pc.cast(array, array.type.value_type)
+    kind = array.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
         keyed = pc.cast(array, pa.large_binary())
     else:

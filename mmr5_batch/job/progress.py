@@ -151,12 +151,12 @@ class ProgressWatch:
     def look(self) -> RunProgress:
         """The tally's totals now, waiting at most LOOK_SECONDS (the last look when the tally does not answer: the
         progress line never fails nor holds up a run)."""
+        with self._looking:
+            return self._look()
+
+    def _look(self) -> RunProgress:
         import ray
 
-        with self._looking:
-            return self._look(ray)
-
-    def _look(self, ray: Any) -> RunProgress:
         try:
             if self._asked is None:
                 self._asked = self.tally.totals.remote()
