@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
 from mmr5_batch.config.run import resolve_run
-from mmr5_batch.core.cost_model import QWEN3_VL_RERANKER_8B
+from mmr5_batch.core.cost_model import QWEN3_VL_RERANKER_8B, TEXT_PAGE_TOKENS
 from mmr5_batch.job.cost_estimate import SettingCost, price_setting
 
 PAGE = (1240, 1754)  # A4 at 150 dpi
@@ -37,6 +37,9 @@ WAYS = {
     "same-model cascade": {"cascade": True},
     "two-model cascade (2B scorer)": {"cascade": True, "cascade.first_pass": "pointwise"},
     "two-model cascade (8B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-VL-Reranker-8B"},
+    # The text Qwen3-Reranker first: no image tokens, each page's text (assumed 500 tokens) instead.
+    "two-model cascade (text 0.6B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-Reranker-0.6B"},
+    "two-model cascade (text 4B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-Reranker-4B"},
 }
 
 
@@ -52,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def cost_table(lengths: list[int], generated: int) -> None:
     print(f"cost model: H200, A4 pages at 150 dpi, {generated} generated tokens per MM-R5 window, default budgets (1024-token cap, rank policy)")
-    print(f"{'candidates':>10}  {'way':<32}{'windows':>8}{'scored':>8}{'calls':>7}{'GPU-s/query':>13}{'vs windows':>12}")
+    print(f"{'candidates':>10}  {'way':<38}{'windows':>8}{'scored':>8}{'calls':>7}{'GPU-s/query':>13}{'vs windows':>12}")
     for length in lengths:
         baseline = None
         for way, settings in WAYS.items():
@@ -62,8 +65,9 @@ def cost_table(lengths: list[int], generated: int) -> None:
             seconds = row["gpu_seconds_per_query"]
             baseline = baseline or seconds
             calls = row["windows_per_query"] + row["scored_per_query"]
-            print(f"{length:>10}  {way:<32}{row['windows_per_query']:>8g}{row['scored_per_query']:>8g}{calls:>7g}{seconds:>13.3f}{seconds / baseline:>11.2f}x")
-    print(f"(the 8B scorer priced with {QWEN3_VL_RERANKER_8B.lm_params / 1e9:.1f} B + {QWEN3_VL_RERANKER_8B.vision_params / 1e9:.2f} B parameters)")
+            print(f"{length:>10}  {way:<38}{row['windows_per_query']:>8g}{row['scored_per_query']:>8g}{calls:>7g}{seconds:>13.3f}{seconds / baseline:>11.2f}x")
+    print(f"(the 8B scorer priced with {QWEN3_VL_RERANKER_8B.lm_params / 1e9:.1f} B + {QWEN3_VL_RERANKER_8B.vision_params / 1e9:.2f} B parameters;")
+    print(f" the text scorers with no vision encoder and {TEXT_PAGE_TOKENS} tokens of text per page, which the cost model assumes)")
 
 
 def page(level: int) -> bytes:

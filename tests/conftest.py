@@ -43,6 +43,13 @@ def tiny_pointwise_dir(tmp_path_factory):
     return str(build_tiny_pointwise_model(tmp_path_factory.mktemp("tiny-pointwise")))
 
 
+@pytest.fixture(scope="session")
+def tiny_text_reranker_dir(tmp_path_factory):
+    from mmr5_batch.devtools.tiny_model import build_tiny_text_reranker_model
+
+    return str(build_tiny_text_reranker_model(tmp_path_factory.mktemp("tiny-text-reranker")))
+
+
 def grey_jpeg(level: int, size: tuple[int, int] = (120, 160)) -> bytes:
     """A uniform grey picture; the scripted test engine ranks darker (lower level) first."""
     buffer = io.BytesIO()

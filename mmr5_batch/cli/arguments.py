@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmr5_batch.config import JobConfig, load_config
+from mmr5_batch.core.vocabulary import PROTOCOLS
+from mmr5_batch.devtools.tiny_model import TINY_MODEL_KINDS
 
 # CLI flag -> dotted config field; every flag overrides the YAML when given.
 RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -130,14 +132,28 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
 
     show = command("show-prompt", formatter_class=formatter, help="print the exact prompt text the model receives")
     show.add_argument("--query", required=True)
-    show.add_argument("--num-candidates", type=int, required=True)
+    show.add_argument("--num-candidates", type=int, required=True, help="candidates in one prompt (a pointwise family's prompt holds one)")
     show.add_argument("--model", help="checkpoint directory or model id whose chat template renders the prompt")
+    show.add_argument(
+        "--protocol",
+        choices=["auto", *PROTOCOLS],
+        default="auto",
+        help="the model's protocol, as model.protocol ('auto': from the checkpoint); a pointwise family's prompt is shown for one text document",
+    )
+    show.add_argument("--document", default="the document's text", help="a pointwise prompt's document text")
 
     tiny = command(
-        "tiny-model", formatter_class=formatter, help="build a tiny random-weights checkpoint offline: Qwen2.5-VL (MM-R5) or a Qwen3-VL pointwise reranker"
+        "tiny-model",
+        formatter_class=formatter,
+        help="build a tiny random-weights checkpoint offline: Qwen2.5-VL (MM-R5), a Qwen3-VL pointwise reranker or a text Qwen3 reranker",
     )
     tiny.add_argument("directory")
-    tiny.add_argument("--kind", choices=["mm-r5", "pointwise"], default="mm-r5", help="mm-r5: MM-R5's architecture; pointwise: Qwen3-VL-Reranker's")
+    tiny.add_argument(
+        "--kind",
+        choices=list(TINY_MODEL_KINDS),
+        default="mm-r5",
+        help="mm-r5: MM-R5's architecture; pointwise: Qwen3-VL-Reranker's; qwen3-reranker: the text Qwen3-Reranker's",
+    )
     tiny.add_argument("--seed", type=int, default=0)
 
     demo = command("demo-data", formatter_class=formatter, help="write the synthetic demo dataset (pages with text, queries)")
@@ -146,6 +162,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--candidates", type=int, default=8)
     demo.add_argument("--shards", type=int, default=4)
     demo.add_argument("--qrels", help="also write the demo's TREC qrels (gold pages) to this file")
+    demo.add_argument("--page-text", action="store_true", help="also give each page its text (what is written on it), for the text rerankers")
 
     convert = subparsers.add_parser("convert", formatter_class=formatter, help="turn a public dataset's files into input shards and qrels")
     formats = convert.add_subparsers(dest="dataset", required=True)

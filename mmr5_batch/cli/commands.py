@@ -77,7 +77,7 @@ def plan(args: argparse.Namespace, console: Console) -> int:
 
 def show_prompt_command(args: argparse.Namespace, console: Console) -> int:
     try:
-        console.out.write(show_prompt(args.query, args.num_candidates, args.model))
+        console.out.write(show_prompt(args.query, args.num_candidates, args.model, args.protocol, args.document))
         console.out.flush()
     except (OSError, ValueError) as error:
         return fail(console, error)
@@ -85,10 +85,9 @@ def show_prompt_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def tiny_model(args: argparse.Namespace, console: Console) -> int:
-    from mmr5_batch.devtools.tiny_model import build_tiny_model, build_tiny_pointwise_model
+    from mmr5_batch.devtools.tiny_model import TINY_MODEL_KINDS
 
-    build = build_tiny_pointwise_model if args.kind == "pointwise" else build_tiny_model
-    console.print(str(build(args.directory, seed=args.seed)))
+    console.print(str(TINY_MODEL_KINDS[args.kind](args.directory, seed=args.seed)))
     return 0
 
 
@@ -97,7 +96,7 @@ def demo_data(args: argparse.Namespace, console: Console) -> int:
 
     from mmr5_batch.devtools.demo_data import demo_qrels_text, write_demo_dataset
 
-    paths = write_demo_dataset(args.directory, queries=args.queries, candidates=args.candidates, shards=args.shards)
+    paths = write_demo_dataset(args.directory, queries=args.queries, candidates=args.candidates, shards=args.shards, page_text=args.page_text)
     if args.qrels:
         Path(args.qrels).parent.mkdir(parents=True, exist_ok=True)
         Path(args.qrels).write_text(demo_qrels_text(queries=args.queries, candidates=args.candidates))

@@ -37,7 +37,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def show_prompt(query: str, num_candidates: int, model: str | None) -> str:
+def show_prompt(query: str, num_candidates: int, model: str | None, protocol: str = "auto", document: str = "the document's text") -> str:
+    """The exact prompt text `model`'s family renders: MM-R5's chat template over `num_candidates` images, or a
+    pointwise family's prompt for one pair with a text `document` (each candidate gets its own such prompt)."""
+    from mmr5_batch.config.protocol import model_family
+    from mmr5_batch.config.sections import ModelConfig
+
+    family = model_family(ModelConfig(name=model or ModelConfig.model_fields["name"].default, protocol=protocol))
+    if family.render is not None:
+        return family.prompt(query, image=False, text=document, instruction="")
     from transformers import AutoTokenizer
 
     from mmr5_batch.core.prompt import build_messages, render_prompt

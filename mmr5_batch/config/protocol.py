@@ -1,8 +1,12 @@
-"""Which reranker protocol a model speaks (`model.protocol`, 'auto' resolved), and the image grid that goes with it.
+"""Which reranker family a model is (`model.protocol`, 'auto' resolved), and the protocol it speaks.
 
 'auto' looks at the checkpoint: a local directory's config.json names its
-architecture (Qwen3-VL: the pointwise Qwen3-VL-Reranker; Qwen2.5-VL: MM-R5);
-a hub id is judged by its name, since nothing may be downloaded to decide.
+model type (Qwen3-VL: the pointwise Qwen3-VL-Reranker; Qwen3: the text
+Qwen3-Reranker, pointwise too; Qwen2.5-VL or anything else: MM-R5); a hub id
+is judged by its name, since nothing may be downloaded to decide. A protocol
+set by hand still takes its family from the checkpoint (a text Qwen3
+checkpoint set to 'pointwise' is the text reranker). The families are
+records (`core/families.py`); this module only finds which one.
 """
 
 from __future__ import annotations
@@ -12,31 +16,32 @@ import os
 from functools import lru_cache
 
 from mmr5_batch.config.sections import ImageConfig, ModelConfig
-from mmr5_batch.core.images import GRID, QWEN3_VL_GRID
-from mmr5_batch.core.vocabulary import MM_R5, POINTWISE
-
-# config.json model types of the pointwise rerankers' base models.
-POINTWISE_MODEL_TYPES = ("qwen3_vl",)
+from mmr5_batch.core.families import Family, detect_family
 
 
 @lru_cache(maxsize=64)
-def _detected(name: str) -> str:
+def _model_type(name: str) -> str | None:
+    """The `model_type` of a local checkpoint's config.json; None for a hub id (or an unreadable file)."""
     config_file = os.path.join(name, "config.json")
-    if os.path.isfile(config_file):
-        try:
-            with open(config_file) as handle:
-                model_type = json.load(handle).get("model_type")
-        except (OSError, ValueError):
-            model_type = None
-        if model_type is not None:
-            return POINTWISE if model_type in POINTWISE_MODEL_TYPES else MM_R5
-    return POINTWISE if "qwen3-vl-reranker" in name.lower() else MM_R5
+    if not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file) as handle:
+            model_type = json.load(handle).get("model_type")
+    except (OSError, ValueError):
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
+def model_family(model: ModelConfig) -> Family:
+    """The family of a `model` section (`ModelConfig`, `ScorerConfig`). Only validation and `config/run.py:
+    resolve_run` call it; everything else reads the resolved run."""
+    return detect_family(None if model.protocol == "auto" else model.protocol, _model_type(model.name), model.name)
 
 
 def model_protocol(model: ModelConfig) -> str:
-    """The protocol of a `model` section (`ModelConfig`, `ScorerConfig`): as set, or detected for 'auto'.
-    Only validation and `config/run.py: resolve_run` call it; everything else reads the resolved run."""
-    return model.protocol if model.protocol != "auto" else _detected(model.name)
+    """The protocol of a `model` section: as set, or its family's for 'auto'."""
+    return model_family(model).protocol
 
 
 def spelled_protocol(model: ModelConfig, section: str) -> str:
@@ -45,11 +50,6 @@ def spelled_protocol(model: ModelConfig, section: str) -> str:
     if model.protocol == "auto":
         return f"{section}.protocol 'auto' (resolved to {resolved!r} for {model.name!r})"
     return f"{section}.protocol {resolved!r}"
-
-
-def protocol_grid(protocol: str) -> int:
-    """Pixels per side of one image token for the protocol's model family: Qwen2.5-VL 28, Qwen3-VL 32."""
-    return QWEN3_VL_GRID if protocol == POINTWISE else GRID
 
 
 # Backends that take a picture's patches from the CPU stage (the scripted test engine reads no pixels).

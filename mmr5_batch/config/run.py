@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from mmr5_batch.config.job_config import RerankerConfig
-from mmr5_batch.config.protocol import PATCH_BACKENDS, model_protocol, patches_in_cpu_stage, protocol_grid
+from mmr5_batch.config.protocol import PATCH_BACKENDS, model_family, patches_in_cpu_stage
 from mmr5_batch.config.sections import ModelConfig
 from mmr5_batch.core.engine_protocol import SamplingSettings
+from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
+from mmr5_batch.core.images import GRID
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.ranking import Cascade
 from mmr5_batch.core.scheduler import RankingSettings
@@ -44,17 +46,23 @@ class EnginePass:
 
 @dataclass(frozen=True)
 class ModelRun:
-    """One model of the run as its engine sees it: the section, the resolved protocol and every pass it makes."""
+    """One model of the run as its engine sees it: the section (instruction resolved), its family and every pass it makes."""
 
     model: ModelConfig
-    protocol: str
+    family: Family
     passes: tuple[EnginePass, ...]
-    # The CPU stage builds this model's picture patches (images.processing 'cpu-stage' and a backend reading pixels).
+    # The CPU stage builds this model's picture patches (images.processing 'cpu-stage', a backend reading pixels and
+    # a family that sees pictures).
     patches_in_cpu_stage: bool
 
     @property
+    def protocol(self) -> str:
+        return self.family.protocol
+
+    @property
     def grid(self) -> int:
-        return protocol_grid(self.protocol)
+        """Pixels per side of one image token (a text model's pictures are never made: any grid will do)."""
+        return self.family.grid or GRID
 
     @property
     def window(self) -> int:
@@ -92,6 +100,7 @@ class ResolvedRun(Generic[Config]):
         return RankingSettings(
             engine_reads_pixels=model.backend in PATCH_BACKENDS,
             protocol=self.main.protocol,
+            family=self.main.family.name,
             instruction=model.instruction,
             after_scorer=cascade.detail_top if self.two_models else None,
             window=ranking.window,
@@ -123,8 +132,14 @@ class ResolvedRun(Generic[Config]):
             run_id=run_id,
             top_k=self.config.ranking.top_k,
             protocol=POINTWISE,
+            family=self.scorer.family.name,
             instruction=scorer.instruction,
         )
+
+
+def _resolved_section(model: ModelConfig, family: Family) -> ModelConfig:
+    """A model section with its family's protocol and, where it left the instruction empty, the family's default."""
+    return model.model_copy(update={"protocol": family.protocol, "instruction": model.instruction or family.default_instruction})
 
 
 def sampling_settings(model: ModelConfig) -> SamplingSettings:
@@ -148,10 +163,11 @@ def cascade_kind(config: RerankerConfig) -> str:
 def resolve_run(config: Config) -> ResolvedRun[Config]:
     """The run `config` describes (a valid config: `RerankerConfig`/`JobConfig` validation already refused what
     cannot run, on the resolved protocols)."""
-    protocol = model_protocol(config.model)
+    family, scorer_family = model_family(config.model), model_family(config.scorer)
+    protocol = family.protocol
     kind = cascade_kind(config)
-    model = config.model.model_copy(update={"protocol": protocol})
-    scorer_model = config.scorer.model_copy(update={"protocol": model_protocol(config.scorer)})
+    model = _resolved_section(config.model, family)
+    scorer_model = _resolved_section(config.scorer, scorer_family)
     resolved = config.model_copy(update={"model": model, "scorer": scorer_model})
     images, ranking, cascade = config.images, config.ranking, config.cascade
 
@@ -162,9 +178,14 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
         if kind == SAME_MODEL:
             # The same-model cascade's first pass shows first_window smaller pictures per prompt.
             passes += (EnginePass(cascade.first_window, cascade.first_image_tokens),)
-    main = ModelRun(model, protocol, passes, patches_in_cpu_stage(config.images, model))
+    main = ModelRun(model, family, passes, patches_in_cpu_stage(config.images, model) and family.reads_pictures)
     scorer = (
-        ModelRun(scorer_model, POINTWISE, (EnginePass(1, cascade.first_image_tokens),), patches_in_cpu_stage(config.images, scorer_model))
+        ModelRun(
+            scorer_model,
+            scorer_family,
+            (EnginePass(1, cascade.first_image_tokens),),
+            patches_in_cpu_stage(config.images, scorer_model) and scorer_family.reads_pictures,
+        )
         if kind == TWO_MODELS
         else None
     )
@@ -172,11 +193,16 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
     # The model that reads document text (a pointwise one) and how its text is cut: its tokenizer's tokens, or words
     # for the scripted test engine, which has no tokenizer.
     reader = main if protocol == POINTWISE else scorer
+    # A first pass that sees pictures: the same-model cascade's, or a two-model cascade's scorer that reads them.
+    first_pictures = kind == SAME_MODEL or (scorer is not None and scorer.family.reads_pictures)
     prepare = PrepareSettings(
         text_tokens=reader.model.document_tokens if reader is not None else None,
         tokenizer_source=reader.model.name if reader is not None and reader.model.backend in PATCH_BACKENDS else None,
+        text_cut=reader.family.text_cut if reader is not None else CUT_DOCUMENT_HEAD,
+        instruction=reader.model.instruction if reader is not None else "",
+        pictures=family.reads_pictures,
         processor_source=model.name if main.patches_in_cpu_stage else None,
-        first_processor_source=first.model.name if kind != NO_CASCADE and first.patches_in_cpu_stage else None,
+        first_processor_source=first.model.name if first_pictures and first.patches_in_cpu_stage else None,
         grid=main.grid,
         first_grid=first.grid,
         text_documents=protocol == POINTWISE,
@@ -185,7 +211,7 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
         window=ranking.window,
         prompt_image_tokens=images.prompt_image_tokens,
         policy=images.policy,
-        first_image_tokens=cascade.first_image_tokens if kind != NO_CASCADE else None,
+        first_image_tokens=cascade.first_image_tokens if first_pictures else None,
         top_k=ranking.top_k,
         detail_top=cascade.detail_top if kind != NO_CASCADE else None,
         scorer_first=kind == TWO_MODELS,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
+from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION, TEXT_DEFAULT_INSTRUCTION
 from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
 
 
@@ -25,25 +25,27 @@ class ModelConfig(Section):
         "auto",
         description=(
             "How the model reranks: 'mm-r5' (listwise: it reasons over a window of candidate images, then answers with "
-            "their order) or 'pointwise' (Qwen3-VL-Reranker's format: one query-document pair per prompt, the score is "
-            "P(yes); documents may be an image, text, or both). 'auto': from the checkpoint (a Qwen3-VL checkpoint, or a "
-            "name with 'Qwen3-VL-Reranker', is pointwise; anything else mm-r5)."
+            "their order) or 'pointwise' (one query-document pair per prompt, the score is P(yes): Qwen3-VL-Reranker, "
+            "whose documents may be an image, text, or both, or the text Qwen3-Reranker, text only). 'auto': from the "
+            "checkpoint (config.json's model type: qwen3_vl is Qwen3-VL-Reranker, qwen3 the text Qwen3-Reranker; a hub "
+            "id by its name: 'Qwen3-VL-Reranker', 'Qwen3-Reranker'; anything else mm-r5)."
         ),
     )
     instruction: str = Field(
-        DEFAULT_INSTRUCTION,
+        "",
         description=(
-            "The pointwise protocol's task instruction (its '<Instruct>:' line). Empty means the default, as in "
-            f"Qwen3-VL-Reranker's reference: {DEFAULT_INSTRUCTION!r}."
+            "The pointwise protocol's task instruction (its '<Instruct>:' line). Empty means the family's default, as "
+            f"in its reference: Qwen3-VL-Reranker {DEFAULT_INSTRUCTION!r}, the text Qwen3-Reranker {TEXT_DEFAULT_INSTRUCTION!r}."
         ),
     )
     document_tokens: int = Field(
         8192,
         ge=16,
         description=(
-            "The pointwise protocol: a document's text is cut to this many tokens of the model's tokenizer in the CPU "
-            "stage, before any prompt is built (Qwen3-VL-Reranker's reference cuts a pair at 8192 tokens), so no "
-            "document makes a prompt longer than the engine's context or an actor run out of memory."
+            "The pointwise protocol: document text is cut to this many tokens of the model's tokenizer in the CPU "
+            "stage, before any prompt is built, as the family's reference cuts at its 8192: Qwen3-VL-Reranker the "
+            "document alone (its head kept), the text Qwen3-Reranker the whole instruction-query-document pair (its end "
+            "cut). So no document makes a prompt longer than the engine's context or an actor run out of memory."
         ),
     )
     backend: Literal["hf", "vllm", "scripted-test"] = Field(
@@ -100,9 +102,10 @@ class ModelConfig(Section):
 
     @field_validator("instruction")
     @classmethod
-    def _empty_instruction_is_the_default(cls, instruction: str) -> str:
-        # The reference falls back to its default for an empty instruction; an empty line would change every score.
-        return instruction if instruction.strip() else DEFAULT_INSTRUCTION
+    def _blank_instruction_is_the_default(cls, instruction: str) -> str:
+        # The references fall back to their default for an empty instruction (resolve_run fills in the family's);
+        # an empty line would change every score.
+        return instruction if instruction.strip() else ""
 
 
 class RankingConfig(Section):
@@ -356,9 +359,16 @@ class ExecutionConfig(Section):
 class ScorerConfig(ModelConfig):
     """The two-model cascade's first-pass model (a pointwise reranker) and its actor pool."""
 
-    name: str = Field("Qwen/Qwen3-VL-Reranker-2B", description="The pointwise scorer: Hugging Face model id or local checkpoint directory.")
+    name: str = Field(
+        "Qwen/Qwen3-VL-Reranker-2B",
+        description="The pointwise scorer (Qwen3-VL-Reranker or the text Qwen3-Reranker): Hugging Face model id or local checkpoint directory.",
+    )
     protocol: Literal["auto", "mm-r5", "pointwise"] = Field(
-        "pointwise", description="Always 'pointwise' (or 'auto' resolving to it): the scorer judges one pair per prompt."
+        "pointwise",
+        description=(
+            "Always 'pointwise' (or 'auto' resolving to it): the scorer judges one pair per prompt (Qwen3-VL-Reranker, "
+            "or the text Qwen3-Reranker, from the checkpoint as for model.protocol)."
+        ),
     )
     max_new_tokens: int = Field(1, ge=1, description="Unused by a scorer (it generates nothing); kept for the shared engine settings.")
     actors: int | None = Field(

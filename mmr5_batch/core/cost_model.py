@@ -28,7 +28,11 @@ candidate, prefill only (~80 tokens of instruction, query and markup plus
 the image tokens), priced by the same prefill term with its own sizes: the
 2B (1.7 B language-model and 0.4 B vision parameters) or the 8B (8.2 B and
 0.58 B). Its images are on Qwen3-VL's 32-px grid, 4 of its 16-px patches
-per token, the same patches-per-token as Qwen2.5-VL's 14-px patches.
+per token, the same patches-per-token as Qwen2.5-VL's 14-px patches. The
+text Qwen3-Reranker (0.6 B, 4 B or 8 B language model, no vision encoder)
+sees no image; its prompt is the page's text, which the plan does not read:
+priced at an assumed 500 tokens of text per page beside the ~80 of the
+prompt.
 """
 
 from __future__ import annotations
@@ -92,11 +96,20 @@ class ScorerSize:
 
 QWEN3_VL_RERANKER_2B = ScorerSize("Qwen3-VL-Reranker-2B", 1.7e9, 0.4e9)
 QWEN3_VL_RERANKER_8B = ScorerSize("Qwen3-VL-Reranker-8B", 8.2e9, 0.58e9)
+# The text reranker's prompt: ~80 tokens of instruction, query and markup, and a page's text (assumed 500 tokens).
+TEXT_PAGE_TOKENS = 500
+QWEN3_RERANKER_SIZES = {
+    size: ScorerSize(f"Qwen3-Reranker-{size.upper()}", params, 0.0, 80 + TEXT_PAGE_TOKENS) for size, params in (("0.6b", 0.6e9), ("4b", 4.0e9), ("8b", 8.2e9))
+}
 
 
-def scorer_size(name: str) -> ScorerSize:
-    """The sizes to price a scorer by: the 8B for a name with '8b', else the 2B."""
-    return QWEN3_VL_RERANKER_8B if "8b" in name.lower() else QWEN3_VL_RERANKER_2B
+def scorer_size(name: str, reads_pictures: bool = True) -> ScorerSize:
+    """The sizes to price a pointwise model by: Qwen3-VL-Reranker's 8B for a name with '8b', else its 2B; the text
+    Qwen3-Reranker (`reads_pictures` False) by the size its name says (0.6B unless 4B or 8B)."""
+    lowered = name.lower()
+    if not reads_pictures:
+        return next((size for key, size in QWEN3_RERANKER_SIZES.items() if key != "0.6b" and key in lowered), QWEN3_RERANKER_SIZES["0.6b"])
+    return QWEN3_VL_RERANKER_8B if "8b" in lowered else QWEN3_VL_RERANKER_2B
 
 
 def pointwise_gpu_seconds(image_tokens: int, gpu: Gpu | None = None, scorer: ScorerSize = QWEN3_VL_RERANKER_2B) -> float:

@@ -12,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from mmr5_batch.core.engine_protocol import EngineRequest, SamplingSettings
+from mmr5_batch.core.families import QWEN3_VL_RERANKER, Family
 from mmr5_batch.core.model_inputs import candidate_patches
-from mmr5_batch.core.pointwise_prompt import render_pointwise_prompt
 from mmr5_batch.core.rows import PreparedCandidate
 
 
-def pointwise_request(query: str, candidate: PreparedCandidate, instruction: str, first: bool = False) -> EngineRequest:
-    """The request judging one candidate: its image (`first`: the cascade's first-pass version) and text, as available."""
-    image = candidate.picture(first)
+def pointwise_request(query: str, candidate: PreparedCandidate, instruction: str, first: bool = False, *, family: Family = QWEN3_VL_RERANKER) -> EngineRequest:
+    """The request judging one candidate in `family`'s prompt: its image (`first`: the cascade's first-pass version;
+    none for a text family) and text, as available."""
+    image = candidate.picture(first) if family.reads_pictures else None
     patches = candidate_patches(candidate, first) if image is not None else None
-    prompt = render_pointwise_prompt(query, image=image is not None, text=candidate.text, instruction=instruction)
+    prompt = family.prompt(query, image=image is not None, text=candidate.text, instruction=instruction)
     return EngineRequest(
         messages=[],
         images=(image,) if image is not None else (),

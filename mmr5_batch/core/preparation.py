@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.core.budgets import candidate_budgets
+from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, CUT_PAIR_TAIL
 from mmr5_batch.core.images import GRID, ImageError, PreparedImage, prepare_images
 from mmr5_batch.core.model_inputs import ImagePatches, image_key, patch_image, processor_signature
+from mmr5_batch.core.pointwise_prompt import TEXT_PROMPT_PREFIX, TEXT_PROMPT_SUFFIX, text_pair
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, PreparedCandidate, PreparedRow
 from mmr5_batch.core.windows import first_stage_order
 
@@ -63,6 +65,12 @@ class PrepareSettings:
     # tokenizer at `tokenizer_source` (None: words, for the scripted test engine).
     text_tokens: int | None = None
     tokenizer_source: str | None = None
+    # How the reading family cuts (core/families.py): the document's head, or the whole pair at its end (then the
+    # family's instruction, resolved, is part of the pair).
+    text_cut: str = CUT_DOCUMENT_HEAD
+    instruction: str = ""
+    # The main model sees pictures; False for a text reranker: no image is fetched or decoded, a page needs text.
+    pictures: bool = True
 
     def budgets(self, count: int) -> list[int]:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
@@ -100,6 +108,21 @@ class PageWork:
             return text if len(words) <= limit else " ".join(words[:limit])
         return cut_to_tokens(text, limit, self.tokenizer)
 
+    def cut_document(self, text: str, query: str, settings: PrepareSettings) -> str:
+        """A document's text as the reading family cuts it at `settings.text_tokens`: its head (`cut_text`), or, for a
+        family that truncates the whole pair (the text Qwen3-Reranker's reference tokenises instruction, query and
+        document together and keeps the first `max_length - len(prefix) - len(suffix)` tokens), the document's part
+        of the pair so cut: empty when the query leaves it no room. Without a tokenizer words stand in for tokens,
+        and the document's head is cut."""
+        limit = settings.text_tokens
+        assert limit is not None
+        if settings.text_cut != CUT_PAIR_TAIL or self.tokenizer is None:
+            return self.cut_text(text, limit)
+        fixed = sum(len(self.tokenizer.encode(part, add_special_tokens=False)) for part in (TEXT_PROMPT_PREFIX, TEXT_PROMPT_SUFFIX))
+        head = text_pair(query, "", settings.instruction)
+        pair = cut_to_tokens(head + text, max(0, limit - fixed), self.tokenizer)
+        return pair[len(head) :] if pair.startswith(head) else ""
+
     def patch(self, picture: bytes, tokens: int, processor: Any, grid: int) -> ImagePatches:
         # The picture's content key is its cache key too: one hash per picture.
         key = image_key(picture, processor_signature(processor))
@@ -110,16 +133,23 @@ class PageWork:
 
 
 def _prepared_candidate(
-    candidate: Mapping[str, Any], budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched, work: PageWork
+    candidate: Mapping[str, Any], query: str, budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched, work: PageWork
 ) -> PreparedCandidate:
     """The candidate with its image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
-    text = _text_or_none(candidate.get("text"))
+    given = text = _text_or_none(candidate.get("text"))
     if text and settings.text_tokens is not None:
-        text = work.cut_text(text, settings.text_tokens)
+        text = work.cut_document(text, query, settings)
     bare = PreparedCandidate(doc_id=candidate["doc_id"], score=candidate.get("score"), text=text, image_tokens=0)
     problem = _field_problem(candidate)
     if problem is not None:
         return bare.flagged(problem)
+    if not settings.pictures:
+        # A text reranker: the page is its text; its image is never read.
+        if text and text.strip():
+            return bare
+        if given and given.strip():
+            return bare.flagged(f"the query leaves no room for the document's text within model.document_tokens ({settings.text_tokens})")
+        return bare.flagged("candidate has no text, which a text reranker needs" + (" (its text is blank)" if given else ""))
     data = candidate.get("image")
     uri = candidate.get("image_uri")
     if not data:
@@ -232,7 +262,7 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
         for budget, index in zip(settings.budgets(len(candidates)), order):
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
-            prepared.append(_prepared_candidate(candidate, (budget, settings.first_image_tokens), settings, fetched or {}, work))
+            prepared.append(_prepared_candidate(candidate, row["query"], (budget, settings.first_image_tokens), settings, fetched or {}, work))
         if work.processor is not None or work.first_processor is not None:
             _attach_patches(prepared, order, settings, work)
         if not any(candidate.usable for candidate in prepared):
@@ -288,8 +318,10 @@ def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]
     return list(tokenizer.encode(text, add_special_tokens=False)), None
 
 
-def uris_to_fetch(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The image_uri of every candidate that has no image bytes, in order."""
+def uris_to_fetch(rows: Sequence[Mapping[str, Any]], settings: PrepareSettings) -> list[str]:
+    """The image_uri of every candidate that has no image bytes, in order (none when the model sees no pictures)."""
+    if not settings.pictures:
+        return []
     return [c["image_uri"] for row in rows for c in row.get("candidates") or [] if c and not c.get("image") and c.get("image_uri")]
 
 

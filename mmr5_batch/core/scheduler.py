@@ -22,6 +22,7 @@ from typing import Any
 
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, RequestObserver, SamplingSettings
+from mmr5_batch.core.families import QWEN3_VL_RERANKER, family_named
 from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
@@ -55,6 +56,8 @@ class RankingSettings:
     # "mm-r5" (listwise reasoning windows) or "pointwise" (each pair judged alone, order by P(yes)).
     protocol: str = MM_R5
     instruction: str = DEFAULT_INSTRUCTION  # the pointwise protocol's task instruction
+    # Which pointwise family judges the pairs (core/families.py): its prompt, and whether it sees pictures.
+    family: str = QWEN3_VL_RERANKER.name
     # The two-model cascade: the candidates arrive scored; MM-R5 reranks this many of the best.
     after_scorer: int | None = None
     # The engine decodes and processes the pictures it gets without their patches (hf, vLLM; not the scripted one).
@@ -148,9 +151,11 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
 
 async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool = False) -> None:
     """The pointwise protocol over one query: all its pairs at once (a batch engine takes them in one call)."""
-    candidates = state.candidates
-    indices = state.to_score
-    requests = [pointwise_request(state.row.query or "", candidates[index], settings.instruction, first) for index in indices]
+    candidates, family = state.candidates, family_named(settings.family)
+    # A text model cannot judge a page without text: as the two-model cascade's scorer it leaves it unjudged (after
+    # the judged ones, in first-stage order); as the main model the CPU stage flagged it already.
+    indices = [index for index in state.to_score if family.reads_pictures or candidates[index].text]
+    requests = [pointwise_request(state.row.query or "", candidates[index], settings.instruction, first, family=family) for index in indices]
     completions = await asyncio.gather(*(_send(state, engine, request, settings) for request in requests))
     record_relevance(state, indices, list(completions), first)
 

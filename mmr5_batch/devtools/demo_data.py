@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,12 +56,14 @@ def draw_page(title: str, lines: list[str]) -> bytes:
 DOMAINS = ("finance", "science", "operations")
 
 
-def build_demo_tables(queries: int = 50, candidates: int = 8, shards: int = 4, seed: int = 0) -> list[pa.Table]:
-    """The demo dataset as `shards` grouped tables (plus a gold_doc_ids passthrough column)."""
+def build_demo_tables(queries: int = 50, candidates: int = 8, shards: int = 4, seed: int = 0, page_text: bool = False) -> list[pa.Table]:
+    """The demo dataset as `shards` grouped tables (plus a gold_doc_ids passthrough column); `page_text`: each
+    candidate's `text` is what is written on its page (as an OCR'd dataset has it), for the text rerankers."""
     rng = random.Random(seed)
     pages = max(queries, candidates * 2)
     page_facts = [_page_facts(rng, page) for page in range(pages)]
-    page_images = [draw_page(title, [f"{label}: {value}" for _, label, value in facts]) for title, facts in page_facts]
+    page_lines = [[title] + [f"{label}: {value}" for _, label, value in facts] for title, facts in page_facts]
+    page_images = [draw_page(lines[0], lines[1:]) for lines in page_lines]
     rows = []
     for number in range(queries):
         gold = number % pages
@@ -75,7 +78,13 @@ def build_demo_tables(queries: int = 50, candidates: int = 8, shards: int = 4, s
                 "query_id": f"q{number:04d}",
                 "query": f"What was the {key} reported in the {title}?",
                 "candidates": [
-                    {"doc_id": f"page-{page:04d}", "image": page_images[page], "image_uri": None, "text": None, "score": score}
+                    {
+                        "doc_id": f"page-{page:04d}",
+                        "image": page_images[page],
+                        "image_uri": None,
+                        "text": "\n".join(page_lines[page]) if page_text else None,
+                        "score": score,
+                    }
                     for page, score in zip(listed, scores)
                 ],
                 "gold_doc_ids": [f"page-{gold:04d}"],
@@ -96,7 +105,7 @@ def demo_qrels_text(queries: int = 50, candidates: int = 8, seed: int = 0) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_demo_dataset(directory: str | Path, **options: int) -> list[Path]:
+def write_demo_dataset(directory: str | Path, **options: Any) -> list[Path]:
     """Write the demo shards as Parquet files under `directory`; returns their paths."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)

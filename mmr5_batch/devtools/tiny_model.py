@@ -1,4 +1,4 @@
-"""Tiny random-weights checkpoints, built offline in seconds: Qwen2.5-VL (MM-R5) and a Qwen3-VL reranker.
+"""Tiny random-weights checkpoints, built offline in seconds: Qwen2.5-VL (MM-R5), a Qwen3-VL reranker, a text Qwen3 reranker.
 
 The first has MM-R5's real architecture (Qwen2.5-VL: windowed ViT, patch merger,
 M-RoPE text decoder) at toy sizes, a byte-level BPE tokenizer carrying
@@ -13,6 +13,10 @@ deepstack ViT, interleaved M-RoPE) saved as `Qwen3VLForConditionalGeneration`
 as the reranker checkpoints are, with "yes" and "no" single tokens, so both
 the hf engine (a forward pass) and vLLM's pooling runner (the two rows of the
 output head as a classifier) load and score with it.
+
+The third (`build_tiny_text_reranker_model`, `tiny-model --kind
+qwen3-reranker`) is the text Qwen3-Reranker's: a Qwen3 causal LM at toy
+sizes, with the same tokenizer (trained on its prompt's words too).
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ _TRAINING_TEXT = (
 )
 
 
-def _train_tokenizer(vocab_size: int):
+def _train_tokenizer(vocab_size: int, extra_text: str = ""):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -102,7 +106,7 @@ def _train_tokenizer(vocab_size: int):
     from mmr5_batch.core.pointwise_prompt import POINTWISE_SYSTEM_PROMPT
     from mmr5_batch.core.prompt import QUESTION_TEMPLATE, SYSTEM_PROMPT
 
-    corpus = [SYSTEM_PROMPT, QUESTION_TEMPLATE, POINTWISE_SYSTEM_PROMPT, _TRAINING_TEXT] * 4
+    corpus = [SYSTEM_PROMPT, QUESTION_TEMPLATE, POINTWISE_SYSTEM_PROMPT, _TRAINING_TEXT, *([extra_text] if extra_text else [])] * 4
     tokenizer.train_from_iterator(corpus, trainer)
     return tokenizer
 
@@ -172,17 +176,21 @@ def _tiny_config(backend: Any) -> Any:
     )
 
 
-def _write_checkpoint(output_dir: str | Path, seed: int, vocab_size: int, make_model: Any, processor_config: dict[str, Any]) -> Path:
-    """Train the tokenizer, then write it, the random model `make_model(backend)` builds and the processor settings."""
+def _write_checkpoint(
+    output_dir: str | Path, seed: int, vocab_size: int, make_model: Any, processor_config: dict[str, Any] | None, extra_text: str = ""
+) -> Path:
+    """Train the tokenizer (on `extra_text` too), then write it, the random model `make_model(backend)` builds and the
+    processor settings (none for a text model)."""
     import torch
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    backend = _train_tokenizer(vocab_size)
+    backend = _train_tokenizer(vocab_size, extra_text)
     _save_tokenizer(backend, output)
     torch.manual_seed(seed)
     make_model(backend).save_pretrained(output)
-    (output / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2))
+    if processor_config is not None:
+        (output / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2))
     return output
 
 
@@ -237,17 +245,44 @@ def _tiny_pointwise_config(backend: Any) -> Any:
     )
 
 
+def _check_answer_words(backend: Any) -> None:
+    from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
+
+    missing = [word for word in (RELEVANCE_YES, RELEVANCE_NO) if backend.token_to_id(word) is None]
+    if missing:
+        raise RuntimeError(f"the tiny tokenizer has no single token for {missing}")
+
+
 def build_tiny_pointwise_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
     """Write a tiny random Qwen3-VL reranker checkpoint (config, weights, tokenizer, processor) to `output_dir`."""
 
     def make_model(backend: Any) -> Any:
         from transformers import Qwen3VLForConditionalGeneration
 
-        from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
-
-        missing = [word for word in (RELEVANCE_YES, RELEVANCE_NO) if backend.token_to_id(word) is None]
-        if missing:
-            raise RuntimeError(f"the tiny tokenizer has no single token for {missing}")
+        _check_answer_words(backend)
         return Qwen3VLForConditionalGeneration(_tiny_pointwise_config(backend))
 
     return _write_checkpoint(output_dir, seed, vocab_size, make_model, POINTWISE_IMAGE_PROCESSOR_CONFIG)
+
+
+def build_tiny_text_reranker_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random text Qwen3-Reranker checkpoint (`Qwen3ForCausalLM`, as the reranker checkpoints are saved;
+    config, weights, tokenizer; no image processor) to `output_dir`: "yes" and "no" are single tokens, so the hf
+    engine (a forward pass) and vLLM's pooling runner (`Qwen3ForSequenceClassification` from those two rows) load and
+    score with it."""
+    from mmr5_batch.core.pointwise_prompt import TEXT_DEFAULT_INSTRUCTION, TEXT_PROMPT_SUFFIX
+
+    def make_model(backend: Any) -> Any:
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        _check_answer_words(backend)
+        config = Qwen3Config(**_toy_text_config(backend, head_dim=32, tie_word_embeddings=True))
+        model = Qwen3ForCausalLM(config)
+        model.generation_config.eos_token_id = [backend.token_to_id("<|im_end|>"), backend.token_to_id("<|endoftext|>")]
+        return model
+
+    return _write_checkpoint(output_dir, seed, vocab_size, make_model, None, extra_text=f"{TEXT_DEFAULT_INSTRUCTION} {TEXT_PROMPT_SUFFIX}")
+
+
+# `tiny-model --kind NAME`: the builder of each family's tiny checkpoint.
+TINY_MODEL_KINDS = {"mm-r5": build_tiny_model, "pointwise": build_tiny_pointwise_model, "qwen3-reranker": build_tiny_text_reranker_model}

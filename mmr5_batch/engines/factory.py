@@ -53,7 +53,7 @@ def create_engine(spec: ModelRun) -> Engine:
     if backend == "hf":
         from mmr5_batch.engines.hf import HFEngine
 
-        return HFEngine.from_config(spec.model)
+        return HFEngine.from_config(spec.model, spec.family)
     if backend == "vllm":
         from mmr5_batch.engines.vllm import VLLMEngine
 

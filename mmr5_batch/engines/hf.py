@@ -22,6 +22,7 @@ import numpy as np
 
 from mmr5_batch.core.answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.families import MM_R5_FAMILY, Family
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
@@ -98,9 +99,9 @@ class HFEngine:
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, *, max_batch_size: int = 8) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.image_processor = image_processor
+        self.image_processor = image_processor  # None for a text model
         self.max_batch_size = max_batch_size
-        self.merge_area = image_processor.merge_size**2
+        self.merge_area = image_processor.merge_size**2 if image_processor is not None else 1
         self.tokenizer.padding_side = "left"
         self._answer_tokens: dict[int, str] | None = None
 
@@ -115,10 +116,13 @@ class HFEngine:
         return self._answer_tokens
 
     @classmethod
-    def from_config(cls, config: Any) -> HFEngine:
+    def from_config(cls, config: Any, family: Family = MM_R5_FAMILY) -> HFEngine:
+        """The engine for a model section, loaded as its family says (`Family.hf_auto_class`; a text family has no
+        image processor)."""
         try:
             import torch
-            from transformers import AutoModelForImageTextToText, AutoTokenizer
+            import transformers
+            from transformers import AutoTokenizer
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         except ImportError as error:
             raise EngineUnavailable(f"the hf backend needs torch and transformers ({error}); install with: pip install -e .") from error
@@ -132,9 +136,10 @@ class HFEngine:
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.name)
             # Qwen2.5-VL's and Qwen3-VL's image processors are this one class with other patch sizes.
-            image_processor = Qwen2VLImageProcessorPil.from_pretrained(config.name)
-            # The checkpoint's own class: Qwen2.5-VL (MM-R5) or Qwen3-VL (Qwen3-VL-Reranker).
-            model = AutoModelForImageTextToText.from_pretrained(config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(config.name) if family.reads_pictures else None
+            # The checkpoint's own class: Qwen2.5-VL (MM-R5), Qwen3-VL (Qwen3-VL-Reranker), Qwen3 (the text reranker).
+            auto_class = getattr(transformers, family.hf_auto_class)
+            model = auto_class.from_pretrained(config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs)
         except (OSError, ValueError) as error:
             raise EngineUnavailable(f"cannot load model {config.name!r} with transformers: {str(error).splitlines()[0]}") from error
         model.to(device).eval()

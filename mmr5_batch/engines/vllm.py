@@ -58,15 +58,22 @@ def max_model_len_for(window: int, image_tokens: int, max_new_tokens: int) -> in
 
 
 def pointwise_args(spec: ModelRun) -> dict[str, Any]:
-    """The pooling runner's arguments for a pointwise reranker (the run's model, or its two-model cascade's scorer)."""
-    grid = spec.grid
-    return {
+    """The pooling runner's arguments for a pointwise reranker (the run's model, or its two-model cascade's scorer):
+    its family's sequence-classification class, whose one label vLLM builds from the "no" and "yes" rows of the
+    output head; a text family's prompt holds its pair only (`document_tokens` caps the pair, with its fixed head and
+    tail beside it)."""
+    args: dict[str, Any] = {
         "runner": "pooling",
         "hf_overrides": {
-            "architectures": ["Qwen3VLForSequenceClassification"],
+            "architectures": [spec.family.vllm_classifier],
             "classifier_from_token": [RELEVANCE_NO, RELEVANCE_YES],
             "is_original_qwen3_reranker": True,
         },
+    }
+    if not spec.family.reads_pictures:
+        return args | {"max_model_len": spec.model.document_tokens + POINTWISE_PROMPT_TOKENS}
+    grid = spec.grid
+    return args | {
         "max_model_len": spec.image_tokens + 2 + spec.model.document_tokens + POINTWISE_PROMPT_TOKENS,
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         "mm_processor_kwargs": {"min_pixels": 4 * grid * grid, "max_pixels": spec.image_tokens * grid * grid},
@@ -96,6 +103,8 @@ def engine_args(spec: ModelRun) -> dict[str, Any]:
         "seed": model.seed,
     }
     if spec.protocol == POINTWISE:
+        if not spec.family.reads_pictures:  # a text model: vLLM refuses multimodal settings for it
+            del args["limit_mm_per_prompt"], args["mm_processor_kwargs"]
         args.update(pointwise_args(spec))
         del args["enable_prefix_caching"]  # pooling requests share no decoded prefix worth caching
     if model.device == "cpu":

@@ -172,14 +172,18 @@ def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, in
     # cascade's detail-pass pictures (which ones is known only after the first pass).
     in_engine = not run.main.patches_in_cpu_stage
     if run.protocol == POINTWISE:
-        price_pointwise(ours, tokens, ranking.top_k, scorer_size(config.model.name), in_engine)
+        family = run.main.family
+        # A text family sees no picture: its pages cost their text only (in the sizes' prompt tokens).
+        shown_tokens = tokens if family.reads_pictures else [0] * len(tokens)
+        price_pointwise(ours, shown_tokens, ranking.top_k, scorer_size(config.model.name, family.reads_pictures), in_engine and family.reads_pictures)
         return
     shown = len(sizes) if ranking.top_k is None else min(ranking.top_k, len(sizes))
     if run.scorer is not None:
         # The scorer judges every candidate small (on its 32-px grid); MM-R5 reasons over its best in detail.
         scorer, detail = SettingCost("scorer"), SettingCost("detail")
-        small = [fit_to_token_budget(w, h, cascade.first_image_tokens, run.scorer.grid).tokens for w, h in sizes]
-        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name), not run.scorer.patches_in_cpu_stage)
+        reads = run.scorer.family.reads_pictures
+        small = [fit_to_token_budget(w, h, cascade.first_image_tokens, run.scorer.grid).tokens if reads else 0 for w, h in sizes]
+        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name, reads), reads and not run.scorer.patches_in_cpu_stage)
         price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated, in_engine or shown > cascade.detail_top)
         _add(ours, scorer, detail)
         return
@@ -198,11 +202,13 @@ def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, in
 def _setting_label(run: ResolvedRun) -> str:
     config = run.config
     if run.protocol == POINTWISE:
-        return f"pointwise {config.model.name}: {config.images.image_tokens}-token cap, one prompt per candidate"
+        seen = f"{config.images.image_tokens}-token cap" if run.main.family.reads_pictures else "text only"
+        return f"pointwise {config.model.name}: {seen}, one prompt per candidate"
     label = f"{config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
     cascade = config.cascade
     if run.two_models:
-        label += f", two-model cascade: {config.scorer.name} at {cascade.first_image_tokens} tokens, then top {cascade.detail_top}"
+        at = f"at {cascade.first_image_tokens} tokens" if run.scorer is None or run.scorer.family.reads_pictures else "on the text"
+        label += f", two-model cascade: {config.scorer.name} {at}, then top {cascade.detail_top}"
     elif cascade.enabled:
         label += f", cascade {cascade.first_image_tokens} x {cascade.first_window} then top {cascade.detail_top}"
     return label
@@ -230,7 +236,7 @@ def estimate(config: JobConfig, sample: int = 200, generated_tokens: int = 400) 
     plan = plan_input(config, storage, OutputStore(storage, config.output))
     rows = _sample_rows(plan, storage, sample)
     images = config.images
-    fetched = fetch_images(storage, uris_to_fetch(rows), images.allowed_uri_prefixes, images.fetch_concurrency, images.fetch_retries)
+    fetched = fetch_images(storage, uris_to_fetch(rows, run.prepare), images.allowed_uri_prefixes, images.fetch_concurrency, images.fetch_retries)
     options = alternatives(run)
     costs = [SettingCost(("ours: " if index == 0 else "") + _setting_label(option)) for index, option in enumerate(options)]
     reference = SettingCost("MM-R5 reference: pages near native size")

@@ -60,7 +60,7 @@ def prepare_batch(batch: pa.Table, settings: PrepareSettings, fetch: FetchSettin
     fetch = fetch or FetchSettings()
     own = set(PREPARE.reads.names)
     rows = batch.select([name for name in batch.column_names if name in own]).to_pylist()
-    fetched = fetch_for_preparation(fetch.storage, uris_to_fetch(rows), fetch.allowed_uri_prefixes, fetch.concurrency, fetch.retries)
+    fetched = fetch_for_preparation(fetch.storage, uris_to_fetch(rows, settings), fetch.allowed_uri_prefixes, fetch.concurrency, fetch.retries)
     # One task's rows share its page work: a page shown to several of its queries is prepared once.
     work = page_work(settings)
     table = to_table([prepare_row(row, settings, fetched, work) for row in rows], PreparedRow)

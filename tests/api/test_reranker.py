@@ -130,3 +130,17 @@ def test_hf_backend_on_the_tiny_model(tiny_model_dir):
         result = reranker.rank("Which page?", [grey_jpeg(10), grey_jpeg(90)])
     assert sorted(order) == [0, 1, 2, 3]
     assert result.status in ("ok", "repaired", "fallback") and result.generated_tokens == 4
+
+
+def test_the_text_qwen3_reranker_in_process(tiny_text_reranker_dir):
+    """One query in a notebook with the text reranker: pages as dicts with their text, told apart from the
+    checkpoint; a page with only an image is flagged (the text model cannot read it), `rerank` raises naming it."""
+    pages = [{"doc_id": "a", "text": "the quarterly revenue table"}, {"doc_id": "b", "text": "minutes of a meeting"}]
+    with Reranker(tiny_text_reranker_dir, backend="hf", device="cpu") as reranker:
+        result = reranker.rank("revenue table", [*pages, {"doc_id": "picture", "image": grey_jpeg(40)}])
+        assert result.status == "pointwise" and result.doc_ids[-1] == "picture" and result.scored == 2
+        assert result.scores[0] >= result.scores[1] and 0.0 < result.scores[1] < 1.0
+        assert result.flagged == {"picture": "candidate has no text, which a text reranker needs"}
+        assert sorted(reranker.rerank("revenue table", pages)) == [0, 1]
+        with pytest.raises(PageUnreadable, match="page 2 .*a text reranker needs"):
+            reranker.rerank("revenue table", [*pages, grey_jpeg(40)])

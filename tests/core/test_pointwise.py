@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
-from mmr5_batch.config.protocol import model_protocol, protocol_grid
+from mmr5_batch.config.protocol import model_family, model_protocol
 from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import Completion, SamplingSettings
@@ -154,11 +154,19 @@ def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
     (tmp_path / "qwen3" / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
     (tmp_path / "qwen25").mkdir()
     (tmp_path / "qwen25" / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
-    protocol = lambda model, **kw: model_protocol(config_from_keywords(RerankerConfig, name=model, **kw).model)
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    section = lambda model, **kw: config_from_keywords(RerankerConfig, name=model, **kw).model
+    protocol = lambda model, **kw: model_protocol(section(model, **kw))
+    family = lambda model, **kw: model_family(section(model, **kw)).name
     assert protocol(model=str(tmp_path / "qwen3")) == "pointwise" and protocol(model=str(tmp_path / "qwen25")) == "mm-r5"
     assert protocol(model="Qwen/Qwen3-VL-Reranker-8B") == "pointwise" and protocol(model="i2vec/MM-R5") == "mm-r5"
     assert protocol(model=str(tmp_path / "qwen3"), protocol="mm-r5") == "mm-r5"
-    assert protocol_grid("pointwise") == 32 and protocol_grid("mm-r5") == 28
+    # The text Qwen3-Reranker: pointwise, its own family, by model type or by hub name; set by hand too.
+    assert family(model=str(tmp_path / "text")) == family(model="Qwen/Qwen3-Reranker-0.6B") == "qwen3-reranker"
+    assert family(model=str(tmp_path / "text"), protocol="pointwise") == "qwen3-reranker" and protocol(model=str(tmp_path / "text")) == "pointwise"
+    assert family(model="Qwen/Qwen3-VL-Reranker-2B") == family(model=str(tmp_path / "qwen25"), protocol="pointwise") == "qwen3-vl-reranker"
+    assert model_family(section("Qwen/Qwen3-VL-Reranker-2B")).grid == 32 and model_family(section("i2vec/MM-R5")).grid == 28
 
 
 @pytest.mark.parametrize(
@@ -188,7 +196,7 @@ def test_images_are_fitted_on_each_models_grid_and_text_only_candidates_are_kept
 
 
 def test_an_empty_instruction_is_the_references_default():
-    """Every reference falls back to its default instruction for an empty one; so does the config, once."""
+    """Every reference falls back to its default instruction for an empty one; so does the resolved run, once."""
     for empty in ("", "   "):
         run = resolve_run(config_from_keywords(RerankerConfig, protocol="pointwise", instruction=empty, **{"scorer.instruction": empty}))
         assert run.config.model.instruction == run.config.scorer.instruction == DEFAULT_INSTRUCTION

@@ -196,6 +196,34 @@ def test_pointwise_relevance_equals_a_direct_forward_pass(tiny_pointwise_dir):
     assert batched[0].image_tokens == prepared.tokens == 12 and batched[1].image_tokens == 0
 
 
+def test_the_text_rerankers_relevance_is_its_model_cards_score(tiny_text_reranker_dir):
+    """The text Qwen3-Reranker on the hf engine (a causal LM, no image processor): P(yes) equals its model card's
+    score, re-implemented here (it cannot be imported): the causal LM's logits at the last position, a log-softmax
+    over the "no" and "yes" logits, exp of the "yes" one; batched or alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmr5_batch.core.families import QWEN3_RERANKER
+    from mmr5_batch.core.pointwise import pointwise_request
+
+    engine = HFEngine.from_config(ModelConfig(name=tiny_text_reranker_dir, device="cpu", max_batch_size=4), QWEN3_RERANKER)
+    assert engine.image_processor is None and type(engine.model).__name__ == "Qwen3ForCausalLM"
+    pairs = [("which page shows revenue?", "Q3 revenue rose"), ("who signed?", "the lease was signed by the tenant in May"), ("q", "d")]
+    requests = [pointwise_request(query, PreparedCandidate(text=text), "", family=QWEN3_RERANKER) for query, text in pairs]
+    batched = engine.generate(requests)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_text_reranker_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_text_reranker_dir, dtype=torch.float32).eval()
+    no, yes = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
+    for request_, completion in zip(requests, batched):
+        ids = torch.tensor([tokenizer.encode(request_.prompt, add_special_tokens=False)])
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[:, -1, :]
+            expected = torch.nn.functional.log_softmax(torch.stack([logits[:, no], logits[:, yes]], dim=1), dim=1)[:, 1].exp().item()
+        assert completion.error is None and completion.relevance == pytest.approx(expected, abs=1e-5)
+        assert completion.prompt_tokens == ids.shape[1] and completion.image_tokens == 0
+        assert engine.generate([request_])[0].relevance == pytest.approx(completion.relevance, abs=1e-5)
+
+
 @pytest.mark.parametrize("model_dir", ["tiny_model_dir", "tiny_pointwise_dir"])
 def test_patches_from_the_cpu_stage_give_the_processors_pixels_and_the_same_completions(model_dir, request: pytest.FixtureRequest):
     """The CPU stage's raw patches, normalised by the engine, are bit for bit the float patches the image processor's

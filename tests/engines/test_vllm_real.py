@@ -176,6 +176,54 @@ def test_pointwise_scores_on_vllms_pooling_runner_equal_the_hf_engines(tiny_poin
     assert [completion.relevance for completion in streamed] == pytest.approx(expected, abs=1e-4)
 
 
+def test_the_text_rerankers_scores_on_vllm_equal_the_hf_engines_and_its_job_runs(ray_session, tiny_model_dir, tiny_text_reranker_dir, tmp_path):
+    """The text Qwen3-Reranker on vLLM's pooling runner (`Qwen3ForSequenceClassification` from the "no"/"yes" rows):
+    offline and async, the P(yes) the hf engine's forward pass gives; then the whole job with it as the main model,
+    and as the two-model cascade's scorer before MM-R5."""
+    import asyncio
+
+    from mmr5_batch.core.families import QWEN3_RERANKER
+    from mmr5_batch.core.pointwise import pointwise_request
+    from mmr5_batch.engines.hf import HFEngine
+
+    pairs = [("which page shows revenue?", "Q3 revenue rose"), ("who signed?", "the lease was signed by the tenant in May"), ("q", "d")]
+    requests = [pointwise_request(query, PreparedCandidate(text=text), "", family=QWEN3_RERANKER) for query, text in pairs]
+    config = real_config(tiny_text_reranker_dir, tmp_path, **{"model.dtype": "float32"})
+    run = resolve_run(config)
+    assert run.main.family is QWEN3_RERANKER
+    expected = [
+        c.relevance for c in HFEngine.from_config(config.model.model_copy(update={"backend": "hf", "engine_kwargs": {}}), QWEN3_RERANKER).generate(requests)
+    ]
+    offline = VLLMEngine.from_run(run.main)
+    try:
+        classified = offline.generate(requests)
+    finally:
+        offline.close()
+    assert [completion.error for completion in classified] == [None] * 3
+    assert [completion.relevance for completion in classified] == pytest.approx(expected, abs=1e-4)
+    engine = AsyncVLLMEngine.from_run(run.main)
+
+    async def submit_all():
+        return await asyncio.gather(*(engine.generate_async(request) for request in requests))
+
+    try:
+        streamed = asyncio.run(submit_all())
+    finally:
+        engine.close()
+    assert [completion.relevance for completion in streamed] == pytest.approx(expected, abs=1e-4)
+
+    write_demo_dataset(tmp_path / "in", queries=3, candidates=4, shards=1, page_text=True)
+    summary = run_job(real_config(tiny_text_reranker_dir, tmp_path))
+    assert summary["totals"]["queries"] == 3 and summary["totals"]["pointwise"] == 3 and summary["totals"]["scored"] == 12
+    scorer = {"scorer.name": tiny_text_reranker_dir, "scorer.backend": "vllm", "scorer.engine_kwargs": {"enforce_eager": True}}
+    scorer.update({"scorer.device": "cpu", "scorer.cpu_kv_cache_gib": 1} if ON_CPU else {"scorer.gpu_memory_utilization": 0.3})
+    cascade = {"cascade.enabled": True, "cascade.first_pass": "pointwise", "cascade.detail_top": 2, "output": str(tmp_path / "cascade")}
+    summary = run_job(real_config(tiny_model_dir, tmp_path, **cascade, **scorer))
+    assert summary["totals"]["queries"] == 3 and summary["totals"]["error"] == 0 and summary["totals"]["scored"] == 12
+    for row in read_folder(tmp_path / "cascade" / "ranked"):
+        assert row["decided_by"] == ["detail"] * 2 + ["pointwise"] * 2 and row["windows"] == 1
+
+
 def test_two_model_cascade_on_vllm_in_both_pools(ray_session, tiny_model_dir, tiny_pointwise_dir, tmp_path):
     write_demo_dataset(tmp_path / "in", queries=4, candidates=8, shards=1)
     scorer = {"scorer.name": tiny_pointwise_dir, "scorer.backend": "vllm", "scorer.engine_kwargs": {"enforce_eager": True}}

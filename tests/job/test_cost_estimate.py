@@ -58,3 +58,30 @@ def test_on_long_lists_the_two_model_cascade_costs_a_fraction_of_sliding_windows
     assert costs["windows"]["windows_per_query"] == 16 and costs["pointwise"]["windows_per_query"] == 1
     assert costs["pointwise"]["scored_per_query"] == 50 and costs["same-model"]["windows_per_query"] == 8 + 1
     assert costs["pointwise"]["gpu_seconds_per_query"] < costs["same-model"]["gpu_seconds_per_query"] < costs["windows"]["gpu_seconds_per_query"]
+
+
+def test_a_text_scorer_is_priced_by_its_text_and_its_own_size():
+    """The text Qwen3-Reranker sees no image: its prefills hold no image tokens and it is priced by its own (small,
+    vision-less) size, so as the cascade's first pass it costs less than Qwen3-VL-Reranker-2B at the same budget."""
+    from mmr5_batch.config import RerankerConfig, config_from_keywords
+    from mmr5_batch.config.run import resolve_run
+    from mmr5_batch.core.cost_model import QWEN3_RERANKER_SIZES, scorer_size
+    from mmr5_batch.job.cost_estimate import SettingCost, _setting_label, price_setting
+
+    assert scorer_size("Qwen/Qwen3-Reranker-4B", reads_pictures=False) is QWEN3_RERANKER_SIZES["4b"]
+    assert scorer_size("Qwen/Qwen3-Reranker-0.6B", reads_pictures=False) is QWEN3_RERANKER_SIZES["0.6b"]
+    cascade = {"cascade": True, "cascade.first_pass": "pointwise"}
+    rows = {}
+    for scorer in ("Qwen/Qwen3-VL-Reranker-2B", "Qwen/Qwen3-Reranker-0.6B"):
+        run = resolve_run(config_from_keywords(RerankerConfig, **cascade, **{"scorer.name": scorer}))
+        cost = SettingCost(_setting_label(run))
+        price_setting(cost, run, [(1240, 1754)] * 50, generated=400)
+        rows[scorer] = cost.row(1)
+    text, vision = rows["Qwen/Qwen3-Reranker-0.6B"], rows["Qwen/Qwen3-VL-Reranker-2B"]
+    assert text["scored_per_query"] == vision["scored_per_query"] == 50 and text["windows_per_query"] == 1
+    assert text["gpu_seconds_per_query"] < vision["gpu_seconds_per_query"] and text["image_tokens_per_query"] < vision["image_tokens_per_query"]
+    text_only = resolve_run(config_from_keywords(RerankerConfig, **{"model.name": "Qwen/Qwen3-Reranker-0.6B"}))
+    cost = SettingCost(_setting_label(text_only))
+    price_setting(cost, text_only, [(1240, 1754)] * 20, generated=400)
+    assert cost.name == "pointwise Qwen/Qwen3-Reranker-0.6B: text only, one prompt per candidate"
+    assert cost.row(1)["image_tokens_per_query"] == 0 and cost.row(1)["scored_per_query"] == 20

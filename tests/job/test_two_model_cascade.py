@@ -164,3 +164,53 @@ def test_a_300000_character_document_is_cut_to_the_reference_limit_and_its_query
     tokenizer = AutoTokenizer.from_pretrained(tiny_pointwise_dir)
     assert len(tokenizer.encode(huge, add_special_tokens=False)) > 40 * limit
     assert ranked["q1"]["prompt_tokens"] - ranked["q0"]["prompt_tokens"] <= limit
+
+
+def text_rows(count: int) -> list[dict]:
+    """Queries over text pages (and one page that is only an image, which a text model cannot judge)."""
+    texts = ["the quarterly revenue table", "a lease signed in May", "minutes of the board meeting", "revenue by region"]
+    return [
+        {
+            "query_id": f"q{query}",
+            "query": "revenue table",
+            "candidates": [
+                {"doc_id": f"t{index}", "image": None, "image_uri": None, "text": text, "score": 1.0 - index / 10} for index, text in enumerate(texts)
+            ]
+            + [{"doc_id": "picture", "image": grey_jpeg(40), "image_uri": None, "text": None, "score": 0.1}],
+        }
+        for query in range(count)
+    ]
+
+
+def test_the_text_qwen3_reranker_runs_from_the_cli_on_hf(ray_session, tmp_path, tiny_text_reranker_dir):
+    """`mmr5-batch rerank` on the tiny text Qwen3-Reranker ('auto' tells it from the checkpoint): every text page judged,
+    the image-only page flagged; the result is the hf engine's own P(yes) order."""
+    write_input(tmp_path / "in", text_rows(2))
+    flags = ["--model", tiny_text_reranker_dir, "--backend", "hf", "--device", "cpu", "--actors", "1"]
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *flags]) == 0
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert set(ranked) == {"q0", "q1"} and read_folder(tmp_path / "out" / "dead_letter") == []
+    for row in ranked.values():
+        assert row["status"] == "pointwise" and row["scored"] == 4 and row["doc_ids"][-1] == "picture"
+        assert row["decided_by"] == ["pointwise"] * 4 + ["flagged"] and row["flag_reasons"] == ["candidate has no text, which a text reranker needs"]
+        assert row["scores"][:4] == sorted(row["scores"][:4], reverse=True) and row["image_tokens"] == 0
+    assert ranked["q0"]["doc_ids"] == ranked["q1"]["doc_ids"] and ranked["q0"]["scores"] == ranked["q1"]["scores"]
+
+
+def test_text_qwen3_reranker_first_then_mm_r5_on_the_tiny_checkpoints(ray_session, tmp_path, tiny_model_dir, tiny_text_reranker_dir):
+    """The two-model cascade with the text reranker as its scorer: it judges the pages with text, the image-only page
+    goes after them unjudged; MM-R5 reasons over the top 3 (pictures at full budget only)."""
+    rows = text_rows(2)
+    for row in rows:  # MM-R5 needs a picture of every page it is shown
+        for index, candidate in enumerate(row["candidates"]):
+            candidate["image"] = candidate["image"] or grey_jpeg(60 + 30 * index)
+    write_input(tmp_path / "in", rows)
+    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
+    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_text_reranker_dir})
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert summary["failed"] is None and set(ranked) == {"q0", "q1"}
+    for row in ranked.values():
+        assert sorted(row["doc_ids"]) == sorted(["t0", "t1", "t2", "t3", "picture"]) and row["scored"] == 4 and row["windows"] == 1
+        # The scorer's fourth page after MM-R5's three; the unjudged picture last, where its first-stage score puts it.
+        assert row["decided_by"] == ["detail"] * 3 + ["pointwise", "first_stage"] and row["doc_ids"][-1] == "picture"

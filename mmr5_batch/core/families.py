@@ -1,0 +1,132 @@
+"""Reranker families as data: one record per family says what the rest of the job needs to know about it.
+
+A protocol is how a model ranks (MM-R5's listwise reasoning windows, or a
+pointwise yes/no judgement per pair); a family is one published reranker
+speaking it, with its own prompt, pictures, defaults and the model classes
+the engines load it with. Two families share the pointwise protocol:
+Qwen3-VL-Reranker (an image and/or text per document) and the text
+Qwen3-Reranker (text only, its own template, instruction and truncation).
+Everything downstream reads the record the resolved run carries
+(`config/run.py`), never the family's name.
+
+To add a family: a record here (its prompt renderer in its own module),
+its detection (`model_types`, `hub_names`), its tiny checkpoint in
+`devtools/tiny_model.py`, and the fidelity tests against its reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mmr5_batch.core.images import GRID, QWEN3_VL_GRID
+from mmr5_batch.core.pointwise_prompt import (
+    DEFAULT_INSTRUCTION,
+    TEXT_DEFAULT_INSTRUCTION,
+    render_pointwise_prompt,
+    render_text_pointwise_prompt,
+)
+from mmr5_batch.core.vocabulary import MM_R5, POINTWISE
+
+# How a family's document text is cut to `model.document_tokens` (core/preparation.py applies it).
+CUT_DOCUMENT_HEAD = "document-head"  # the document alone, its head kept (Qwen3-VL-Reranker's reference)
+CUT_PAIR_TAIL = "pair-tail"  # the whole pair (instruction, query, document) cut at its end (Qwen3-Reranker's)
+
+# A pointwise family's prompt for one pair: (query, image shown, document text, instruction) -> the whole prompt.
+PromptRenderer = Callable[[str, bool, "str | None", str], str]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One reranker family (see the module docstring)."""
+
+    name: str
+    protocol: str  # MM_R5 or POINTWISE
+    reads_pictures: bool  # the model sees the documents' images (False: text only)
+    grid: int  # pixels per side of one image token (0 for a text model)
+    default_instruction: str  # a pointwise family's '<Instruct>:' line when the config leaves it empty ('' for MM-R5)
+    text_cut: str  # CUT_DOCUMENT_HEAD or CUT_PAIR_TAIL
+    # The transformers auto class the hf engine loads the checkpoint with.
+    hf_auto_class: str
+    # vLLM's pooling-runner class for a pointwise family ('' for a generating one).
+    vllm_classifier: str
+    # config.json `model_type` values that are this family, and lower-case name fragments of its hub ids.
+    model_types: tuple[str, ...] = ()
+    hub_names: tuple[str, ...] = ()
+    render: PromptRenderer | None = None  # a pointwise family's prompt
+
+    def prompt(self, query: str, *, image: bool, text: str | None, instruction: str) -> str:
+        if self.render is None:
+            raise ValueError(f"the {self.name} family renders its prompts through the chat template, not one pair at a time")
+        return self.render(query, image, text, instruction or self.default_instruction)
+
+
+MM_R5_FAMILY = Family(
+    name="mm-r5",
+    protocol=MM_R5,
+    reads_pictures=True,
+    grid=GRID,
+    default_instruction="",
+    text_cut=CUT_DOCUMENT_HEAD,
+    hf_auto_class="AutoModelForImageTextToText",
+    vllm_classifier="",
+    model_types=("qwen2_5_vl",),
+    hub_names=("mm-r5",),
+)
+
+QWEN3_VL_RERANKER = Family(
+    name="qwen3-vl-reranker",
+    protocol=POINTWISE,
+    reads_pictures=True,
+    grid=QWEN3_VL_GRID,
+    default_instruction=DEFAULT_INSTRUCTION,
+    text_cut=CUT_DOCUMENT_HEAD,
+    hf_auto_class="AutoModelForImageTextToText",
+    vllm_classifier="Qwen3VLForSequenceClassification",
+    model_types=("qwen3_vl",),
+    hub_names=("qwen3-vl-reranker",),
+    render=lambda query, image, text, instruction: render_pointwise_prompt(query, image=image, text=text, instruction=instruction),
+)
+
+QWEN3_RERANKER = Family(
+    name="qwen3-reranker",
+    protocol=POINTWISE,
+    reads_pictures=False,
+    grid=0,
+    default_instruction=TEXT_DEFAULT_INSTRUCTION,
+    text_cut=CUT_PAIR_TAIL,
+    hf_auto_class="AutoModelForCausalLM",
+    vllm_classifier="Qwen3ForSequenceClassification",
+    model_types=("qwen3",),
+    hub_names=("qwen3-reranker",),
+    render=lambda query, image, text, instruction: render_text_pointwise_prompt(query, text=text, instruction=instruction),
+)
+
+FAMILIES = (MM_R5_FAMILY, QWEN3_VL_RERANKER, QWEN3_RERANKER)
+# The family a protocol means when nothing about the checkpoint says otherwise.
+PROTOCOL_DEFAULT = {MM_R5: MM_R5_FAMILY, POINTWISE: QWEN3_VL_RERANKER}
+
+
+def family_named(name: str) -> Family:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise ValueError(f"unknown reranker family {name!r}; known: {', '.join(family.name for family in FAMILIES)}")
+
+
+def detect_family(protocol: str | None, model_type: str | None, name: str) -> Family:
+    """The family of a checkpoint: from its config.json `model_type` where it has one (a local directory), else from
+    its hub id's name; `protocol` as set ('mm-r5', 'pointwise') or None for 'auto'. A checkpoint whose family does not
+    speak the protocol set gets the protocol's default family (a Qwen2.5-VL checkpoint set to 'pointwise' is judged
+    as Qwen3-VL-Reranker's format, as before families existed)."""
+    lowered = name.lower()
+    found = next((family for family in FAMILIES if model_type is not None and model_type in family.model_types), None)
+    if found is None and model_type is None:
+        # Longest fragment first: 'qwen3-vl-reranker' is not the text 'qwen3-reranker'.
+        named = [(len(fragment), family) for family in FAMILIES for fragment in family.hub_names if fragment in lowered]
+        found = max(named, key=lambda pair: pair[0])[1] if named else None
+    if protocol is None:
+        return found or MM_R5_FAMILY
+    if found is not None and found.protocol == protocol:
+        return found
+    return PROTOCOL_DEFAULT[protocol]
