@@ -1,4 +1,4 @@
-"""Long lists three ways: MM-R5 sliding windows, the same-model cascade, the two-model cascade (a pointwise scorer first).
+"""Long lists many ways: MM-R5 sliding windows, the same-model cascade, the two-model cascade (a scorer first), ZipRerank.
 
 Two tables. First, the cost model (mmr5_batch/core/cost_model.py; an H200,
 A4 pages at 150 dpi, 400 generated tokens per MM-R5 window, the job's
@@ -40,6 +40,14 @@ WAYS = {
     # The text Qwen3-Reranker first: no image tokens, each page's text (assumed 500 tokens) instead.
     "two-model cascade (text 0.6B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-Reranker-0.6B"},
     "two-model cascade (text 4B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-Reranker-4B"},
+    # ZipRerank alone (its windows of 20 at stride 10, one prefill each) and as the first pass before MM-R5.
+    "ZipRerank alone": {"model.name": "mtri-admin/ZipRerank"},
+    "two-model cascade (ZipRerank first)": {
+        "cascade": True,
+        "cascade.first_pass": "pointwise",
+        "scorer.name": "mtri-admin/ZipRerank",
+        "scorer.protocol": "ziprerank",
+    },
 }
 
 

@@ -140,3 +140,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.ray)
         else:
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def tiny_ziprerank_dir(tmp_path_factory):
+    from mmr5_batch.devtools.tiny_model import build_tiny_ziprerank_model
+
+    # The folder's name says 'ziprerank': that is how `auto` tells it from a Qwen3-VL-Reranker checkpoint.
+    return str(build_tiny_ziprerank_model(tmp_path_factory.mktemp("tiny-ziprerank")))

@@ -48,7 +48,9 @@ def show_prompt(query: str, num_candidates: int, model: str | None, protocol: st
         return family.prompt(query, image=False, text=document, instruction="")
     from transformers import AutoTokenizer
 
-    from mmr5_batch.core.prompt import build_messages, render_prompt
+    from mmr5_batch.core.prompt import render_prompt
 
+    assert family.window_messages is not None
     tokenizer = AutoTokenizer.from_pretrained(model or "i2vec/MM-R5")
-    return render_prompt(tokenizer, build_messages(query, num_candidates))
+    # A listwise family's window through the checkpoint's chat template, then what its answer starts with (ZipRerank's "[").
+    return render_prompt(tokenizer, family.window_messages(query, num_candidates)) + family.answer_prefix

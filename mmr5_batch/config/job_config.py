@@ -26,8 +26,9 @@ from mmr5_batch.config.sections import (
     Section,
     StorageConfig,
 )
+from mmr5_batch.core.families import ZIPRERANK_FAMILY
 from mmr5_batch.core.images import MIN_IMAGE_TOKENS
-from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW, POINTWISE
+from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW, POINTWISE, ZIPRERANK
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -66,6 +67,8 @@ class RerankerConfig(Section):
             )
         # Checked on the resolved protocols, so 'auto' is refused exactly where the value it resolves to is.
         protocol = model_protocol(self.model)
+        if protocol == ZIPRERANK:
+            self._check_ziprerank()
         if protocol == POINTWISE and self.cascade.enabled:
             raise ValueError(
                 f"{spelled_protocol(self.model, 'model')}: the two-model cascade puts MM-R5 after the pointwise scorer, so model must be "
@@ -78,15 +81,31 @@ class RerankerConfig(Section):
             raise ValueError(
                 f"{spelled_protocol(self.model, 'model')}: ranking.mode 'fast' scores MM-R5's answer ids; the pointwise protocol scores every pair in one forward pass already"
             )
-        if model_protocol(self.scorer) != POINTWISE:
-            raise ValueError(f"{spelled_protocol(self.scorer, 'scorer')}: the scorer judges one pair per prompt, it must be a pointwise model")
+        if model_protocol(self.scorer) not in (POINTWISE, ZIPRERANK):
+            raise ValueError(
+                f"{spelled_protocol(self.scorer, 'scorer')}: the scorer ranks every candidate before MM-R5, it must be a pointwise model or ZipRerank"
+            )
         if self.cascade.enabled and self.ranking.mode == FAST and self.cascade.first_window > FAST_MAX_WINDOW:
             raise ValueError(f"fast mode scores single-digit ids: cascade.first_window must be at most {FAST_MAX_WINDOW}, got {self.cascade.first_window}")
         return self
 
+    def _check_ziprerank(self) -> None:
+        """ZipRerank ranks each window by its letters' scores in one forward pass: no fast mode, no cascade of its own
+        yet, at most its reference's 20 pages per prompt."""
+        named = spelled_protocol(self.model, "model")
+        if self.ranking.mode == FAST:
+            raise ValueError(f"{named}: ranking.mode 'fast' scores MM-R5's answer ids; ZipRerank ranks every window in one forward pass already")
+        if self.cascade.enabled:
+            raise ValueError(f"{named}: the cascades put MM-R5 last; use ZipRerank alone, or MM-R5 with a cascade")
+        ranking = self.ranking
+        window = ranking.window if "window" in ranking.model_fields_set else ZIPRERANK_FAMILY.window
+        if window > ZIPRERANK_FAMILY.max_window:
+            raise ValueError(f"{named}: ranking.window must be at most {ZIPRERANK_FAMILY.max_window} (pages [A]..[T]), got {window}")
+
     def reranker_only(self) -> RerankerConfig:
-        """Just the reranker part (a `JobConfig`'s job fields left out)."""
-        return RerankerConfig.model_validate(self.model_dump(include=set(RerankerConfig.model_fields)))
+        """Just the reranker part (a `JobConfig`'s job fields left out); what was left unset stays unset (a family's
+        default window applies only where the config gives none)."""
+        return RerankerConfig.model_validate(self.model_dump(include=set(RerankerConfig.model_fields), exclude_unset=True))
 
 
 class JobConfig(RerankerConfig):

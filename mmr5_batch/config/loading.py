@@ -91,7 +91,8 @@ def config_from_keywords(kind: type[Config], base: Config | Mapping[str, Any] | 
     (`cascade=True`). A name found in two sections must be given dotted, and
     the scorer's fields always are (`scorer.name`).
     """
-    tree: dict[str, Any] = base.model_dump(include=set(kind.model_fields)) if isinstance(base, BaseModel) else {}
+    # What the base left unset stays unset (a family's default window applies only where the config gives none).
+    tree: dict[str, Any] = base.model_dump(include=set(kind.model_fields), exclude_unset=True) if isinstance(base, BaseModel) else {}
     # A dict follows the same rules as keywords: sections as dicts (as in the YAML file), dotted or flat names.
     named = {**(base if isinstance(base, Mapping) else {}), **settings}
     fields = _section_fields(kind)

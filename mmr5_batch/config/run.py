@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from mmr5_batch.config.job_config import RerankerConfig
 from mmr5_batch.config.protocol import PATCH_BACKENDS, model_family, patches_in_cpu_stage
-from mmr5_batch.config.sections import ModelConfig
+from mmr5_batch.config.sections import ModelConfig, RankingConfig
 from mmr5_batch.core.engine_protocol import SamplingSettings
 from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
 from mmr5_batch.core.images import GRID
@@ -115,31 +115,44 @@ class ResolvedRun(Generic[Config]):
             constrain_answer=model.constrain_answer,
             mode=ranking.mode,
             cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if self.cascade == SAME_MODEL else None,
+            scorer_label=self.scorer.family.decided_by if self.scorer is not None and self.scorer.protocol != POINTWISE else POINTWISE,
         )
 
     def scoring(self, run_id: str = "") -> RankingSettings | None:
-        """The two-model cascade's scorer stage: the `scorer` model, pointwise, over the first `ranking.top_k`; None without it."""
+        """The two-model cascade's scorer stage: the `scorer` model (a pointwise family, one pair per prompt, or
+        ZipRerank, its reference's windows over the first-pass pictures) over the first `ranking.top_k`; None without it."""
         if self.scorer is None:
             return None
-        scorer = self.scorer.model
+        scorer, family = self.scorer.model, self.scorer.family
         return RankingSettings(
             engine_reads_pixels=scorer.backend in PATCH_BACKENDS,
-            window=2,
-            stride=1,
+            window=family.window or 2,
+            stride=family.stride or 1,
             sampling=SamplingSettings(max_new_tokens=1, stop=()),
             model_id=scorer.name,
             backend=scorer.backend,
             run_id=run_id,
             top_k=self.config.ranking.top_k,
-            protocol=POINTWISE,
-            family=self.scorer.family.name,
+            protocol=family.protocol,
+            family=family.name,
             instruction=scorer.instruction,
+            scorer_windows=family.protocol != POINTWISE,
         )
 
 
 def _resolved_section(model: ModelConfig, family: Family) -> ModelConfig:
     """A model section with its family's protocol and, where it left the instruction empty, the family's default."""
     return model.model_copy(update={"protocol": family.protocol, "instruction": model.instruction or family.default_instruction})
+
+
+def _family_windows(ranking: RankingConfig, family: Family) -> RankingConfig:
+    """The ranking section with the family's reference window and stride where the config leaves them unset
+    (ZipRerank's 20 and 10; MM-R5's are the config's own defaults)."""
+    if not family.window or ("window" in ranking.model_fields_set and "stride" in ranking.model_fields_set):
+        return ranking
+    window = ranking.window if "window" in ranking.model_fields_set else family.window
+    stride = ranking.stride if "stride" in ranking.model_fields_set else (family.stride if family.stride < window else max(1, window // 2))
+    return ranking.model_copy(update={"window": window, "stride": stride})
 
 
 def sampling_settings(model: ModelConfig) -> SamplingSettings:
@@ -168,8 +181,9 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
     kind = cascade_kind(config)
     model = _resolved_section(config.model, family)
     scorer_model = _resolved_section(config.scorer, scorer_family)
-    resolved = config.model_copy(update={"model": model, "scorer": scorer_model})
-    images, ranking, cascade = config.images, config.ranking, config.cascade
+    ranking = _family_windows(config.ranking, family)
+    resolved = config.model_copy(update={"model": model, "scorer": scorer_model, "ranking": ranking})
+    images, cascade = config.images, config.cascade
 
     if protocol == POINTWISE:
         passes: tuple[EnginePass, ...] = (EnginePass(1, images.image_tokens),)
@@ -183,7 +197,7 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
         ModelRun(
             scorer_model,
             scorer_family,
-            (EnginePass(1, cascade.first_image_tokens),),
+            (EnginePass(scorer_family.window or 1, cascade.first_image_tokens),),
             patches_in_cpu_stage(config.images, scorer_model) and scorer_family.reads_pictures,
         )
         if kind == TWO_MODELS

@@ -21,14 +21,16 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = Field("i2vec/MM-R5", description="Hugging Face model id or local checkpoint directory.")
-    protocol: Literal["auto", "mm-r5", "pointwise"] = Field(
+    protocol: Literal["auto", "mm-r5", "pointwise", "ziprerank"] = Field(
         "auto",
         description=(
             "How the model reranks: 'mm-r5' (listwise: it reasons over a window of candidate images, then answers with "
             "their order) or 'pointwise' (one query-document pair per prompt, the score is P(yes): Qwen3-VL-Reranker, "
             "whose documents may be an image, text, or both, or the text Qwen3-Reranker, text only). 'auto': from the "
             "checkpoint (config.json's model type: qwen3_vl is Qwen3-VL-Reranker, qwen3 the text Qwen3-Reranker; a hub "
-            "id by its name: 'Qwen3-VL-Reranker', 'Qwen3-Reranker'; anything else mm-r5)."
+            "id by its name: 'Qwen3-VL-Reranker', 'Qwen3-Reranker'; anything else mm-r5), or 'ziprerank' (listwise in one "
+            "forward pass: a window of up to 20 pages, ordered by the next-token scores of their letters; a Qwen3-VL "
+            "checkpoint is ZipRerank only when so named, e.g. mtri-admin/ZipRerank, or set so)."
         ),
     )
     instruction: str = Field(
@@ -109,8 +111,12 @@ class ModelConfig(Section):
 
 
 class RankingConfig(Section):
-    window: int = Field(5, ge=2, description="Candidates per prompt; MM-R5 was trained on 5.")
-    stride: int = Field(3, ge=1, description="Positions the sliding window moves up per round (must be < window).")
+    window: int = Field(5, ge=2, description="Candidates per prompt; MM-R5 was trained on 5. Left unset for ZipRerank: its reference's 20 (at most 20).")
+    stride: int = Field(
+        3,
+        ge=1,
+        description="Positions the sliding window moves up per round (must be < window). Left unset for ZipRerank: its reference's 10.",
+    )
     top_k: int | None = Field(None, ge=1, description="Rerank only the first K candidates by first-stage score; the rest follow in first-stage order.")
     keep_reasoning: bool = Field(False, description="Keep the model's full output per window in the 'reasoning' column.")
     mode: Literal["reasoning", "fast"] = Field(
@@ -207,8 +213,8 @@ class CascadeConfig(Section):
         "same-model",
         description=(
             "Who makes the first pass: 'same-model' (MM-R5 itself over small images, windows of first_window) or "
-            "'pointwise' (the `scorer` model, a pointwise reranker, scores every candidate at first_image_tokens in "
-            "its own actor pool; MM-R5 then reasons over the detail_top best)."
+            "'pointwise' (the `scorer` model, a pointwise reranker or ZipRerank, scores every candidate at "
+            "first_image_tokens in its own actor pool; MM-R5 then reasons over the detail_top best)."
         ),
     )
     first_window: int = Field(10, ge=2, description="Candidates per prompt in the first pass.")
@@ -357,17 +363,19 @@ class ExecutionConfig(Section):
 
 
 class ScorerConfig(ModelConfig):
-    """The two-model cascade's first-pass model (a pointwise reranker) and its actor pool."""
+    """The two-model cascade's first-pass model (a pointwise reranker, or ZipRerank with scorer.protocol 'ziprerank') and
+    its actor pool."""
 
     name: str = Field(
         "Qwen/Qwen3-VL-Reranker-2B",
         description="The pointwise scorer (Qwen3-VL-Reranker or the text Qwen3-Reranker): Hugging Face model id or local checkpoint directory.",
     )
-    protocol: Literal["auto", "mm-r5", "pointwise"] = Field(
+    protocol: Literal["auto", "mm-r5", "pointwise", "ziprerank"] = Field(
         "pointwise",
         description=(
-            "Always 'pointwise' (or 'auto' resolving to it): the scorer judges one pair per prompt (Qwen3-VL-Reranker, "
-            "or the text Qwen3-Reranker, from the checkpoint as for model.protocol)."
+            "'pointwise' (the scorer judges one pair per prompt: Qwen3-VL-Reranker, or the text Qwen3-Reranker, from "
+            "the checkpoint as for model.protocol), 'ziprerank' (its windows of 20 over the first-pass pictures, its "
+            "order as each page's score), or 'auto' resolving to one of them."
         ),
     )
     max_new_tokens: int = Field(1, ge=1, description="Unused by a scorer (it generates nothing); kept for the shared engine settings.")

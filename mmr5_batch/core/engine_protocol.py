@@ -48,9 +48,9 @@ class EngineRequest:
     # model then continues (a forced answer: its reasoning so far, then
     # "</think><answer>["). Empty for an ordinary request.
     assistant_prefix: str = ""
-    # Fast mode: instead of generating, score the ids 1..score_ids as the
-    # next token (one forward pass); the completion carries the scores.
-    score_ids: int = 0
+    # Instead of generating, score each label's first token as the next token (one forward pass): fast mode's ids
+    # "1".."n", ZipRerank's letters "A".."T"; the completion carries the scores, in label order. Empty: generate.
+    score_labels: tuple[str, ...] = ()
     # A forced answer under the answer constraint: the continuation of the
     # answer list begun in `assistant_prefix` may only be a permutation of
     # the ids 1..constrain_answer (see answer_constraint.py). 0: free.
@@ -72,7 +72,7 @@ class Completion:
     image_tokens: int = 0
     generated_tokens: int = 0
     error: str | None = None
-    # Fast mode: log-probability of each id 1..n as the next token (-inf when unavailable).
+    # `score_labels`: each label's next-token score, in order (a log-probability; -inf when unavailable).
     id_scores: tuple[float, ...] | None = None
     # Pointwise: the probability of "yes" (against "no") as the answer: the pair's relevance.
     relevance: float | None = None

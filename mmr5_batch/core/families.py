@@ -6,6 +6,9 @@ speaking it, with its own prompt, pictures, defaults and the model classes
 the engines load it with. Two families share the pointwise protocol:
 Qwen3-VL-Reranker (an image and/or text per document) and the text
 Qwen3-Reranker (text only, its own template, instruction and truncation).
+ZipRerank speaks its own: listwise like MM-R5 (windows of pages, from the
+end of the list up), but one forward pass per window, the pages ordered by
+the next-token scores of their letters, nothing generated.
 Everything downstream reads the record the resolved run carries
 (`config/run.py`), never the family's name.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mmr5_batch.core.images import GRID, QWEN3_VL_GRID
 from mmr5_batch.core.pointwise_prompt import (
@@ -26,7 +30,9 @@ from mmr5_batch.core.pointwise_prompt import (
     render_pointwise_prompt,
     render_text_pointwise_prompt,
 )
-from mmr5_batch.core.vocabulary import MM_R5, POINTWISE
+from mmr5_batch.core.prompt import build_messages
+from mmr5_batch.core.vocabulary import MM_R5, MODEL, POINTWISE, ZIPRERANK
+from mmr5_batch.core.ziprerank_prompt import ANSWER_OPEN_BRACKET, MAX_WINDOW, page_letters, ziprerank_messages
 
 # How a family's document text is cut to `model.document_tokens` (core/preparation.py applies it).
 CUT_DOCUMENT_HEAD = "document-head"  # the document alone, its head kept (Qwen3-VL-Reranker's reference)
@@ -34,6 +40,8 @@ CUT_PAIR_TAIL = "pair-tail"  # the whole pair (instruction, query, document) cut
 
 # A pointwise family's prompt for one pair: (query, image shown, document text, instruction) -> the whole prompt.
 PromptRenderer = Callable[[str, bool, "str | None", str], str]
+# A listwise family's messages for one window: (query, pictures) -> chat messages for the checkpoint's template.
+WindowMessages = Callable[[str, int], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,21 @@ class Family:
     model_types: tuple[str, ...] = ()
     hub_names: tuple[str, ...] = ()
     render: PromptRenderer | None = None  # a pointwise family's prompt
+    # A listwise family's window: its messages, the text its answer starts with, and, for a family ranked by the
+    # next-token scores of each page's label (ZipRerank's letters) rather than by a generated answer, those labels.
+    window_messages: WindowMessages | None = None
+    answer_prefix: str = ""
+    score_labels: Callable[[int], tuple[str, ...]] | None = None
+    # Its reference's window and stride (0: the config's, MM-R5's 5 and 3) and the most pages one prompt may hold.
+    window: int = 0
+    stride: int = 0
+    max_window: int = 0
+    # What its windows' positions are labelled in `decided_by` (and, ranked by label scores, the rows' status).
+    decided_by: str = MODEL
+    # Its rows' `scores`: rank-derived either way; 'count' n..1 (its reference's n - rank), else 1.0 falling evenly.
+    rank_scores: str = "fraction"
+    # The sliding windows' last (topmost) one: full size (MM-R5 here), or what is left, as RankGPT's loop leaves it.
+    full_last_window: bool = True
 
     def prompt(self, query: str, *, image: bool, text: str | None, instruction: str) -> str:
         if self.render is None:
@@ -72,6 +95,7 @@ MM_R5_FAMILY = Family(
     vllm_classifier="",
     model_types=("qwen2_5_vl",),
     hub_names=("mm-r5",),
+    window_messages=build_messages,
 )
 
 QWEN3_VL_RERANKER = Family(
@@ -102,9 +126,34 @@ QWEN3_RERANKER = Family(
     render=lambda query, image, text, instruction: render_text_pointwise_prompt(query, text=text, instruction=instruction),
 )
 
-FAMILIES = (MM_R5_FAMILY, QWEN3_VL_RERANKER, QWEN3_RERANKER)
+ZIPRERANK_FAMILY = Family(
+    name="ziprerank",
+    protocol=ZIPRERANK,
+    reads_pictures=True,
+    grid=QWEN3_VL_GRID,
+    default_instruction="",
+    text_cut=CUT_DOCUMENT_HEAD,
+    hf_auto_class="AutoModelForImageTextToText",
+    vllm_classifier="",
+    # A fine-tuned Qwen3-VL saved as the generative model: by its model type it is Qwen3-VL-Reranker's base too, so
+    # it is ZipRerank only by name (or model.protocol 'ziprerank').
+    model_types=("qwen3_vl",),
+    hub_names=("ziprerank",),
+    window_messages=ziprerank_messages,
+    answer_prefix=ANSWER_OPEN_BRACKET,
+    score_labels=page_letters,
+    window=20,
+    stride=10,
+    max_window=MAX_WINDOW,
+    decided_by=ZIPRERANK,
+    rank_scores="count",
+    full_last_window=False,
+)
+
+# In detection order: the first family of a model type is that type's default.
+FAMILIES = (MM_R5_FAMILY, QWEN3_VL_RERANKER, QWEN3_RERANKER, ZIPRERANK_FAMILY)
 # The family a protocol means when nothing about the checkpoint says otherwise.
-PROTOCOL_DEFAULT = {MM_R5: MM_R5_FAMILY, POINTWISE: QWEN3_VL_RERANKER}
+PROTOCOL_DEFAULT = {MM_R5: MM_R5_FAMILY, POINTWISE: QWEN3_VL_RERANKER, ZIPRERANK: ZIPRERANK_FAMILY}
 
 
 def family_named(name: str) -> Family:
@@ -120,11 +169,15 @@ def detect_family(protocol: str | None, model_type: str | None, name: str) -> Fa
     speak the protocol set gets the protocol's default family (a Qwen2.5-VL checkpoint set to 'pointwise' is judged
     as Qwen3-VL-Reranker's format, as before families existed)."""
     lowered = name.lower()
-    found = next((family for family in FAMILIES if model_type is not None and model_type in family.model_types), None)
-    if found is None and model_type is None:
-        # Longest fragment first: 'qwen3-vl-reranker' is not the text 'qwen3-reranker'.
-        named = [(len(fragment), family) for family in FAMILIES for fragment in family.hub_names if fragment in lowered]
-        found = max(named, key=lambda pair: pair[0])[1] if named else None
+    # Longest fragment first: 'qwen3-vl-reranker' is not the text 'qwen3-reranker'.
+    named = sorted(((len(fragment), family) for family in FAMILIES for fragment in family.hub_names if fragment in lowered), key=lambda pair: -pair[0])
+    if model_type is not None:
+        # The checkpoint's type decides; its name picks among the families of one type (a Qwen3-VL one is ZipRerank
+        # when so named), else the type's first family.
+        typed = [family for family in FAMILIES if model_type in family.model_types]
+        found = next((family for _, family in named if family in typed), typed[0] if typed else None)
+    else:
+        found = named[0][1] if named else None
     if protocol is None:
         return found or MM_R5_FAMILY
     if found is not None and found.protocol == protocol:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.core.engine_protocol import Completion, RequestObserver
+from mmr5_batch.core.families import MM_R5_FAMILY, Family
 from mmr5_batch.core.parsing import parse_ranking
 from mmr5_batch.core.pointwise import relevance_order
 from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
@@ -48,6 +49,12 @@ class WindowPlan:
     cascade: Cascade | None = None
     pointwise: bool = False  # the pointwise protocol: each candidate judged alone, no windows
     after_scorer: int | None = None  # the two-model cascade: MM-R5 over this many of the scorer's best
+    # The family's `decided_by` label for its windows' positions, and whether its scores count n..1 (ZipRerank's).
+    label: str = MODEL
+    count_scores: bool = False
+    full_last_window: bool = True  # the last window full size (MM-R5 here) or what is left (ZipRerank's reference)
+    scorer_windows: bool = False  # the two-model cascade's scorer ranks windows over the first-pass pictures (ZipRerank)
+    scorer_label: str = POINTWISE  # `decided_by` of the positions the two-model cascade's scorer decided
 
 
 @dataclass
@@ -74,6 +81,9 @@ class QueryState:
     pages_decoded: int = 0
     pages_processed: int = 0
     observer: RequestObserver | None = None  # who watches its requests (the actor's metrics)
+    label: str = MODEL  # what its windows' positions are labelled in `decided_by` (WindowPlan.label)
+    scorer_label: str = POINTWISE  # WindowPlan.scorer_label
+    count_scores: bool = False  # its scores count n..1 (WindowPlan.count_scores)
 
     @property
     def active(self) -> bool:
@@ -97,7 +107,15 @@ def plan_query(row: PreparedRow | Mapping[str, Any], plan: WindowPlan) -> QueryS
     # The state's own list of candidates: one the engine refuses is flagged in it, never in the caller's row.
     row = PreparedRow.of(row)
     row = dataclasses.replace(row, candidates=list(row.candidates or []))
-    state = QueryState(row, pages_sent=row.pages_sent or 0, pages_decoded=row.pages_decoded or 0, pages_processed=row.pages_processed or 0)
+    state = QueryState(
+        row,
+        pages_sent=row.pages_sent or 0,
+        pages_decoded=row.pages_decoded or 0,
+        pages_processed=row.pages_processed or 0,
+        label=plan.label,
+        count_scores=plan.count_scores,
+        scorer_label=plan.scorer_label,
+    )
     if row.error:
         state.error = row.error
         return state
@@ -121,12 +139,17 @@ def plan_query(row: PreparedRow | Mapping[str, Any], plan: WindowPlan) -> QueryS
         state.tail = ordered[plan.after_scorer :]
         state.ranking = SlidingWindowRanking(ordered[: plan.after_scorer], plan.window, plan.stride)
         return state
+    if plan.scorer_windows:
+        # The two-model cascade's listwise scorer (ZipRerank): its windows over the first-pass pictures, no pass after.
+        state.stage = FIRST
+        state.ranking = SlidingWindowRanking(usable, plan.window, plan.stride, rerank_depth=plan.top_k, full_last=plan.full_last_window)
+        return state
     cascade = plan.cascade
     if cascade is not None and state.depth > cascade.detail_top:
         state.stage = FIRST
         state.ranking = SlidingWindowRanking(usable, cascade.first_window, cascade.first_stride, rerank_depth=plan.top_k)
     else:
-        state.ranking = SlidingWindowRanking(usable, plan.window, plan.stride, rerank_depth=plan.top_k)
+        state.ranking = SlidingWindowRanking(usable, plan.window, plan.stride, rerank_depth=plan.top_k, full_last=plan.full_last_window)
     return state
 
 
@@ -141,8 +164,9 @@ def next_pass(state: QueryState, plan: WindowPlan) -> bool:
     return True
 
 
-def record(state: QueryState, indices: list[int], completion: Completion) -> None:
-    """Fold one window's completion into its query: counts, reasoning, status, new order."""
+def record(state: QueryState, indices: list[int], completion: Completion, family: Family = MM_R5_FAMILY) -> None:
+    """Fold one window's completion into its query: counts, reasoning, status, new order (by the labels' scores for
+    fast mode and for a family ranked by them, ZipRerank)."""
     assert state.ranking is not None
     state.windows += 1
     state.image_tokens += sum(state.candidates[index].picture_tokens(state.first_pass) for index in indices)
@@ -155,7 +179,7 @@ def record(state: QueryState, indices: list[int], completion: Completion) -> Non
     if completion.id_scores is not None:
         # Highest first-token score first; ties keep the current order.
         scores = completion.id_scores
-        state.status = FAST
+        state.status = FAST if family.score_labels is None else family.decided_by
         state.ranking.apply(sorted(range(len(indices)), key=lambda position: -scores[position]))
         return
     parsed = parse_ranking(completion.text, len(indices))
@@ -194,11 +218,18 @@ def scored_row(state: QueryState) -> PreparedRow:
     (or, when scoring failed, the reason on the row, which the rerank stage turns into a dead letter)."""
     row = state.row
     relevance = state.relevance or {}
+    scored = state.scored
+    if state.relevance is None and state.ranking is not None and state.error is None and state.windows:
+        # A listwise scorer (ZipRerank): the order of what its windows ranked, as its rank-derived scores (n for its
+        # best, down to 1); below --top-k it judged nothing.
+        order = state.ranking.order[: state.depth]
+        relevance = {index: float(len(order) - position) for position, index in enumerate(order)}
+        scored = len(order)
     return dataclasses.replace(
         row,
         error=row.error or (f"scorer: {state.error}" if state.error is not None else None),
         candidates=[dataclasses.replace(candidate, relevance=relevance.get(index)) for index, candidate in enumerate(state.candidates)],
-        scored=state.scored,
+        scored=scored,
         scorer_prompt_tokens=state.prompt_tokens,
         scorer_image_tokens=state.image_tokens,
         pages_sent=state.pages_sent,
@@ -213,12 +244,12 @@ def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
         labels = [POINTWISE] * len(state.ranking.order)
     elif state.scorer_depth and state.ranking is not None:
         detail = len(state.ranking.order) if state.windows else 0
-        labels = [DETAIL] * detail + [POINTWISE] * max(0, state.scorer_depth - detail)
+        labels = [DETAIL] * detail + [state.scorer_label] * max(0, state.scorer_depth - detail)
     elif state.stage == DETAIL_PASS and state.ranking is not None:
         detail = len(state.ranking.order)
         labels = [DETAIL] * detail + [FIRST_PASS] * (reranked - detail)
     else:
-        labels = [MODEL] * reranked
+        labels = [state.label] * reranked
     labels += [FIRST_STAGE] * (positions - flagged - len(labels))
     return labels + [FLAGGED] * flagged
 
@@ -259,6 +290,9 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
     # The pointwise protocol's is the model's P(yes) (null for what it did not judge).
     if state.relevance is not None:
         scores: list[float | None] = [state.relevance.get(index) for index in final]
+    elif state.count_scores:
+        # ZipRerank's reference reports n - rank: n for the top, 1 for the last.
+        scores = [float(len(final) - position) for position in range(len(final))]
     else:
         scores = [(len(final) - position) / len(final) for position in range(len(final))]
     return dataclasses.replace(

@@ -22,11 +22,10 @@ from typing import Any
 
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import AsyncEngine, Completion, Engine, EngineRequest, RequestObserver, SamplingSettings
-from mmr5_batch.core.families import QWEN3_VL_RERANKER, family_named
+from mmr5_batch.core.families import MM_R5_FAMILY, PROTOCOL_DEFAULT, Family, family_named
 from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
-from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.core.ranking import SCORING, Cascade, QueryState, WindowPlan, next_pass, plan_query, record, record_relevance, result_row, scored_row
 from mmr5_batch.core.rows import PreparedRow, ResultRow
 from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, MM_R5, POINTWISE, THINK_CLOSE
@@ -56,16 +55,38 @@ class RankingSettings:
     # "mm-r5" (listwise reasoning windows) or "pointwise" (each pair judged alone, order by P(yes)).
     protocol: str = MM_R5
     instruction: str = DEFAULT_INSTRUCTION  # the pointwise protocol's task instruction
-    # Which pointwise family judges the pairs (core/families.py): its prompt, and whether it sees pictures.
-    family: str = QWEN3_VL_RERANKER.name
+    # Which family speaks the protocol (core/families.py): its prompts, whether it sees pictures, how a window is
+    # read. Empty: the protocol's default family.
+    family: str = ""
     # The two-model cascade: the candidates arrive scored; MM-R5 reranks this many of the best.
     after_scorer: int | None = None
     # The engine decodes and processes the pictures it gets without their patches (hf, vLLM; not the scripted one).
     engine_reads_pixels: bool = False
+    # The two-model cascade's scorer ranks windows (ZipRerank) over the first-pass pictures; its order becomes the
+    # candidates' relevance. And the label of the positions the scorer decided in the rerank stage.
+    scorer_windows: bool = False
+    scorer_label: str = POINTWISE
+
+    @property
+    def family_record(self) -> Family:
+        return family_named(self.family) if self.family else PROTOCOL_DEFAULT[self.protocol]
 
     @property
     def plan(self) -> WindowPlan:
-        return WindowPlan(self.window, self.stride, self.top_k, self.cascade, pointwise=self.protocol == POINTWISE, after_scorer=self.after_scorer)
+        family = self.family_record
+        return WindowPlan(
+            self.window,
+            self.stride,
+            self.top_k,
+            self.cascade,
+            pointwise=self.protocol == POINTWISE,
+            after_scorer=self.after_scorer,
+            label=family.decided_by,
+            count_scores=family.rank_scores == "count",
+            full_last_window=family.full_last_window,
+            scorer_windows=self.scorer_windows,
+            scorer_label=self.scorer_label,
+        )
 
 
 def forced_prefix(text: str, restart_answer: bool = False) -> str | None:
@@ -105,11 +126,17 @@ async def _send(state: QueryState, engine: AsyncEngine, request: EngineRequest, 
         observer.request_done(started)
 
 
-def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings) -> EngineRequest:
+def _request(state: QueryState, window_indices: list[int], sampling: SamplingSettings, family: Family = MM_R5_FAMILY) -> EngineRequest:
+    """One window's request in `family`'s messages (MM-R5's, ZipRerank's); a family ranked by its labels' scores gets
+    its answer's opening and the labels to score instead of a generation."""
     candidates = state.candidates
     patches = [candidate_patches(candidates[index], state.first_pass) for index in window_indices]
+    assert family.window_messages is not None
+    labels = family.score_labels(len(window_indices)) if family.score_labels is not None else ()
     return EngineRequest(
-        messages=build_messages(state.row.query or "", len(window_indices)),
+        messages=family.window_messages(state.row.query or "", len(window_indices)),
+        assistant_prefix=family.answer_prefix,
+        score_labels=labels,
         images=tuple(candidates[index].picture(state.first_pass) for index in window_indices),  # type: ignore[misc]  # usable: pictured
         sampling=sampling,
         image_inputs=tuple(patches) if all(patches) else (),  # type: ignore[arg-type]
@@ -119,8 +146,12 @@ def _request(state: QueryState, window_indices: list[int], sampling: SamplingSet
 async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, settings: RankingSettings) -> Completion:
     """One window's completion; with a thinking budget, a cut-off reasoning gets a forced answer (optionally constrained)."""
     sampling = settings.sampling
+    family = settings.family_record
+    if family.score_labels is not None:  # ZipRerank: the letters' scores after "[", one forward pass
+        return await _send(state, engine, _request(state, indices, replace(sampling, max_new_tokens=1, min_new_tokens=0), family), settings)
     if settings.mode == FAST:
-        request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_ids=len(indices))
+        labels = tuple(str(position) for position in range(1, len(indices) + 1))
+        request = replace(_request(state, indices, sampling), assistant_prefix=FAST_PREFIX, score_labels=labels)
         return await _send(state, engine, request, settings)
     if settings.think_tokens is None:
         return await _send(state, engine, _request(state, indices, sampling), settings)
@@ -151,7 +182,7 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
 
 async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool = False) -> None:
     """The pointwise protocol over one query: all its pairs at once (a batch engine takes them in one call)."""
-    candidates, family = state.candidates, family_named(settings.family)
+    candidates, family = state.candidates, settings.family_record
     # A text model cannot judge a page without text: as the two-model cascade's scorer it leaves it unjudged (after
     # the judged ones, in first-stage order); as the main model the CPU stage flagged it already.
     indices = [index for index in state.to_score if family.reads_pictures or candidates[index].text]
@@ -187,7 +218,7 @@ async def _walk(state: QueryState, engine: AsyncEngine, settings: RankingSetting
             completion = await _window(state, indices, engine, settings)
             if completion.error is not None and len(indices) > 1 and await _set_aside_refused(state, indices, engine, settings):
                 continue  # the window again, without the candidates the engine refuses even alone
-            record(state, indices, completion)
+            record(state, indices, completion, settings.family_record)
         if not next_pass(state, settings.plan):
             return
 
@@ -197,7 +228,7 @@ async def _set_aside_refused(state: QueryState, indices: list[int], engine: Asyn
     one too large for the context). Those are flagged with the engine's reason and taken out of the ranking, so the
     query goes on without them; False when none (or all) are, and the refusal stays the window's."""
     probe = replace(settings.sampling, max_new_tokens=1, min_new_tokens=0)
-    completions = await asyncio.gather(*(_send(state, engine, _request(state, [index], probe), settings) for index in indices))
+    completions = await asyncio.gather(*(_send(state, engine, _request(state, [index], probe, settings.family_record), settings) for index in indices))
     refused = {index: completion.error for index, completion in zip(indices, completions) if completion.error is not None}
     if not refused or len(refused) == len(indices):
         return False

@@ -12,10 +12,11 @@ REPAIRED = "repaired"  # an answer was found but needed fixing (duplicates, out-
 FALLBACK = "fallback"  # some window gave no usable answer: its input order was kept
 FAST = "fast"  # ranked from first-token scores (fast mode), not by reasoning
 POINTWISE = "pointwise"  # ranked by a pointwise scorer's P(yes) per candidate (the pointwise protocol)
+ZIPRERANK = "ziprerank"  # ranked by ZipRerank's letter logits, one forward pass per window (the ziprerank protocol)
 ERROR = "error"  # the query could not be reranked: a dead letter with a reason
-STATUSES = (OK, REPAIRED, FALLBACK, FAST, POINTWISE, ERROR)
-RANKED_STATUSES = (OK, REPAIRED, FALLBACK, FAST, POINTWISE)
-SEVERITY = {OK: 0, FAST: 0, POINTWISE: 0, REPAIRED: 1, FALLBACK: 2}
+STATUSES = (OK, REPAIRED, FALLBACK, FAST, POINTWISE, ZIPRERANK, ERROR)
+RANKED_STATUSES = (OK, REPAIRED, FALLBACK, FAST, POINTWISE, ZIPRERANK)
+SEVERITY = {OK: 0, FAST: 0, POINTWISE: 0, ZIPRERANK: 0, REPAIRED: 1, FALLBACK: 2}
 
 # Which pass put a candidate at its final position (the result's `decided_by`).
 DETAIL = "detail"  # the cascade's detail pass (full-budget images)
@@ -24,12 +25,13 @@ MODEL = "model"  # the model, without a cascade
 FIRST_STAGE = "first_stage"  # not reranked (below --top-k, or nothing to compare): first-stage order
 FLAGGED = "flagged"  # the candidate had no usable image: ranked last
 # POINTWISE (above) labels positions a pointwise scorer decided: the pointwise protocol's, and the
-# two-model cascade's below the detail pass's top.
-DECIDED_BY = (DETAIL, FIRST_PASS, POINTWISE, MODEL, FIRST_STAGE, FLAGGED)
+# two-model cascade's below the detail pass's top; ZIPRERANK those ZipRerank's windows decided.
+DECIDED_BY = (DETAIL, FIRST_PASS, POINTWISE, ZIPRERANK, MODEL, FIRST_STAGE, FLAGGED)
 
-# The reranker protocols (model.protocol): MM-R5's listwise reasoning, or a pointwise yes/no scorer.
+# The reranker protocols (model.protocol): MM-R5's listwise reasoning, a pointwise yes/no scorer, or ZipRerank's
+# listwise letter logits (one forward pass per window, nothing generated but the first token).
 MM_R5 = "mm-r5"
-PROTOCOLS = (MM_R5, POINTWISE)
+PROTOCOLS = (MM_R5, POINTWISE, ZIPRERANK)
 # The pointwise protocol's answer words: its score is P(yes) against "no" at the first answer position.
 RELEVANCE_YES = "yes"
 RELEVANCE_NO = "no"

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
-def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, int]]:
+def sliding_windows(length: int, window: int, stride: int, full_last: bool = True) -> list[tuple[int, int]]:
     """Bottom-up `[start, end)` windows covering positions 0..length-1.
 
-    The last window always starts at 0 and is full size, so the top of the
-    list is compared too (RankGPT's loop can skip it when the stride does not
-    divide evenly).
+    The last window always starts at 0 and, with `full_last` (MM-R5's rule
+    here), is full size, so the top of the list is compared as fully as any
+    other window; without it (RankGPT's loop as ZipRerank's reference runs it)
+    the last window is what is left above the previous one's reach, `[0, end)`,
+    shorter when the stride does not divide the list evenly.
     """
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
@@ -34,7 +36,7 @@ def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, in
     while end - window > 0:
         plan.append((end - window, end))
         end -= stride
-    plan.append((0, window))
+    plan.append((0, window if full_last else end))
     return plan
 
 
@@ -60,6 +62,7 @@ class SlidingWindowRanking:
     window: int
     stride: int
     rerank_depth: int | None = None
+    full_last: bool = True  # see sliding_windows
     windows: list[tuple[int, int]] = field(init=False)
     rounds_done: int = field(init=False, default=0)
 
@@ -71,7 +74,7 @@ class SlidingWindowRanking:
     def __post_init__(self) -> None:
         depth = len(self.order) if self.rerank_depth is None else min(self.rerank_depth, len(self.order))
         # A single candidate needs no model call: there is nothing to compare.
-        self.windows = sliding_windows(depth, self.window, self.stride) if depth >= 2 else []
+        self.windows = sliding_windows(depth, self.window, self.stride, self.full_last) if depth >= 2 else []
 
     @property
     def done(self) -> bool:

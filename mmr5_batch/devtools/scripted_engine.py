@@ -10,7 +10,7 @@ through the real Ray pipeline:
 - `#garbage`: answers with no answer block (status fallback)
 - `#reject`: the engine refuses the request (the query becomes an error record)
 - `#die`: the engine's process dies at once (as one killed for memory), every time it is sent this question
-- fast mode (`score_ids`): each id's score is its image's darkness
+- label scores (`score_labels`: fast mode, ZipRerank): each label's score is its image's darkness
 - pointwise (`relevance`): P(yes) is the image's darkness / 255, or, for a
   text-only document, the share of the query's words found in its text
 - `#ramble`: thinks without end, so `max_new_tokens` cuts it off; given a
@@ -107,8 +107,8 @@ class ScriptedTestEngine:
             return Completion("", "stop", prompt_tokens=len(question.split()), relevance=_scripted_relevance(request))
         n = len(request.images)
         ranked = sorted(range(1, n + 1), key=lambda position: -_darkness(request.images[position - 1]))
-        if request.score_ids:
-            scores = tuple(_darkness(request.images[index]) / 255.0 for index in range(request.score_ids))
+        if request.score_labels:
+            scores = tuple(_darkness(request.images[index]) / 255.0 for index in range(len(request.score_labels)))
             return Completion("", "stop", prompt_tokens=len(question.split()), generated_tokens=0, id_scores=scores)
         if request.assistant_prefix.endswith("<answer>["):
             text = f"{', '.join(map(str, ranked))}]</answer>"

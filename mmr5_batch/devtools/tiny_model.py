@@ -284,5 +284,24 @@ def build_tiny_text_reranker_model(output_dir: str | Path, *, seed: int = 0, voc
     return _write_checkpoint(output_dir, seed, vocab_size, make_model, None, extra_text=f"{TEXT_DEFAULT_INSTRUCTION} {TEXT_PROMPT_SUFFIX}")
 
 
+def build_tiny_ziprerank_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random ZipRerank checkpoint: a Qwen3-VL generative model (`Qwen3VLForConditionalGeneration`, as
+    ZipRerank's weights are saved) at the toy sizes of the Qwen3-VL reranker's, its tokenizer trained on ZipRerank's
+    prompt too. `auto` tells it from Qwen3-VL-Reranker only by a name with 'ziprerank' (or set model.protocol)."""
+    from mmr5_batch.core.ziprerank_prompt import ziprerank_text
+
+    def make_model(backend: Any) -> Any:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration(_tiny_pointwise_config(backend))
+
+    return _write_checkpoint(output_dir, seed, vocab_size, make_model, POINTWISE_IMAGE_PROCESSOR_CONFIG, extra_text=ziprerank_text("query", 20))
+
+
 # `tiny-model --kind NAME`: the builder of each family's tiny checkpoint.
-TINY_MODEL_KINDS = {"mm-r5": build_tiny_model, "pointwise": build_tiny_pointwise_model, "qwen3-reranker": build_tiny_text_reranker_model}
+TINY_MODEL_KINDS = {
+    "mm-r5": build_tiny_model,
+    "pointwise": build_tiny_pointwise_model,
+    "qwen3-reranker": build_tiny_text_reranker_model,
+    "ziprerank": build_tiny_ziprerank_model,
+}

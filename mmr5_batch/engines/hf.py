@@ -26,7 +26,7 @@ from mmr5_batch.core.families import MM_R5_FAMILY, Family
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
-from mmr5_batch.engines.shared import id_token_ids, split_on_rejection
+from mmr5_batch.engines.shared import label_token_ids, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
 
 
@@ -163,7 +163,7 @@ class HFEngine:
         # (forced answers have their own) and put the completions back in order.
         groups: dict[tuple[SamplingSettings, bool, bool], list[int]] = {}
         for position, request in enumerate(requests):
-            groups.setdefault((request.sampling, bool(request.score_ids), request.relevance), []).append(position)
+            groups.setdefault((request.sampling, bool(request.score_labels), request.relevance), []).append(position)
         completions: list[Completion | None] = [None] * len(requests)
         for positions in groups.values():
             for position, completion in zip(positions, self._generate_group([requests[position] for position in positions])):
@@ -223,7 +223,8 @@ class HFEngine:
         return torch.from_numpy(np.ascontiguousarray(values.transpose(1, 0, 2), dtype=np.float32).reshape(rows.shape))
 
     def _score_batch(self, requests: list[EngineRequest]) -> list[Completion]:
-        """Fast mode: one forward pass; the log-probabilities of ids 1..n as the next token."""
+        """Label scores (fast mode's ids, ZipRerank's letters): one forward pass; each label's log-probability as the
+        next token (over the whole vocabulary: the order of the logits)."""
         import torch
 
         inputs, image_tokens = self._encode(requests)
@@ -235,7 +236,7 @@ class HFEngine:
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         completions = []
         for row, request in enumerate(requests):
-            ids = id_token_ids(self.tokenizer, request.score_ids)
+            ids = label_token_ids(self.tokenizer, request.score_labels)
             scores = tuple(float(logprobs[row, token]) for token in ids)
             completions.append(Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], id_scores=scores))
         return completions
@@ -270,7 +271,7 @@ class HFEngine:
 
         if all(request.relevance for request in requests):
             return self._relevance_batch(requests)
-        if all(request.score_ids for request in requests):
+        if all(request.score_labels for request in requests):
             return self._score_batch(requests)
         sampling: SamplingSettings = requests[0].sampling
         if any(request.sampling != sampling for request in requests):

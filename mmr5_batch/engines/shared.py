@@ -46,10 +46,11 @@ def split_on_rejection(
         return [completion for request in requests for completion in split_on_rejection([request], run, refusals, engine)]
 
 
-def id_token_ids(tokenizer: Any, count: int) -> list[int]:
-    """Token ids of "1".."count" for fast mode, which scores each id as the answer's first token: single digits only
-    (Qwen's tokenizer splits numbers into digits), each a token of the vocabulary."""
-    ids = [tokenizer.convert_tokens_to_ids(str(number)) for number in range(1, count + 1)]
-    if count > FAST_MAX_WINDOW or any(token is None or token == tokenizer.unk_token_id for token in ids):
-        raise ValueError(f"fast mode scores single-token ids 1..{FAST_MAX_WINDOW}; a window of {count} does not fit")
+def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[int]:
+    """The token scored for each label: the first token of its encoding (ZipRerank's reference reads its letters so;
+    fast mode's ids 1..9 are one token each in Qwen's tokenizer, which splits numbers into digits). Labels whose
+    tokens coincide cannot be told apart: refused."""
+    ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in labels]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"the labels {list(labels)} do not start with distinct tokens of this tokenizer (fast mode: ids 1..{FAST_MAX_WINDOW})")
     return ids

@@ -39,7 +39,7 @@ from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingS
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, expand_image_pad_ids, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import POINTWISE, RELEVANCE_NO, RELEVANCE_YES
-from mmr5_batch.engines.shared import INSTALL_VLLM, id_token_ids, rejected, split_on_rejection
+from mmr5_batch.engines.shared import INSTALL_VLLM, label_token_ids, rejected, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -133,14 +133,17 @@ def sampling_params_args(sampling: SamplingSettings) -> dict[str, Any]:
 
 
 def scoring_params_args(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
-    """Fast mode: one token, restricted to the ids, with all their log-probabilities returned."""
-    ids = id_token_ids(tokenizer, request.score_ids)
-    return {"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": ids, "logprobs": len(ids), "seed": request.sampling.seed}
+    """Label scores (fast mode's ids, ZipRerank's letters): one token, restricted to the labels' tokens, with exactly
+    those tokens' log-probabilities returned (`logprob_token_ids`; vLLM's default raw log-probabilities: the model's
+    own next-token distribution over the vocabulary, before the restriction, as the hf engine reads it; asking for
+    the top n instead would leave out labels the rest of the vocabulary outranks)."""
+    ids = label_token_ids(tokenizer, request.score_labels)
+    return {"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": ids, "logprob_token_ids": ids, "seed": request.sampling.seed}
 
 
-def scores_from(output: Any, tokenizer: Any, count: int) -> tuple[float, ...]:
+def scores_from(output: Any, tokenizer: Any, labels: Sequence[str]) -> tuple[float, ...]:
     step = output.outputs[0].logprobs[0]  # token id -> Logprob at the first generated position
-    return tuple(float(step[token].logprob) if token in step else float("-inf") for token in id_token_ids(tokenizer, count))
+    return tuple(float(step[token].logprob) if token in step else float("-inf") for token in label_token_ids(tokenizer, labels))
 
 
 def load_vllm() -> Any:
@@ -292,7 +295,7 @@ class _VLLMRequests:
             log.warning("this vLLM engine normalises pictures on the CPU: it processes them itself (the CPU stage's patches are not used)")
 
     def _params(self, request: EngineRequest) -> Any:
-        if request.score_ids:
+        if request.score_labels:
             return self.sampling_params(**scoring_params_args(self.tokenizer, request))
         args = sampling_params_args(request.sampling)
         if request.constrain_answer:
@@ -302,8 +305,8 @@ class _VLLMRequests:
 
     def _completion(self, output: Any, request: EngineRequest) -> Completion:
         completion = completion_from(output)
-        if request.score_ids:
-            return replace(completion, text="", generated_tokens=0, id_scores=scores_from(output, self.tokenizer, request.score_ids))
+        if request.score_labels:
+            return replace(completion, text="", generated_tokens=0, id_scores=scores_from(output, self.tokenizer, request.score_labels))
         return completion
 
 

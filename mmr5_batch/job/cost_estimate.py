@@ -36,7 +36,7 @@ from mmr5_batch.core.images import GRID, MIN_IMAGE_TOKENS, ImageError, fit_to_to
 from mmr5_batch.core.layouts import PAIRS
 from mmr5_batch.core.preparation import group_pairs, uris_to_fetch
 from mmr5_batch.core.rows import READ_PATH
-from mmr5_batch.core.vocabulary import POINTWISE
+from mmr5_batch.core.vocabulary import MM_R5, POINTWISE, ZIPRERANK
 from mmr5_batch.core.windows import first_stage_order, sliding_windows
 from mmr5_batch.job.planner import plan_input
 from mmr5_batch.output.store import OutputStore
@@ -97,12 +97,20 @@ def _size(data: bytes) -> tuple[int, int]:
 
 
 def price_query(
-    setting: SettingCost, tokens_by_position: list[int], window: int, stride: int, top_k: int | None, generated: int, engine_processes: bool = True
+    setting: SettingCost,
+    tokens_by_position: list[int],
+    window: int,
+    stride: int,
+    top_k: int | None,
+    generated: int,
+    engine_processes: bool = True,
+    full_last: bool = True,
 ) -> None:
-    """One pass of sliding windows; `engine_processes`: the engine decodes and processes the pictures itself (no patches)."""
+    """One pass of sliding windows; `engine_processes`: the engine decodes and processes the pictures itself (no
+    patches); `full_last`: the family's topmost-window rule."""
     depth = len(tokens_by_position) if top_k is None else min(top_k, len(tokens_by_position))
     # The first-stage order stands in for the order the windows will see.
-    plan = sliding_windows(depth, window, stride) if depth >= 2 else []
+    plan = sliding_windows(depth, window, stride, full_last) if depth >= 2 else []
     costs = [WindowCost(prompt_tokens(tokens_by_position[a:b]), sum(tokens_by_position[a:b]), generated) for a, b in plan]
     setting.windows.append(len(costs))
     setting.scored.append(0)
@@ -171,6 +179,11 @@ def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, in
     # Without the CPU stage's patches the engine decodes and processes every picture it is sent; with them, only a
     # cascade's detail-pass pictures (which ones is known only after the first pass).
     in_engine = not run.main.patches_in_cpu_stage
+    if run.protocol == ZIPRERANK:
+        # One prefill per window and one token: its letters' scores (priced with MM-R5's 7.6 B language model; ZipRerank's
+        # Qwen3-VL-8B has 8.2 B, a prefill 8% dearer).
+        price_query(ours, tokens, ranking.window, ranking.stride, ranking.top_k, 1, in_engine, full_last=False)
+        return
     if run.protocol == POINTWISE:
         family = run.main.family
         # A text family sees no picture: its pages cost their text only (in the sizes' prompt tokens).
@@ -181,9 +194,13 @@ def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, in
     if run.scorer is not None:
         # The scorer judges every candidate small (on its 32-px grid); MM-R5 reasons over its best in detail.
         scorer, detail = SettingCost("scorer"), SettingCost("detail")
-        reads = run.scorer.family.reads_pictures
+        family = run.scorer.family
+        reads = family.reads_pictures
         small = [fit_to_token_budget(w, h, cascade.first_image_tokens, run.scorer.grid).tokens if reads else 0 for w, h in sizes]
-        price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name, reads), reads and not run.scorer.patches_in_cpu_stage)
+        if family.protocol == ZIPRERANK:  # its windows over the small pictures, one prefill each
+            price_query(scorer, small, family.window, family.stride, ranking.top_k, 1, not run.scorer.patches_in_cpu_stage, full_last=False)
+        else:
+            price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name, reads), reads and not run.scorer.patches_in_cpu_stage)
         price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated, in_engine or shown > cascade.detail_top)
         _add(ours, scorer, detail)
         return
@@ -204,6 +221,8 @@ def _setting_label(run: ResolvedRun) -> str:
     if run.protocol == POINTWISE:
         seen = f"{config.images.image_tokens}-token cap" if run.main.family.reads_pictures else "text only"
         return f"pointwise {config.model.name}: {seen}, one prompt per candidate"
+    if run.protocol == ZIPRERANK:
+        return f"ziprerank {config.model.name}: {config.images.image_tokens}-token cap, window {config.ranking.window}, one forward pass each"
     label = f"{config.images.image_tokens}-token cap, {config.images.policy}, window {config.ranking.window}"
     cascade = config.cascade
     if run.two_models:
@@ -218,7 +237,7 @@ def alternatives(run: ResolvedRun) -> list[ResolvedRun]:
     """The configured setting first, then the other ways to rerank with MM-R5: windows alone, the same-model cascade,
     the two-model cascade (with the configured budgets and scorer)."""
     options = [run]
-    if run.protocol == POINTWISE:
+    if run.protocol != MM_R5:  # a pointwise model or ZipRerank alone: its cascades are MM-R5's
         return options
     config = run.config
     for kind in (NO_CASCADE, SAME_MODEL, TWO_MODELS):

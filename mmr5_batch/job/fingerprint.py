@@ -35,7 +35,9 @@ def job_fingerprint(public_config: dict[str, Any]) -> ResultSettings:
         | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {})
         # hf and vLLM run the same model; the scripted test engine is no model, its rows never mix with a model's.
         | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {})
-        | ({"protocol": "pointwise", "instruction": model.get("instruction")} | _document_tokens(model) if pointwise_model else {}),
+        | ({"protocol": "pointwise", "instruction": model.get("instruction")} | _document_tokens(model) if pointwise_model else {})
+        # Families added later enter only for their own runs.
+        | ({"protocol": model["protocol"]} if model.get("protocol") not in (None, "auto", "mm-r5", "pointwise") else {}),
         "ranking": public_config["ranking"],
         "cascade": cascade
         | (

@@ -144,3 +144,12 @@ def test_the_text_qwen3_reranker_in_process(tiny_text_reranker_dir):
         assert sorted(reranker.rerank("revenue table", pages)) == [0, 1]
         with pytest.raises(PageUnreadable, match="page 2 .*a text reranker needs"):
             reranker.rerank("revenue table", [*pages, grey_jpeg(40)])
+
+
+def test_ziprerank_in_process_keeps_its_reference_windows(tiny_ziprerank_dir):
+    """The notebook user's ZipRerank: 23 pages, its windows of 20 at stride 10 (two), one forward pass each."""
+    with Reranker(tiny_ziprerank_dir, backend="hf", device="cpu", image_tokens=16) as reranker:
+        result = reranker.rank("which page?", [grey_jpeg((10 * index) % 250, (64, 96)) for index in range(23)])
+        order = reranker.rerank("which page?", [grey_jpeg(level, (64, 96)) for level in (10, 90, 170)])
+    assert result.status == "ziprerank" and result.windows == 2 and result.generated_tokens == 0
+    assert result.scores == [float(23 - rank) for rank in range(23)] and sorted(order) == [0, 1, 2]

@@ -49,7 +49,7 @@ def test_auto_is_refused_exactly_where_the_protocol_it_resolves_to_is(local_poin
 
 def test_an_mm_r5_checkpoint_is_no_scorer_however_it_is_spelled():
     for protocol in ("auto", "mm-r5"):
-        with pytest.raises(ConfigError, match="the scorer judges one pair per prompt, it must be a pointwise model"):
+        with pytest.raises(ConfigError, match="the scorer ranks every candidate before MM-R5, it must be a pointwise model or ZipRerank"):
             job(**{"scorer.name": "i2vec/MM-R5", "scorer.protocol": protocol})
 
 

@@ -175,7 +175,7 @@ def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
         ({"protocol": "pointwise", "cascade": True}, "same-model cascade is MM-R5's"),
         ({"protocol": "pointwise", "cascade": True, "cascade.first_pass": "pointwise"}, "model must be MM-R5"),
         ({"protocol": "pointwise", "mode": "fast"}, "scores MM-R5's answer ids"),
-        ({"scorer.protocol": "mm-r5"}, "scorer.protocol .mm-r5.: the scorer judges one pair per prompt, it must be a pointwise model"),
+        ({"scorer.protocol": "mm-r5"}, "scorer.protocol .mm-r5.: the scorer ranks every candidate before MM-R5, it must be a pointwise model or ZipRerank"),
     ],
 )
 def test_protocol_settings_that_cannot_work_stop_at_config_time(settings, message):

@@ -10,10 +10,11 @@ import pytest
 from mmr5_batch.config import ModelConfig
 from mmr5_batch.core.images import prepare_image
 from mmr5_batch.core.prompt import build_messages
+from mmr5_batch.core.ranking import WindowPlan
 from mmr5_batch.core.rows import PreparedCandidate
 from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
 from mmr5_batch.engines.hf import HFEngine, expand_image_pads
-from mmr5_batch.engines.shared import id_token_ids
+from mmr5_batch.engines.shared import label_token_ids
 from tests.conftest import grey_jpeg
 
 
@@ -118,7 +119,7 @@ def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
     from mmr5_batch.core.vocabulary import FAST_PREFIX
 
     base = request("which page?", [(120, 160), (200, 100), (90, 90)], SamplingSettings())
-    scored = EngineRequest(base.messages, base.images, base.sampling, assistant_prefix=FAST_PREFIX, score_ids=3)
+    scored = EngineRequest(base.messages, base.images, base.sampling, assistant_prefix=FAST_PREFIX, score_labels=("1", "2", "3"))
     [completion] = engine.generate([scored])
     assert completion.error is None and len(completion.id_scores) == 3 and completion.generated_tokens == 0
     inputs, _ = engine._encode([scored])
@@ -127,7 +128,7 @@ def test_fast_mode_scores_are_the_models_first_token_log_probabilities(engine):
             **inputs, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=engine.tokenizer.pad_token_id
         )
     first = torch.log_softmax(out.scores[0][0].float(), dim=-1)
-    expected = [float(first[token]) for token in id_token_ids(engine.tokenizer, 3)]
+    expected = [float(first[token]) for token in label_token_ids(engine.tokenizer, ("1", "2", "3"))]
     assert completion.id_scores == pytest.approx(expected, abs=1e-4)
     assert engine.render(scored).endswith("<|im_start|>assistant\n" + FAST_PREFIX)
 
@@ -222,6 +223,39 @@ def test_the_text_rerankers_relevance_is_its_model_cards_score(tiny_text_reranke
         assert completion.error is None and completion.relevance == pytest.approx(expected, abs=1e-5)
         assert completion.prompt_tokens == ids.shape[1] and completion.image_tokens == 0
         assert engine.generate([request_])[0].relevance == pytest.approx(completion.relevance, abs=1e-5)
+
+
+def test_ziprerank_windows_are_ordered_by_the_references_letter_logits(tiny_ziprerank_dir):
+    """ZipRerank on the hf engine: one forward pass per window; the letters' scores differ as the model's own logits at
+    the last position differ (the reference's logits mode reads those), so the order is the reference's; batching
+    changes nothing."""
+    import torch
+
+    from mmr5_batch.core.families import ZIPRERANK_FAMILY
+    from mmr5_batch.core.ranking import plan_query
+    from mmr5_batch.core.rows import PreparedRow
+    from mmr5_batch.core.scheduler import _request
+
+    engine = HFEngine.from_config(ModelConfig(name=tiny_ziprerank_dir, device="cpu", max_batch_size=4), ZIPRERANK_FAMILY)
+    pictures = [prepare_image(grey_jpeg(level, (200, 300)), 16, grid=32).data for level in (30, 90, 150, 210, 250)]
+    candidates = [PreparedCandidate(doc_id=f"d{index}", image=data, image_tokens=12) for index, data in enumerate(pictures)]
+    requests = []
+    for count in (5, 3):
+        state = plan_query(PreparedRow(query_id="q", query=f"which of {count} pages?", candidates=candidates[:count]), WindowPlan(count, 1))
+        requests.append(_request(state, list(range(count)), SamplingSettings(max_new_tokens=1), ZIPRERANK_FAMILY))
+    batched = engine.generate(requests)
+    for request_, completion in zip(requests, batched):
+        inputs, _ = engine._encode([request_])
+        with torch.inference_mode():
+            logits = engine.model(**inputs).logits[0, -1].float()
+        letters = [engine.tokenizer.encode(letter, add_special_tokens=False)[0] for letter in request_.score_labels]
+        reference = [float(logits[token]) for token in letters]
+        ours = completion.id_scores
+        assert completion.error is None and ours is not None and len(ours) == len(letters) and completion.generated_tokens == 0
+        assert [a - ours[0] for a in ours] == pytest.approx([r - reference[0] for r in reference], abs=1e-4)
+        order = sorted(range(len(ours)), key=lambda position: -ours[position])
+        assert order == sorted(range(len(reference)), key=lambda position: reference[position], reverse=True)
+        assert engine.generate([request_])[0].id_scores == pytest.approx(ours, abs=1e-5)
 
 
 @pytest.mark.parametrize("model_dir", ["tiny_model_dir", "tiny_pointwise_dir"])

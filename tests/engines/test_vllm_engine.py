@@ -326,11 +326,11 @@ def test_fast_mode_asks_vllm_for_the_ids_log_probabilities(tiny_model_dir):
 
     engine = VLLMEngine.from_run(resolve_run(job(tiny_model_dir, **{"ranking.mode": "fast"})).main, vllm_module=FAKE_VLLM)
     images = tuple(prepare_image(grey_jpeg(level), 64).data for level in (30, 90, 150))
-    request = EngineRequest(build_messages("q", 3), images, SamplingSettings(), assistant_prefix=FAST_PREFIX, score_ids=3)
+    request = EngineRequest(build_messages("q", 3), images, SamplingSettings(), assistant_prefix=FAST_PREFIX, score_labels=("1", "2", "3"))
     [completion] = engine.generate([request])
     [(prompts, params)] = engine.llm.calls
     digits = [engine.tokenizer.convert_tokens_to_ids(str(i)) for i in (1, 2, 3)]
-    assert params == [{"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": digits, "logprobs": 3, "seed": 0}]
+    assert params == [{"temperature": 0.0, "max_tokens": 1, "allowed_token_ids": digits, "logprob_token_ids": digits, "seed": 0}]
     assert prompts[0]["prompt"] == reference_prompt("q", 3) + FAST_PREFIX
     assert completion.id_scores == (-3.0, -2.0, -1.0) and completion.generated_tokens == 0
 

@@ -224,6 +224,59 @@ def test_the_text_rerankers_scores_on_vllm_equal_the_hf_engines_and_its_job_runs
         assert row["decided_by"] == ["detail"] * 2 + ["pointwise"] * 2 and row["windows"] == 1
 
 
+def test_ziprerank_on_vllm_scores_its_letters_as_the_hf_engine_and_its_job_runs(ray_session, tiny_ziprerank_dir, tmp_path):
+    """ZipRerank on vLLM: one generated token per window, the letters' log-probabilities, no text parsed; they differ
+    from each other as the hf engine's do (the logits' differences: the same order), offline and async; then the
+    whole job on vLLM with its own windows."""
+    import asyncio
+
+    from mmr5_batch.core.families import ZIPRERANK_FAMILY
+    from mmr5_batch.core.ranking import WindowPlan, plan_query
+    from mmr5_batch.core.rows import PreparedRow
+    from mmr5_batch.core.scheduler import _request
+    from mmr5_batch.engines.hf import HFEngine
+
+    pictures = [prepare_image(grey_jpeg(level, (200, 300)), 16, grid=32).data for level in (30, 90, 150, 210, 250)]
+    candidates = [PreparedCandidate(doc_id=f"d{index}", image=data, image_tokens=12) for index, data in enumerate(pictures)]
+    requests = []
+    for count in (5, 3):
+        state = plan_query(PreparedRow(query_id="q", query=f"which of {count} pages?", candidates=candidates[:count]), WindowPlan(count, 1))
+        requests.append(_request(state, list(range(count)), SamplingSettings(max_new_tokens=1), ZIPRERANK_FAMILY))
+    config = real_config(tiny_ziprerank_dir, tmp_path, **{"model.dtype": "float32", "images.image_tokens": 16, "model.protocol": "ziprerank"})
+    run = resolve_run(config)
+    assert run.main.family is ZIPRERANK_FAMILY
+    hf = HFEngine.from_config(config.model.model_copy(update={"backend": "hf", "engine_kwargs": {}}), ZIPRERANK_FAMILY).generate(requests)
+
+    def relative(completion):
+        assert completion.error is None and completion.id_scores is not None
+        return [score - completion.id_scores[0] for score in completion.id_scores]
+
+    offline = VLLMEngine.from_run(run.main)
+    try:
+        scored = offline.generate(requests)
+    finally:
+        offline.close()
+    for ours, expected in zip(scored, hf):
+        assert relative(ours) == pytest.approx(relative(expected), abs=1e-3) and ours.generated_tokens == 0
+    engine = AsyncVLLMEngine.from_run(run.main)
+
+    async def submit_all():
+        return await asyncio.gather(*(engine.generate_async(request) for request in requests))
+
+    try:
+        streamed = asyncio.run(submit_all())
+    finally:
+        engine.close()
+    for ours, expected in zip(streamed, hf):
+        assert relative(ours) == pytest.approx(relative(expected), abs=1e-3)
+
+    write_demo_dataset(tmp_path / "in", queries=3, candidates=25, shards=1)
+    summary = run_job(real_config(tiny_ziprerank_dir, tmp_path, **{"images.image_tokens": 16}))
+    assert summary["totals"]["queries"] == 3 and summary["totals"]["ziprerank"] == 3 and summary["totals"]["windows"] == 6
+    for row in read_folder(tmp_path / "out" / "ranked"):
+        assert row["decided_by"] == ["ziprerank"] * 25 and row["scores"][0] == 25.0 and row["generated_tokens"] == 0
+
+
 def test_two_model_cascade_on_vllm_in_both_pools(ray_session, tiny_model_dir, tiny_pointwise_dir, tmp_path):
     write_demo_dataset(tmp_path / "in", queries=4, candidates=8, shards=1)
     scorer = {"scorer.name": tiny_pointwise_dir, "scorer.backend": "vllm", "scorer.engine_kwargs": {"enforce_eager": True}}

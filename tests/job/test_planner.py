@@ -112,3 +112,15 @@ def test_the_first_written_copy_of_a_repeated_id_stands():
     assert "q" not in a.unaddressable  # written earlier: it stands
     assert "the copy already written for s3://b/a stands" in b.unaddressable["q"]
     assert "appears 2 times" in b.unaddressable["y"] and "appears 2 times" in c.unaddressable["y"]  # none written: all out
+
+
+def test_a_new_familys_protocol_enters_the_fingerprint_only_for_its_own_runs():
+    from mmr5_batch.config.run import resolve_run
+
+    def fingerprint(**overrides):
+        return job_fingerprint(public_dump(resolve_run(load_config(None, {"input": "in", "output": "out", **overrides})).config))
+
+    # MM-R5's resolved run keeps the digest outputs written before families existed carry.
+    assert fingerprint().digest == "a70f759ce268ce37"
+    ziprerank = fingerprint(**{"model.name": "mtri-admin/ZipRerank"})
+    assert ziprerank.settings["model"]["protocol"] == "ziprerank" and ziprerank.settings["ranking"]["window"] == 20

@@ -214,3 +214,65 @@ def test_text_qwen3_reranker_first_then_mm_r5_on_the_tiny_checkpoints(ray_sessio
         assert sorted(row["doc_ids"]) == sorted(["t0", "t1", "t2", "t3", "picture"]) and row["scored"] == 4 and row["windows"] == 1
         # The scorer's fourth page after MM-R5's three; the unjudged picture last, where its first-stage score puts it.
         assert row["decided_by"] == ["detail"] * 3 + ["pointwise", "first_stage"] and row["doc_ids"][-1] == "picture"
+
+
+def test_ziprerank_runs_from_the_cli_on_hf_with_its_own_windows(ray_session, tmp_path, tiny_ziprerank_dir):
+    """`mmr5-batch rerank --protocol ziprerank` on the tiny ZipRerank checkpoint: 25 pages per query, its reference's
+    windows (20 at stride 10 from the end: two), each one forward pass; scores n - rank; positions labelled by it."""
+    levels = [(30 + 9 * index) % 250 for index in range(25)]
+    rows = [
+        {
+            "query_id": f"q{query}",
+            "query": "which page shows the total?",
+            "candidates": [
+                {"doc_id": f"d{index}", "image": grey_jpeg(level, (64, 96)), "image_uri": None, "text": None, "score": 1.0 - index / 100}
+                for index, level in enumerate(levels)
+            ],
+        }
+        for query in range(2)
+    ]
+    write_input(tmp_path / "in", rows)
+    flags = ["--model", tiny_ziprerank_dir, "--protocol", "ziprerank", "--backend", "hf", "--device", "cpu", "--actors", "1", "--image-tokens", "16"]
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *flags]) == 0
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert set(ranked) == {"q0", "q1"} and read_folder(tmp_path / "out" / "dead_letter") == []
+    for row in ranked.values():
+        assert row["status"] == "ziprerank" and row["windows"] == 2 and row["generated_tokens"] == 0
+        assert row["decided_by"] == ["ziprerank"] * 25 and row["scores"] == [float(25 - rank) for rank in range(25)]
+        assert sorted(row["doc_ids"]) == sorted(f"d{index}" for index in range(25))
+    # The same pages and query: the same order (one forward pass per window, deterministic).
+    assert ranked["q0"]["doc_ids"] == ranked["q1"]["doc_ids"]
+
+
+ZIPRERANK_FIRST = dict(TWO_MODELS, **{"scorer.protocol": "ziprerank", "scorer.name": "mtri-admin/ZipRerank"})
+
+
+def test_ziprerank_first_then_mm_r5_says_who_decided_and_orders_by_the_scorers_windows(ray_session, tmp_path):
+    """The cross-family cascade with scripted engines (ZipRerank's label scores and MM-R5's answers both by darkness):
+    ZipRerank's windows rank every candidate on its small pictures, MM-R5 reasons over its best three; `decided_by`
+    names who placed each page; the API and the job agree."""
+    rows = queries()
+    write_input(tmp_path / "in", rows)
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **ZIPRERANK_FIRST)
+    job = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    api_settings = {key: value for key, value in ZIPRERANK_FIRST.items() if key not in ("actors", "batch_size", "prepare_batch_size", "scorer.batch_size")}
+    with Reranker(**api_settings) as reranker:
+        api = {result.query_id: result for result in reranker.rank_many(rows)}
+    for query_id, levels in zip(("q0", "q1", "q2"), LEVELS):
+        assert job[query_id]["doc_ids"] == api[query_id].doc_ids == darkest_first(levels)
+    # Eight candidates: ZipRerank's one window (8 < its 20) ranked all eight; MM-R5 reasoned over its best three.
+    assert job["q0"]["decided_by"] == ["detail"] * 3 + ["ziprerank"] * 5 and job["q0"]["scored"] == 8 and job["q0"]["windows"] == 1
+    assert job["q2"]["decided_by"] == ["detail", "detail"] and summary["totals"]["scored"] == 18 and summary["failed"] is None
+
+
+def test_ziprerank_then_mm_r5_on_the_tiny_checkpoints_with_hf(ray_session, tmp_path, tiny_model_dir, tiny_ziprerank_dir):
+    rows = queries()[:2]
+    write_input(tmp_path / "in", rows)
+    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
+    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_ziprerank_dir, "scorer.protocol": "ziprerank"})
+    summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert summary["failed"] is None and set(ranked) == {"q0", "q1"}
+    for row in ranked.values():
+        assert sorted(row["doc_ids"]) == sorted(f"d{index}" for index in range(8)) and row["backend"] == "hf"
+        assert row["decided_by"] == ["detail"] * 3 + ["ziprerank"] * 5 and row["scored"] == 8 and row["windows"] == 1
