@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmr5_batch.config import JobConfig, load_config
+from mmr5_batch.config.backends import known_backends
 from mmr5_batch.core.vocabulary import PROTOCOLS
 from mmr5_batch.devtools.tiny_model import TINY_MODEL_KINDS
 
@@ -21,7 +22,7 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--output": ("output", {"help": "output prefix"}),
     "--run-id": ("run_id", {"help": "run identifier (default: generated)"}),
     "--model": ("model.name", {"help": "model id or checkpoint directory (default i2vec/MM-R5)"}),
-    "--backend": ("model.backend", {"choices": ["hf", "vllm", "scripted-test"]}),
+    "--backend": ("model.backend", {"choices": known_backends()}),
     "--device": ("model.device", {"choices": ["auto", "cpu", "cuda"]}),
     "--protocol": (
         "model.protocol",
@@ -40,7 +41,7 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "scorer.protocol",
         {"choices": ["auto", "pointwise", "ziprerank"], "help": "the scorer's protocol (default pointwise; ziprerank for ZipRerank first)"},
     ),
-    "--scorer-backend": ("scorer.backend", {"choices": ["hf", "vllm", "scripted-test"]}),
+    "--scorer-backend": ("scorer.backend", {"choices": known_backends()}),
     "--scorer-device": ("scorer.device", {"choices": ["auto", "cpu", "cuda"]}),
     "--max-new-tokens": ("model.max_new_tokens", {"type": int}),
     "--min-new-tokens": ("model.min_new_tokens", {"type": int}),

@@ -15,6 +15,7 @@ import json
 import os
 from functools import lru_cache
 
+from mmr5_batch.config.backends import backend_record
 from mmr5_batch.config.sections import ImageConfig, ModelConfig
 from mmr5_batch.core.families import Family, detect_family
 
@@ -52,10 +53,7 @@ def spelled_protocol(model: ModelConfig, section: str) -> str:
     return f"{section}.protocol {resolved!r}"
 
 
-# Backends that take a picture's patches from the CPU stage (the scripted test engine reads no pixels).
-PATCH_BACKENDS = ("hf", "vllm")
-
-
 def patches_in_cpu_stage(images: ImageConfig, model: ModelConfig) -> bool:
-    """Whether the CPU stage builds `model`'s image inputs (its patches): `images.processing` for a backend that reads pixels."""
-    return bool(images.processing == "cpu-stage" and model.backend in PATCH_BACKENDS)
+    """Whether the CPU stage builds `model`'s image inputs (its patches): `images.processing` for a backend that reads
+    pixels (not the scripted test engine)."""
+    return bool(images.processing == "cpu-stage" and backend_record(model.backend).reads_pixels)

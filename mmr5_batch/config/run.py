@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from mmr5_batch.config.backends import backend_record
 from mmr5_batch.config.job_config import RerankerConfig
-from mmr5_batch.config.protocol import PATCH_BACKENDS, model_family, patches_in_cpu_stage
+from mmr5_batch.config.protocol import model_family, patches_in_cpu_stage
 from mmr5_batch.config.sections import ModelConfig, RankingConfig
 from mmr5_batch.core.engine_protocol import SamplingSettings
 from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
@@ -98,7 +99,7 @@ class ResolvedRun(Generic[Config]):
         config, model = self.config, self.config.model
         ranking, cascade = config.ranking, config.cascade
         return RankingSettings(
-            engine_reads_pixels=model.backend in PATCH_BACKENDS,
+            engine_reads_pixels=backend_record(model.backend).reads_pixels,
             protocol=self.main.protocol,
             family=self.main.family.name,
             instruction=model.instruction,
@@ -125,7 +126,7 @@ class ResolvedRun(Generic[Config]):
             return None
         scorer, family = self.scorer.model, self.scorer.family
         return RankingSettings(
-            engine_reads_pixels=scorer.backend in PATCH_BACKENDS,
+            engine_reads_pixels=backend_record(scorer.backend).reads_pixels,
             window=family.window or 2,
             stride=family.stride or 1,
             sampling=SamplingSettings(max_new_tokens=1, stop=()),
@@ -211,7 +212,7 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
     first_pictures = kind == SAME_MODEL or (scorer is not None and scorer.family.reads_pictures)
     prepare = PrepareSettings(
         text_tokens=reader.model.document_tokens if reader is not None else None,
-        tokenizer_source=reader.model.name if reader is not None and reader.model.backend in PATCH_BACKENDS else None,
+        tokenizer_source=reader.model.name if reader is not None and backend_record(reader.model.backend).reads_pixels else None,
         text_cut=reader.family.text_cut if reader is not None else CUT_DOCUMENT_HEAD,
         instruction=reader.model.instruction if reader is not None else "",
         pictures=family.reads_pictures,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from mmr5_batch.config.backends import backend_record
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION, TEXT_DEFAULT_INSTRUCTION
 from mmr5_batch.core.vocabulary import FAST, FAST_MAX_WINDOW
 
@@ -50,10 +51,11 @@ class ModelConfig(Section):
             "cut). So no document makes a prompt longer than the engine's context or an actor run out of memory."
         ),
     )
-    backend: Literal["hf", "vllm", "scripted-test"] = Field(
+    backend: str = Field(
         "hf",
         description=(
-            "Inference backend: 'vllm' (GPU serving; its CPU build with --device cpu), 'hf' (transformers, CPU or GPU), or 'scripted-test' "
+            "Inference backend: 'vllm' (GPU serving; its CPU build with --device cpu), 'hf' (transformers, CPU or GPU), or one an "
+            "installed package registers (entry point group 'mmr5_batch.backends'), such as 'scripted-test' "
             "(no model: deterministic scripted answers, only for testing the pipeline's plumbing)."
         ),
     )
@@ -86,7 +88,14 @@ class ModelConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0.")
     seed: int = Field(0, description="Sampling seed, for repeatable runs.")
     max_batch_size: int = Field(8, ge=1, description="Prompts per generate call in the hf backend.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine (tensor parallelism); each actor then asks Ray for that many GPUs.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description=(
+            "GPUs per vLLM engine (tensor parallelism); each actor then asks Ray for that many GPUs, times a "
+            "pipeline_parallel_size given in engine_kwargs (a tensor_parallel_size there wins over this one)."
+        ),
+    )
     vllm_engine: Literal["async", "offline"] = Field(
         "async",
         description=(
@@ -101,6 +110,12 @@ class ModelConfig(Section):
         description="vLLM on CPU (--device cpu): memory for its KV cache, in GiB (gpu_memory_utilization is for GPUs only).",
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra engine arguments passed through to the backend as they are.")
+
+    @field_validator("backend")
+    @classmethod
+    def _a_known_backend(cls, backend: str) -> str:
+        backend_record(backend)  # raises naming the backends there are
+        return backend
 
     @field_validator("instruction")
     @classmethod

@@ -49,7 +49,7 @@ class Family:
     """One reranker family (see the module docstring)."""
 
     name: str
-    protocol: str  # MM_R5 or POINTWISE
+    protocol: str  # MM_R5, POINTWISE or ZIPRERANK
     reads_pictures: bool  # the model sees the documents' images (False: text only)
     grid: int  # pixels per side of one image token (0 for a text model)
     default_instruction: str  # a pointwise family's '<Instruct>:' line when the config leaves it empty ('' for MM-R5)

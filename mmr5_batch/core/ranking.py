@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmr5_batch.core.engine_protocol import Completion, RequestObserver
-from mmr5_batch.core.families import MM_R5_FAMILY, Family
 from mmr5_batch.core.parsing import parse_ranking
 from mmr5_batch.core.pointwise import relevance_order
 from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
@@ -81,9 +80,7 @@ class QueryState:
     pages_decoded: int = 0
     pages_processed: int = 0
     observer: RequestObserver | None = None  # who watches its requests (the actor's metrics)
-    label: str = MODEL  # what its windows' positions are labelled in `decided_by` (WindowPlan.label)
-    scorer_label: str = POINTWISE  # WindowPlan.scorer_label
-    count_scores: bool = False  # its scores count n..1 (WindowPlan.count_scores)
+    plan: WindowPlan = field(default_factory=lambda: WindowPlan(2, 1))  # how it is ranked: its labels and scores too
 
     @property
     def active(self) -> bool:
@@ -112,9 +109,7 @@ def plan_query(row: PreparedRow | Mapping[str, Any], plan: WindowPlan) -> QueryS
         pages_sent=row.pages_sent or 0,
         pages_decoded=row.pages_decoded or 0,
         pages_processed=row.pages_processed or 0,
-        label=plan.label,
-        count_scores=plan.count_scores,
-        scorer_label=plan.scorer_label,
+        plan=plan,
     )
     if row.error:
         state.error = row.error
@@ -164,9 +159,9 @@ def next_pass(state: QueryState, plan: WindowPlan) -> bool:
     return True
 
 
-def record(state: QueryState, indices: list[int], completion: Completion, family: Family = MM_R5_FAMILY) -> None:
+def record(state: QueryState, indices: list[int], completion: Completion) -> None:
     """Fold one window's completion into its query: counts, reasoning, status, new order (by the labels' scores for
-    fast mode and for a family ranked by them, ZipRerank)."""
+    fast mode and for a family ranked by them, ZipRerank, whose label is then the status)."""
     assert state.ranking is not None
     state.windows += 1
     state.image_tokens += sum(state.candidates[index].picture_tokens(state.first_pass) for index in indices)
@@ -179,7 +174,7 @@ def record(state: QueryState, indices: list[int], completion: Completion, family
     if completion.id_scores is not None:
         # Highest first-token score first; ties keep the current order.
         scores = completion.id_scores
-        state.status = FAST if family.score_labels is None else family.decided_by
+        state.status = FAST if state.plan.label == MODEL else state.plan.label
         state.ranking.apply(sorted(range(len(indices)), key=lambda position: -scores[position]))
         return
     parsed = parse_ranking(completion.text, len(indices))
@@ -244,12 +239,12 @@ def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
         labels = [POINTWISE] * len(state.ranking.order)
     elif state.scorer_depth and state.ranking is not None:
         detail = len(state.ranking.order) if state.windows else 0
-        labels = [DETAIL] * detail + [state.scorer_label] * max(0, state.scorer_depth - detail)
+        labels = [DETAIL] * detail + [state.plan.scorer_label] * max(0, state.scorer_depth - detail)
     elif state.stage == DETAIL_PASS and state.ranking is not None:
         detail = len(state.ranking.order)
         labels = [DETAIL] * detail + [FIRST_PASS] * (reranked - detail)
     else:
-        labels = [state.label] * reranked
+        labels = [state.plan.label] * reranked
     labels += [FIRST_STAGE] * (positions - flagged - len(labels))
     return labels + [FLAGGED] * flagged
 
@@ -290,7 +285,7 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
     # The pointwise protocol's is the model's P(yes) (null for what it did not judge).
     if state.relevance is not None:
         scores: list[float | None] = [state.relevance.get(index) for index in final]
-    elif state.count_scores:
+    elif state.plan.count_scores:
         # ZipRerank's reference reports n - rank: n for the top, 1 for the last.
         scores = [float(len(final) - position) for position in range(len(final))]
     else:

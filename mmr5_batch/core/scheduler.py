@@ -218,7 +218,7 @@ async def _walk(state: QueryState, engine: AsyncEngine, settings: RankingSetting
             completion = await _window(state, indices, engine, settings)
             if completion.error is not None and len(indices) > 1 and await _set_aside_refused(state, indices, engine, settings):
                 continue  # the window again, without the candidates the engine refuses even alone
-            record(state, indices, completion, settings.family_record)
+            record(state, indices, completion)
         if not next_pass(state, settings.plan):
             return
 

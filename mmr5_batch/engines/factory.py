@@ -10,40 +10,30 @@ the scripted test engine there), so production code never imports them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from importlib.util import find_spec
 
+from mmr5_batch.config.backends import BACKEND_ENTRY_POINTS, backend_record, registered_builder
 from mmr5_batch.config.run import ModelRun
 from mmr5_batch.core.batching import BatchingEngine
 from mmr5_batch.core.engine_protocol import AsyncEngine, Engine
-from mmr5_batch.engines.shared import INSTALL_VLLM
 from mmr5_batch.errors import EngineUnavailable
-
-BACKEND_ENTRY_POINTS = "mmr5_batch.backends"
 
 
 def registered_backend(name: str) -> Callable[[ModelRun], Engine]:
     """The engine builder an installed package registered for `name` (entry point group `mmr5_batch.backends`)."""
-    for entry in entry_points(group=BACKEND_ENTRY_POINTS):
-        if entry.name == name:
-            builder: Callable[[ModelRun], Engine] = entry.load()
-            return builder
-    raise EngineUnavailable(f"unknown backend {name!r}: no installed package registers it (entry point group {BACKEND_ENTRY_POINTS!r})")
-
-
-# The packages each built-in backend imports when its engine starts.
-BACKEND_PACKAGES = {"hf": ("torch", "transformers"), "vllm": ("vllm",)}
+    builder: Callable[[ModelRun], Engine] | None = registered_builder(name)
+    if builder is None:
+        raise EngineUnavailable(f"unknown backend {name!r}: no installed package registers it (entry point group {BACKEND_ENTRY_POINTS!r})")
+    return builder
 
 
 def check_importable(spec: ModelRun) -> None:
-    """Raise EngineUnavailable, without importing anything, when this Python cannot import the backend's packages:
-    where the actors run in the driver's environment (a local Ray), the job says so before any data is read."""
-    missing = [name for name in BACKEND_PACKAGES.get(spec.model.backend, ()) if find_spec(name) is None]
-    if not missing:
-        return
-    if spec.model.backend == "vllm":
-        raise EngineUnavailable(f"the vllm backend needs vllm, which this Python cannot import; {INSTALL_VLLM}")
-    raise EngineUnavailable(f"the {spec.model.backend} backend needs {', '.join(missing)}, which this Python cannot import; install with: pip install -e .")
+    """Raise EngineUnavailable, without importing anything, when this Python cannot import the backend's packages (its
+    record's): where the actors run in the driver's environment (a local Ray), the job says so before any data is read."""
+    record = backend_record(spec.model.backend)
+    missing = [name for name in record.packages if find_spec(name) is None]
+    if missing:
+        raise EngineUnavailable(f"the {record.name} backend needs {', '.join(missing)}, which this Python cannot import; install with: {record.install}")
 
 
 def create_engine(spec: ModelRun) -> Engine:

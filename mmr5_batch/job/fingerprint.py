@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 from mmr5_batch.config import JobConfig, ModelConfig, public_dump
+from mmr5_batch.config.backends import BUILT_IN
 from mmr5_batch.config.run import ResolvedRun
 from mmr5_batch.output.records import ResultSettings, flatten_settings
 
@@ -33,8 +34,9 @@ def job_fingerprint(public_config: dict[str, Any]) -> ResultSettings:
         "model": {key: public_config["model"][key] for key in ("name", "max_new_tokens", "think_tokens", "temperature", "top_p", "seed")}
         # Only when on, so that outputs written before the setting existed keep their fingerprint.
         | ({"constrain_answer": True} if public_config["model"].get("constrain_answer") else {})
-        # hf and vLLM run the same model; the scripted test engine is no model, its rows never mix with a model's.
-        | ({"backend": "scripted-test"} if public_config["model"].get("backend") == "scripted-test" else {})
+        # hf and vLLM run the same model; any other backend (the scripted test engine) is not that model: its rows
+        # never mix with a model's.
+        | ({"backend": model.get("backend")} if model.get("backend") not in BUILT_IN else {})
         | ({"protocol": "pointwise", "instruction": model.get("instruction")} | _document_tokens(model) if pointwise_model else {})
         # Families added later enter only for their own runs.
         | ({"protocol": model["protocol"]} if model.get("protocol") not in (None, "auto", "mm-r5", "pointwise") else {}),
@@ -42,7 +44,7 @@ def job_fingerprint(public_config: dict[str, Any]) -> ResultSettings:
         "cascade": cascade
         | (
             {
-                "scorer": {"name": scorer.get("name"), "instruction": scorer.get("instruction"), "scripted": scorer.get("backend") == "scripted-test"}
+                "scorer": {"name": scorer.get("name"), "instruction": scorer.get("instruction"), "scripted": scorer.get("backend") not in BUILT_IN}
                 | _document_tokens(scorer)
             }
             if two_models

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from mmr5_batch.config import RerankerConfig
+from mmr5_batch.config import ModelConfig, RerankerConfig
+from mmr5_batch.config.backends import backend_record, engine_gpus
 from mmr5_batch.config.run import ResolvedRun
 from mmr5_batch.errors import JobError
 
@@ -41,29 +42,31 @@ class ActorPlacement:
     remote_args: dict = field(default_factory=dict)
 
 
+def needs_gpu(model: ModelConfig) -> bool:
+    """A model engine (its backend's record says so), unless CPU was chosen explicitly (`--device cpu`: hf in PyTorch,
+    vLLM's CPU build)."""
+    return backend_record(model.backend).uses_gpu and model.device != "cpu"
+
+
 def backend_needs_gpu(config: RerankerConfig) -> bool:
-    """The model backends, unless CPU was chosen explicitly (`--device cpu`: hf in PyTorch, vLLM's CPU build)."""
-    model = config.model
-    return model.backend in ("hf", "vllm") and model.device != "cpu"
+    return needs_gpu(config.model)
+
+
+def engine_gpu_need(model: ModelConfig) -> float:
+    """The GPUs one engine of `model` spans (its backend's parallel sizes, engine_kwargs included), or none on CPU."""
+    return float(engine_gpus(model)) if needs_gpu(model) else 0.0
 
 
 def gpus_per_actor(config: RerankerConfig) -> float:
     """What each rerank actor asks Ray for: the setting, else what the engine needs."""
-    model = config.model
     if config.execution.gpus_per_actor is not None:
         return config.execution.gpus_per_actor
-    if not backend_needs_gpu(config):
-        return 0.0
-    return float(model.tensor_parallel_size if model.backend == "vllm" else 1)
+    return engine_gpu_need(config.model)
 
 
 def scorer_gpus_per_actor(config: RerankerConfig) -> float:
     scorer = config.scorer
-    if scorer.gpus_per_actor is not None:
-        return scorer.gpus_per_actor
-    if scorer.backend not in ("hf", "vllm") or scorer.device == "cpu":
-        return 0.0
-    return float(scorer.tensor_parallel_size if scorer.backend == "vllm" else 1)
+    return scorer.gpus_per_actor if scorer.gpus_per_actor is not None else engine_gpu_need(scorer)
 
 
 def scorer_gpus(run: ResolvedRun) -> float:

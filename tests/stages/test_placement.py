@@ -7,7 +7,7 @@ import pytest
 from mmr5_batch.config import load_config
 from mmr5_batch.config.run import resolve_run
 from mmr5_batch.job.planner import JobError
-from mmr5_batch.stages.placement import ClusterGpus, gpus_wanted_at_start, place_actors
+from mmr5_batch.stages.placement import ClusterGpus, gpus_wanted_at_start, place_actors, place_scorer
 
 
 def config(**overrides):
@@ -42,6 +42,17 @@ def test_gpus_wanted_at_start_cover_every_fixed_actor():
 def test_tensor_parallel_engines_take_their_gpus_each():
     placement = place_actors(config(**VLLM, **{"model.tensor_parallel_size": 2}), ClusterGpus(now=8, reachable=8))
     assert placement.gpus == 2.0 and (placement.min_actors, placement.max_actors) == (4, 4)
+
+
+def test_parallel_sizes_given_in_engine_kwargs_reach_placement():
+    """vLLM's tensor and pipeline parallel sizes, where the engine takes them from (engine_kwargs win over the field),
+    decide the GPUs each actor asks for: 2 x 2 = 4 GPUs per engine, two engines on 8 GPUs; the scorer's alike."""
+    kwargs = {"model.engine_kwargs": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}, "model.tensor_parallel_size": 1}
+    placement = place_actors(config(**VLLM, **kwargs), ClusterGpus(now=8, reachable=8))
+    assert placement.gpus == 4.0 and (placement.min_actors, placement.max_actors) == (2, 2)
+    scorer = {"cascade.enabled": True, "cascade.first_pass": "pointwise", "scorer.backend": "vllm", "scorer.engine_kwargs": {"tensor_parallel_size": 2}}
+    run = config(**VLLM, **scorer)
+    assert place_scorer(run, ClusterGpus(now=8, reachable=8)).gpus == 2.0 and gpus_wanted_at_start(run) == 1.0 + 2.0
 
 
 def test_no_gpu_anywhere_stops_the_job_with_the_way_out():
