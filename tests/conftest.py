@@ -78,7 +78,17 @@ def ray_session():
     from tests.support.metrics_export import pick_metrics_port
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", _metrics_export_port=pick_metrics_port())
+    # Ray gives its raylet a fixed 30 s to register; on a loaded 2-core machine (the previous module's cluster still
+    # tearing down) it can take longer. Then the node is started again, up to three times in all, rather than failing
+    # every test of the module on a start that was only slow.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", _metrics_export_port=pick_metrics_port())
+            break
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == 2:
+                raise
+            ray.shutdown()
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

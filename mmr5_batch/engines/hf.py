@@ -1,4 +1,8 @@
-"""The transformers backend: Qwen2.5-VL (MM-R5) and Qwen3-VL (the pointwise reranker) on CPU or CUDA, batched with left padding.
+"""The transformers backend: MM-R5, ZipRerank, Qwen3-VL-Reranker and the text Qwen3-Reranker on CPU or CUDA, batched with left padding.
+
+Each is loaded with its family's auto class (`Family.hf_auto_class`: the
+image-text-to-text model, or a causal LM for the text reranker, which has no
+image processor).
 
 Inputs are built the way Qwen's processor builds them: the chat template
 renders one `<|image_pad|>` per image, the image processor gives each image's
@@ -9,7 +13,9 @@ which the CPU machines cannot import.
 
 A pointwise request (`relevance`) is one forward pass: the pair's relevance
 is the two-way softmax of the "no" and "yes" logits at the next position,
-P(yes), what the reranker's own code and vLLM's pooling runner compute.
+P(yes), what the reranker's own code and vLLM's pooling runner compute. A
+request with `score_labels` (ZipRerank's letters, fast mode's ids) is one
+forward pass too: each label's next-token log-probability.
 """
 
 from __future__ import annotations

@@ -13,12 +13,16 @@ this backend is chosen. Engine arguments we derive
 (context length, images per prompt, pixel limits matching our budgets) can be
 overridden or extended by `model.engine_kwargs`, which pass through as they are.
 
-A pointwise model (Qwen3-VL-Reranker) runs on vLLM's pooling runner as a
-sequence classifier: its architecture is overridden to
-`Qwen3VLForSequenceClassification`, whose one-label head vLLM builds from the
-"no" and "yes" rows of the output head (their difference, through a
-sigmoid: P(yes), the same number as the two-way softmax the hf engine reads).
-`classify` (offline) or `encode` with a classify task (async) returns it.
+A pointwise model runs on vLLM's pooling runner as a sequence classifier:
+its architecture is overridden to its family's class
+(`Qwen3VLForSequenceClassification` for Qwen3-VL-Reranker,
+`Qwen3ForSequenceClassification` for the text Qwen3-Reranker), whose
+one-label head vLLM builds from the "no" and "yes" rows of the output head
+(their difference, through a sigmoid: P(yes), the same number as the two-way
+softmax the hf engine reads). `classify` (offline) or `encode` with a
+classify task (async) returns it. A request with `score_labels` (ZipRerank's
+letters, fast mode's ids) generates one token and returns exactly those
+labels' log-probabilities (`logprob_token_ids`).
 """
 
 from __future__ import annotations
