@@ -40,6 +40,9 @@ WAYS = {
     # The text Qwen3-Reranker first: no image tokens, each page's text (assumed 500 tokens) instead.
     "two-model cascade (text 0.6B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-Reranker-0.6B"},
     "two-model cascade (text 4B scorer)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "Qwen/Qwen3-Reranker-4B"},
+    # jina-reranker-m0 (Qwen2-VL-2B and its score head) alone, at its reference's 768-token pages, and first.
+    "jina-reranker-m0 alone": {"model.name": "jinaai/jina-reranker-m0"},
+    "two-model cascade (jina-m0 first)": {"cascade": True, "cascade.first_pass": "pointwise", "scorer.name": "jinaai/jina-reranker-m0"},
     # ZipRerank alone (its windows of 20 at stride 10, one prefill each) and as the first pass before MM-R5.
     "ZipRerank alone": {"model.name": "mtri-admin/ZipRerank"},
     "two-model cascade (ZipRerank first)": {

@@ -158,3 +158,11 @@ def tiny_ziprerank_dir(tmp_path_factory):
 
     # The folder's name says 'ziprerank': that is how `auto` tells it from a Qwen3-VL-Reranker checkpoint.
     return str(build_tiny_ziprerank_model(tmp_path_factory.mktemp("tiny-ziprerank")))
+
+
+@pytest.fixture(scope="session")
+def tiny_jina_dir(tmp_path_factory):
+    from mmr5_batch.devtools.tiny_model import build_tiny_jina_model
+
+    # No name needed: its config.json's architecture (JinaVLForRanking) says what it is.
+    return str(build_tiny_jina_model(tmp_path_factory.mktemp("tiny-jina")))

@@ -13,7 +13,7 @@ from typing import Any
 
 from mmr5_batch.config import JobConfig, load_config
 from mmr5_batch.config.backends import known_backends
-from mmr5_batch.core.vocabulary import PROTOCOLS
+from mmr5_batch.core.vocabulary import PROTOCOL_SETTINGS
 from mmr5_batch.devtools.tiny_model import TINY_MODEL_KINDS
 
 # CLI flag -> dotted config field; every flag overrides the YAML when given.
@@ -27,8 +27,11 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--protocol": (
         "model.protocol",
         {
-            "choices": ["auto", *PROTOCOLS],
-            "help": "mm-r5: listwise reasoning; pointwise: P(yes) per pair; ziprerank: letter logits per window (default: from the checkpoint)",
+            "choices": ["auto", *PROTOCOL_SETTINGS],
+            "help": (
+                "mm-r5: listwise reasoning; pointwise: P(yes) per pair; jina-m0: jina-reranker-m0's score per pair; "
+                "ziprerank: letter logits per window (default: from the checkpoint)"
+            ),
         },
     ),
     "--first-pass": (
@@ -39,7 +42,10 @@ RERANK_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--scorer-model": ("scorer.name", {"help": "the two-model cascade's scorer (default Qwen/Qwen3-VL-Reranker-2B)"}),
     "--scorer-protocol": (
         "scorer.protocol",
-        {"choices": ["auto", "pointwise", "ziprerank"], "help": "the scorer's protocol (default pointwise; ziprerank for ZipRerank first)"},
+        {
+            "choices": ["auto", "pointwise", "jina-m0", "ziprerank"],
+            "help": "the scorer's protocol (default pointwise; jina-m0 for jina-reranker-m0, ziprerank for ZipRerank first)",
+        },
     ),
     "--scorer-backend": ("scorer.backend", {"choices": known_backends()}),
     "--scorer-device": ("scorer.device", {"choices": ["auto", "cpu", "cuda"]}),
@@ -144,7 +150,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     show.add_argument("--model", help="checkpoint directory or model id whose chat template renders the prompt")
     show.add_argument(
         "--protocol",
-        choices=["auto", *PROTOCOLS],
+        choices=["auto", *PROTOCOL_SETTINGS],
         default="auto",
         help="the model's protocol, as model.protocol ('auto': from the checkpoint); a pointwise family's prompt is shown for one text document",
     )
@@ -153,14 +159,17 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     tiny = command(
         "tiny-model",
         formatter_class=formatter,
-        help="build a tiny random-weights checkpoint offline: Qwen2.5-VL (MM-R5), a Qwen3-VL pointwise reranker or a text Qwen3 reranker",
+        help="build a tiny random-weights checkpoint offline of a family's architecture (MM-R5, Qwen3-VL-Reranker, Qwen3-Reranker, ZipRerank, jina-reranker-m0)",
     )
     tiny.add_argument("directory")
     tiny.add_argument(
         "--kind",
         choices=list(TINY_MODEL_KINDS),
         default="mm-r5",
-        help="mm-r5: MM-R5's architecture; pointwise: Qwen3-VL-Reranker's; qwen3-reranker: the text Qwen3-Reranker's",
+        help=(
+            "mm-r5: MM-R5's architecture; pointwise: Qwen3-VL-Reranker's; qwen3-reranker: the text Qwen3-Reranker's; "
+            "ziprerank: ZipRerank's (a Qwen3-VL generative model); jina-m0: jina-reranker-m0's (Qwen2-VL with its score head)"
+        ),
     )
     tiny.add_argument("--seed", type=int, default=0)
 

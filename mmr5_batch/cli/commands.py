@@ -17,7 +17,7 @@ import json
 
 from mmr5_batch.cli.arguments import config_from_args
 from mmr5_batch.cli.console import Console
-from mmr5_batch.cli.report import format_summary, show_prompt
+from mmr5_batch.cli.report import format_summary, prompt_suffix_note, show_prompt
 from mmr5_batch.errors import ConfigError, ContractError, EngineUnavailable, JobError, error_line
 
 # Errors whose message is the whole story: one line, exit 2.
@@ -79,6 +79,9 @@ def show_prompt_command(args: argparse.Namespace, console: Console) -> int:
     try:
         console.out.write(show_prompt(args.query, args.num_candidates, args.model, args.protocol, args.document))
         console.out.flush()
+        note = prompt_suffix_note(args.model, args.protocol)
+        if note is not None:  # not text: said beside the prompt, so stdout stays the exact text
+            print(note, file=console.err, flush=True)
     except (OSError, ValueError) as error:
         return fail(console, error)
     return 0

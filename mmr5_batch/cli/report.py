@@ -37,6 +37,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def prompt_suffix_note(model: str | None, protocol: str = "auto") -> str | None:
+    """What a family adds to the prompt's token ids beside its text (jina-reranker-m0's score token), for stderr."""
+    from mmr5_batch.config.protocol import model_family
+    from mmr5_batch.config.sections import ModelConfig
+
+    family = model_family(ModelConfig(name=model or ModelConfig.model_fields["name"].default, protocol=protocol))
+    if not family.prompt_suffix_ids:
+        return None
+    return f"{family.name}: token id(s) {list(family.prompt_suffix_ids)} follow the prompt's own token ids (its score token)"
+
+
 def show_prompt(query: str, num_candidates: int, model: str | None, protocol: str = "auto", document: str = "the document's text") -> str:
     """The exact prompt text `model`'s family renders: MM-R5's chat template over `num_candidates` images, or a
     pointwise family's prompt for one pair with a text `document` (each candidate gets its own such prompt)."""

@@ -1,7 +1,8 @@
 """Which reranker family a model is (`model.protocol`, 'auto' resolved), and the protocol it speaks.
 
 'auto' looks at the checkpoint: a local directory's config.json names its
-model type (Qwen3-VL: the pointwise Qwen3-VL-Reranker; Qwen3: the text
+architecture (`JinaVLForRanking`: jina-reranker-m0) and model type (Qwen3-VL:
+the pointwise Qwen3-VL-Reranker, or ZipRerank when so named; Qwen3: the text
 Qwen3-Reranker, pointwise too; Qwen2.5-VL or anything else: MM-R5); a hub id
 is judged by its name, since nothing may be downloaded to decide. A protocol
 set by hand still takes its family from the checkpoint (a text Qwen3
@@ -21,23 +22,31 @@ from mmr5_batch.core.families import Family, detect_family
 
 
 @lru_cache(maxsize=64)
-def _model_type(name: str) -> str | None:
-    """The `model_type` of a local checkpoint's config.json; None for a hub id (or an unreadable file)."""
+def _checkpoint_kind(name: str) -> tuple[str | None, tuple[str, ...]]:
+    """The `model_type` and `architectures` of a local checkpoint's config.json; (None, ()) for a hub id (or an
+    unreadable file)."""
     config_file = os.path.join(name, "config.json")
     if not os.path.isfile(config_file):
-        return None
+        return None, ()
     try:
         with open(config_file) as handle:
-            model_type = json.load(handle).get("model_type")
+            found = json.load(handle)
     except (OSError, ValueError):
-        return None
-    return model_type if isinstance(model_type, str) else None
+        return None, ()
+    if not isinstance(found, dict):
+        return None, ()
+    model_type, architectures = found.get("model_type"), found.get("architectures")
+    return (
+        model_type if isinstance(model_type, str) else None,
+        tuple(item for item in architectures if isinstance(item, str)) if isinstance(architectures, list) else (),
+    )
 
 
 def model_family(model: ModelConfig) -> Family:
     """The family of a `model` section (`ModelConfig`, `ScorerConfig`). Only validation and `config/run.py:
     resolve_run` call it; everything else reads the resolved run."""
-    return detect_family(None if model.protocol == "auto" else model.protocol, _model_type(model.name), model.name)
+    model_type, architectures = _checkpoint_kind(model.name)
+    return detect_family(None if model.protocol == "auto" else model.protocol, model_type, model.name, architectures)
 
 
 def model_protocol(model: ModelConfig) -> str:

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 from mmr5_batch.config.backends import backend_record
 from mmr5_batch.config.job_config import RerankerConfig
 from mmr5_batch.config.protocol import model_family, patches_in_cpu_stage
-from mmr5_batch.config.sections import ModelConfig, RankingConfig
+from mmr5_batch.config.sections import ImageConfig, ModelConfig, RankingConfig
 from mmr5_batch.core.engine_protocol import SamplingSettings
 from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
 from mmr5_batch.core.images import GRID
@@ -116,7 +116,7 @@ class ResolvedRun(Generic[Config]):
             constrain_answer=model.constrain_answer,
             mode=ranking.mode,
             cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if self.cascade == SAME_MODEL else None,
-            scorer_label=self.scorer.family.decided_by if self.scorer is not None and self.scorer.protocol != POINTWISE else POINTWISE,
+            scorer_label=self.scorer.family.scorer_label if self.scorer is not None else POINTWISE,
         )
 
     def scoring(self, run_id: str = "") -> RankingSettings | None:
@@ -142,8 +142,17 @@ class ResolvedRun(Generic[Config]):
 
 
 def _resolved_section(model: ModelConfig, family: Family) -> ModelConfig:
-    """A model section with its family's protocol and, where it left the instruction empty, the family's default."""
-    return model.model_copy(update={"protocol": family.protocol, "instruction": model.instruction or family.default_instruction})
+    """A model section with the protocol value naming its family and, where it left the instruction empty, the
+    family's default."""
+    return model.model_copy(update={"protocol": family.protocol_setting, "instruction": model.instruction or family.default_instruction})
+
+
+def _family_images(images: ImageConfig, family: Family) -> ImageConfig:
+    """The image section with the family's reference picture budget where the config leaves images.image_tokens
+    unset (jina-reranker-m0's 768)."""
+    if not family.image_tokens or "image_tokens" in images.model_fields_set:
+        return images
+    return images.model_copy(update={"image_tokens": family.image_tokens})
 
 
 def _family_windows(ranking: RankingConfig, family: Family) -> RankingConfig:
@@ -183,8 +192,9 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
     model = _resolved_section(config.model, family)
     scorer_model = _resolved_section(config.scorer, scorer_family)
     ranking = _family_windows(config.ranking, family)
-    resolved = config.model_copy(update={"model": model, "scorer": scorer_model, "ranking": ranking})
-    images, cascade = config.images, config.cascade
+    images = _family_images(config.images, family)
+    resolved = config.model_copy(update={"model": model, "scorer": scorer_model, "ranking": ranking, "images": images})
+    cascade = config.cascade
 
     if protocol == POINTWISE:
         passes: tuple[EnginePass, ...] = (EnginePass(1, images.image_tokens),)
@@ -193,13 +203,13 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
         if kind == SAME_MODEL:
             # The same-model cascade's first pass shows first_window smaller pictures per prompt.
             passes += (EnginePass(cascade.first_window, cascade.first_image_tokens),)
-    main = ModelRun(model, family, passes, patches_in_cpu_stage(config.images, model) and family.reads_pictures)
+    main = ModelRun(model, family, passes, patches_in_cpu_stage(images, model) and family.reads_pictures)
     scorer = (
         ModelRun(
             scorer_model,
             scorer_family,
             (EnginePass(scorer_family.window or 1, cascade.first_image_tokens),),
-            patches_in_cpu_stage(config.images, scorer_model) and scorer_family.reads_pictures,
+            patches_in_cpu_stage(images, scorer_model) and scorer_family.reads_pictures,
         )
         if kind == TWO_MODELS
         else None

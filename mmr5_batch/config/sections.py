@@ -22,16 +22,18 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = Field("i2vec/MM-R5", description="Hugging Face model id or local checkpoint directory.")
-    protocol: Literal["auto", "mm-r5", "pointwise", "ziprerank"] = Field(
+    protocol: Literal["auto", "mm-r5", "pointwise", "ziprerank", "jina-m0"] = Field(
         "auto",
         description=(
             "How the model reranks: 'mm-r5' (listwise: it reasons over a window of candidate images, then answers with "
-            "their order) or 'pointwise' (one query-document pair per prompt, the score is P(yes): Qwen3-VL-Reranker, "
-            "whose documents may be an image, text, or both, or the text Qwen3-Reranker, text only). 'auto': from the "
-            "checkpoint (config.json's model type: qwen3_vl is Qwen3-VL-Reranker, qwen3 the text Qwen3-Reranker; a hub "
-            "id by its name: 'Qwen3-VL-Reranker', 'Qwen3-Reranker'; anything else mm-r5), or 'ziprerank' (listwise in one "
-            "forward pass: a window of up to 20 pages, ordered by the next-token scores of their letters; a Qwen3-VL "
-            "checkpoint is ZipRerank only when so named, e.g. mtri-admin/ZipRerank, or set so)."
+            "their order), 'pointwise' (one query-document pair per prompt, the score is P(yes): Qwen3-VL-Reranker, "
+            "whose documents may be an image, text, or both, or the text Qwen3-Reranker, text only), 'jina-m0' "
+            "(jina-reranker-m0: pointwise, one pair per prompt, document first, the score its score head's), or "
+            "'ziprerank' (listwise in one forward pass: a window of up to 20 pages, ordered by the next-token scores "
+            "of their letters; a Qwen3-VL checkpoint is ZipRerank only when so named, e.g. mtri-admin/ZipRerank, or "
+            "set so). 'auto': from the checkpoint (config.json's architecture JinaVLForRanking is jina-reranker-m0; "
+            "its model type qwen3_vl Qwen3-VL-Reranker, qwen3 the text Qwen3-Reranker; a hub id by its name: "
+            "'jina-reranker-m0', 'Qwen3-VL-Reranker', 'Qwen3-Reranker', 'ZipRerank'; anything else mm-r5)."
         ),
     )
     instruction: str = Field(
@@ -47,8 +49,9 @@ class ModelConfig(Section):
         description=(
             "The pointwise protocol: document text is cut to this many tokens of the model's tokenizer in the CPU "
             "stage, before any prompt is built, as the family's reference cuts at its 8192: Qwen3-VL-Reranker the "
-            "document alone (its head kept), the text Qwen3-Reranker the whole instruction-query-document pair (its end "
-            "cut). So no document makes a prompt longer than the engine's context or an actor run out of memory."
+            "document alone (its head kept), as jina-reranker-m0 (whose reference allows ~9,700), the text "
+            "Qwen3-Reranker the whole instruction-query-document pair (its end cut). So no document makes a prompt "
+            "longer than the engine's context or an actor run out of memory."
         ),
     )
     backend: str = Field(
@@ -152,7 +155,14 @@ class RankingConfig(Section):
 
 
 class ImageConfig(Section):
-    image_tokens: int = Field(1024, ge=4, description="Most image tokens per candidate (28x28 px each); MM-R5's script sends pages near native size.")
+    image_tokens: int = Field(
+        1024,
+        ge=4,
+        description=(
+            "Most image tokens per candidate (28x28 px each; 32x32 for the Qwen3-VL families); MM-R5's script sends "
+            "pages near native size. Unset for jina-reranker-m0: its reference's 768."
+        ),
+    )
     prompt_image_tokens: int | None = Field(
         None, ge=4, description="Most image tokens in one prompt (all candidates of a window together); unset means window x image_tokens."
     )
@@ -383,14 +393,18 @@ class ScorerConfig(ModelConfig):
 
     name: str = Field(
         "Qwen/Qwen3-VL-Reranker-2B",
-        description="The pointwise scorer (Qwen3-VL-Reranker or the text Qwen3-Reranker): Hugging Face model id or local checkpoint directory.",
+        description=(
+            "The two-model cascade's scorer (Qwen3-VL-Reranker, the text Qwen3-Reranker, jina-reranker-m0 or ZipRerank): "
+            "Hugging Face model id or local checkpoint directory."
+        ),
     )
-    protocol: Literal["auto", "mm-r5", "pointwise", "ziprerank"] = Field(
+    protocol: Literal["auto", "mm-r5", "pointwise", "ziprerank", "jina-m0"] = Field(
         "pointwise",
         description=(
-            "'pointwise' (the scorer judges one pair per prompt: Qwen3-VL-Reranker, or the text Qwen3-Reranker, from "
-            "the checkpoint as for model.protocol), 'ziprerank' (its windows of 20 over the first-pass pictures, its "
-            "order as each page's score), or 'auto' resolving to one of them."
+            "'pointwise' (the scorer judges one pair per prompt: Qwen3-VL-Reranker, the text Qwen3-Reranker or "
+            "jina-reranker-m0, from the checkpoint as for model.protocol), 'jina-m0' (jina-reranker-m0 whatever the "
+            "checkpoint says), 'ziprerank' (its windows of 20 over the first-pass pictures, its order as each page's "
+            "score), or 'auto' resolving to one of them."
         ),
     )
     max_new_tokens: int = Field(1, ge=1, description="Unused by a scorer (it generates nothing); kept for the shared engine settings.")

@@ -32,12 +32,17 @@ per token, the same patches-per-token as Qwen2.5-VL's 14-px patches. The
 text Qwen3-Reranker (0.6 B, 4 B or 8 B language model, no vision encoder)
 sees no image; its prompt is the page's text, which the plan does not read:
 priced at an assumed 500 tokens of text per page beside the ~80 of the
-prompt.
+prompt. jina-reranker-m0 is Qwen2-VL-2B (1.5 B language-model and 0.675 B
+vision parameters, 14-px patches, 4 per token) with a score head that costs
+nothing beside them; its prompt is ~20 tokens of markup and the query
+beside the image tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from mmr5_batch.core.families import JINA_M0_FAMILY, QWEN3_VL_RERANKER, Family
 
 LM_PARAMS = 7.6e9
 VISION_PARAMS = 0.675e9
@@ -103,11 +108,17 @@ QWEN3_RERANKER_SIZES = {
 }
 
 
-def scorer_size(name: str, reads_pictures: bool = True) -> ScorerSize:
-    """The sizes to price a pointwise model by: Qwen3-VL-Reranker's 8B for a name with '8b', else its 2B; the text
-    Qwen3-Reranker (`reads_pictures` False) by the size its name says (0.6B unless 4B or 8B)."""
+JINA_RERANKER_M0 = ScorerSize("jina-reranker-m0", 1.5e9, 0.675e9, 20)
+
+
+def scorer_size(name: str, family: Family = QWEN3_VL_RERANKER) -> ScorerSize:
+    """The sizes to price a pointwise model of `family` by: Qwen3-VL-Reranker's 8B for a name with '8b', else its 2B;
+    the text Qwen3-Reranker (a family without pictures) by the size its name says (0.6B unless 4B or 8B);
+    jina-reranker-m0's one size."""
     lowered = name.lower()
-    if not reads_pictures:
+    if family is JINA_M0_FAMILY:
+        return JINA_RERANKER_M0
+    if not family.reads_pictures:
         return next((size for key, size in QWEN3_RERANKER_SIZES.items() if key != "0.6b" and key in lowered), QWEN3_RERANKER_SIZES["0.6b"])
     return QWEN3_VL_RERANKER_8B if "8b" in lowered else QWEN3_VL_RERANKER_2B
 

@@ -57,7 +57,11 @@ class EngineRequest:
     constrain_answer: int = 0
     # The prompt text as rendered (the pointwise protocol's); when set, `messages` are not used.
     prompt: str = ""
-    # Pointwise: no generation; the completion carries P("yes") against "no" at the next token.
+    # Token ids appended after the rendered prompt's own tokens (jina-reranker-m0's score token, which its
+    # reference appends to the ids, never to the text, so that no merge with the text before it can change it).
+    prompt_suffix_ids: tuple[int, ...] = ()
+    # Pointwise: no generation; the completion carries the pair's relevance as the engine's family reads it
+    # (P("yes") against "no" at the next token, or a score head's normalised value).
     relevance: bool = False
     # The images as the model's input already (core/model_inputs.py), aligned with `images`: an engine that
     # takes them submits them as they are instead of decoding and processing `images`. Empty: not built.
@@ -74,7 +78,7 @@ class Completion:
     error: str | None = None
     # `score_labels`: each label's next-token score, in order (a log-probability; -inf when unavailable).
     id_scores: tuple[float, ...] | None = None
-    # Pointwise: the probability of "yes" (against "no") as the answer: the pair's relevance.
+    # Pointwise: the pair's relevance in [0, 1] (P("yes") against "no", or sigmoid of a score head's output).
     relevance: float | None = None
 
 

@@ -1,4 +1,4 @@
-"""The pointwise protocol over one query: one prompt per candidate, ordered by the model's P(yes).
+"""The pointwise protocol over one query: one prompt per candidate, ordered by the model's relevance (P(yes), or a score head's).
 
 Plain functions, tested without Ray or a model: the request for one
 query-candidate pair, and the order of scored candidates (highest relevance
@@ -28,6 +28,7 @@ def pointwise_request(query: str, candidate: PreparedCandidate, instruction: str
         images=(image,) if image is not None else (),
         sampling=SamplingSettings(max_new_tokens=1, stop=()),
         prompt=prompt,
+        prompt_suffix_ids=family.prompt_suffix_ids,
         relevance=True,
         image_inputs=(patches,) if patches is not None else (),
     )

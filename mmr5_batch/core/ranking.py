@@ -236,7 +236,8 @@ def scored_row(state: QueryState) -> PreparedRow:
 def _decided_by(state: QueryState, positions: int, flagged: int) -> list[str]:
     reranked = state.depth if state.windows else 0
     if state.stage == SCORING and state.ranking is not None:
-        labels = [POINTWISE] * len(state.ranking.order)
+        # A pointwise family's judgements: 'pointwise' for the yes/no families, the family's own name otherwise.
+        labels = [POINTWISE if state.plan.label == MODEL else state.plan.label] * len(state.ranking.order)
     elif state.scorer_depth and state.ranking is not None:
         detail = len(state.ranking.order) if state.windows else 0
         labels = [DETAIL] * detail + [state.plan.scorer_label] * max(0, state.scorer_depth - detail)

@@ -24,14 +24,18 @@ FIRST_PASS = "first_pass"  # the cascade's first pass (small images), below the 
 MODEL = "model"  # the model, without a cascade
 FIRST_STAGE = "first_stage"  # not reranked (below --top-k, or nothing to compare): first-stage order
 FLAGGED = "flagged"  # the candidate had no usable image: ranked last
-# POINTWISE (above) labels positions a pointwise scorer decided: the pointwise protocol's, and the
-# two-model cascade's below the detail pass's top; ZIPRERANK those ZipRerank's windows decided.
-DECIDED_BY = (DETAIL, FIRST_PASS, POINTWISE, ZIPRERANK, MODEL, FIRST_STAGE, FLAGGED)
+JINA_M0 = "jina-m0"  # jina-reranker-m0's score head decided it (alone, or as the two-model cascade's scorer)
+# POINTWISE (above) labels positions a pointwise yes/no scorer decided in the two-model cascade (below the detail
+# pass's top); ZIPRERANK those ZipRerank's windows decided; JINA_M0 those jina-reranker-m0 scored.
+DECIDED_BY = (DETAIL, FIRST_PASS, POINTWISE, ZIPRERANK, JINA_M0, MODEL, FIRST_STAGE, FLAGGED)
 
 # The reranker protocols (model.protocol): MM-R5's listwise reasoning, a pointwise yes/no scorer, or ZipRerank's
 # listwise letter logits (one forward pass per window, nothing generated but the first token).
 MM_R5 = "mm-r5"
 PROTOCOLS = (MM_R5, POINTWISE, ZIPRERANK)
+# What model.protocol may name: a protocol, or a family that speaks one (jina-reranker-m0 is pointwise: one pair per
+# prompt, ordered by its score head) where nothing in the checkpoint's type tells it apart.
+PROTOCOL_SETTINGS = (*PROTOCOLS, JINA_M0)
 # The pointwise protocol's answer words: its score is P(yes) against "no" at the first answer position.
 RELEVANCE_YES = "yes"
 RELEVANCE_NO = "no"

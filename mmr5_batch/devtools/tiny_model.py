@@ -17,6 +17,13 @@ output head as a classifier) load and score with it.
 The third (`build_tiny_text_reranker_model`, `tiny-model --kind
 qwen3-reranker`) is the text Qwen3-Reranker's: a Qwen3 causal LM at toy
 sizes, with the same tokenizer (trained on its prompt's words too).
+
+ZipRerank's (`--kind ziprerank`) is a Qwen3-VL generative model, and
+jina-reranker-m0's (`--kind jina-m0`) a Qwen2-VL model with its score head,
+saved as the published checkpoint is: `architectures: ["JinaVLForRanking"]`
+and the original weight names (`visual.*`, `model.*`, `lm_head`, `score.0`,
+`score.2`), which both transformers (the base model) and vLLM's native class
+load; in transformers 5's own layout vLLM would misplace the vision tower.
 """
 
 from __future__ import annotations
@@ -298,10 +305,78 @@ def build_tiny_ziprerank_model(output_dir: str | Path, *, seed: int = 0, vocab_s
     return _write_checkpoint(output_dir, seed, vocab_size, make_model, POINTWISE_IMAGE_PROCESSOR_CONFIG, extra_text=ziprerank_text("query", 20))
 
 
+def _tiny_qwen2_vl_config(backend: Any) -> Any:
+    """A Qwen2-VL config at toy sizes (jina-reranker-m0's base), untied as its checkpoint is."""
+    from transformers import Qwen2VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}
+    return Qwen2VLConfig(
+        text_config=_toy_text_config(backend, rope_parameters=rope, tie_word_embeddings=False),
+        vision_config={
+            "depth": 2,
+            "embed_dim": 64,
+            "hidden_size": 128,
+            "mlp_ratio": 2,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        **_vision_token_ids(backend),
+        tie_word_embeddings=False,
+    )
+
+
+def _original_qwen2_vl_names(state: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5's Qwen2-VL weight names as the original checkpoints name them (`model.visual.*` -> `visual.*`,
+    `model.language_model.*` -> `model.*`)."""
+    renamed = {}
+    for key, tensor in state.items():
+        if key.startswith("model.visual."):
+            key = key.removeprefix("model.")
+        elif key.startswith("model.language_model."):
+            key = "model." + key.removeprefix("model.language_model.")
+        renamed[key] = tensor.contiguous()
+    return renamed
+
+
+def build_tiny_jina_model(output_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random jina-reranker-m0 checkpoint (config with `JinaVLForRanking`, weights in the original layout
+    with a random score head, tokenizer trained on its prompt too, Qwen2-VL image processor) to `output_dir`."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mmr5_batch.core.jina_prompt import SCORE_TOKEN_ID, render_jina_prompt
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    backend = _train_tokenizer(vocab_size, render_jina_prompt("query", image=False, text="document"))
+    if backend.get_vocab_size() <= SCORE_TOKEN_ID:
+        raise RuntimeError(f"the tiny vocabulary must hold the score token id {SCORE_TOKEN_ID}")
+    _save_tokenizer(backend, output)
+    torch.manual_seed(seed)
+    config = _tiny_qwen2_vl_config(backend)
+    from transformers import Qwen2VLForConditionalGeneration
+
+    weights = _original_qwen2_vl_names(Qwen2VLForConditionalGeneration(config).state_dict())
+    hidden = config.text_config.hidden_size
+    # The score head: Linear(hidden, hidden), ReLU, Linear(hidden, 1), at a scale that spreads the scores.
+    weights["score.0.weight"] = torch.randn(hidden, hidden) / hidden**0.5
+    weights["score.0.bias"] = torch.zeros(hidden)
+    weights["score.2.weight"] = torch.randn(1, hidden) / hidden**0.5
+    weights["score.2.bias"] = torch.zeros(1)
+    config.architectures = ["JinaVLForRanking"]
+    config.save_pretrained(output)
+    save_file(weights, str(output / "model.safetensors"), metadata={"format": "pt"})
+    (output / "preprocessor_config.json").write_text(json.dumps({**IMAGE_PROCESSOR_CONFIG, "processor_class": "Qwen2VLProcessor"}, indent=2))
+    return output
+
+
 # `tiny-model --kind NAME`: the builder of each family's tiny checkpoint.
 TINY_MODEL_KINDS = {
     "mm-r5": build_tiny_model,
     "pointwise": build_tiny_pointwise_model,
     "qwen3-reranker": build_tiny_text_reranker_model,
     "ziprerank": build_tiny_ziprerank_model,
+    "jina-m0": build_tiny_jina_model,
 }

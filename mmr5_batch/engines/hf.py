@@ -1,4 +1,4 @@
-"""The transformers backend: MM-R5, ZipRerank, Qwen3-VL-Reranker and the text Qwen3-Reranker on CPU or CUDA, batched with left padding.
+"""The transformers backend: MM-R5, ZipRerank, Qwen3-VL-Reranker, the text Qwen3-Reranker and jina-reranker-m0 on CPU or CUDA, batched with left padding.
 
 Each is loaded with its family's auto class (`Family.hf_auto_class`: the
 image-text-to-text model, or a causal LM for the text reranker, which has no
@@ -13,9 +13,14 @@ which the CPU machines cannot import.
 
 A pointwise request (`relevance`) is one forward pass: the pair's relevance
 is the two-way softmax of the "no" and "yes" logits at the next position,
-P(yes), what the reranker's own code and vLLM's pooling runner compute. A
-request with `score_labels` (ZipRerank's letters, fast mode's ids) is one
-forward pass too: each label's next-token log-probability.
+P(yes), what the reranker's own code and vLLM's pooling runner compute; for
+jina-reranker-m0 (a score-head family) it is the checkpoint's score MLP over
+the last position's final hidden state, after the score token its request
+appends (`prompt_suffix_ids`), sigmoid(value - 2.65), as its reference
+computes it, the head read from the checkpoint's weights
+(engines/score_head.py) rather than its remote code. A request with
+`score_labels` (ZipRerank's letters, fast mode's ids) is one forward pass
+too: each label's next-token log-probability.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ import numpy as np
 
 from mmr5_batch.core.answer_constraint import ANSWER_CHARACTERS, answer_complete, answer_prefix_ok, answer_text_in_prefix
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
-from mmr5_batch.core.families import MM_R5_FAMILY, Family
+from mmr5_batch.core.families import MM_R5_FAMILY, SCORE_HEAD, Family
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import RELEVANCE_NO, RELEVANCE_YES
+from mmr5_batch.engines.score_head import ScoreHead
 from mmr5_batch.engines.shared import label_token_ids, split_on_rejection
 from mmr5_batch.errors import EngineUnavailable
 
@@ -102,11 +108,13 @@ def _cut_after_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 class HFEngine:
     """Qwen2.5-VL through transformers' generate; one instance per actor."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, *, max_batch_size: int = 8) -> None:
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, *, max_batch_size: int = 8, score_head: ScoreHead | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor  # None for a text model
         self.max_batch_size = max_batch_size
+        # A score-head family's head (jina-reranker-m0): relevance from it instead of the "yes" and "no" rows.
+        self.score_head = score_head
         self.merge_area = image_processor.merge_size**2 if image_processor is not None else 1
         self.tokenizer.padding_side = "left"
         self._answer_tokens: dict[int, str] | None = None
@@ -146,10 +154,12 @@ class HFEngine:
             # The checkpoint's own class: Qwen2.5-VL (MM-R5), Qwen3-VL (Qwen3-VL-Reranker), Qwen3 (the text reranker).
             auto_class = getattr(transformers, family.hf_auto_class)
             model = auto_class.from_pretrained(config.name, dtype=getattr(torch, dtype_name), **config.engine_kwargs)
+            # The base model leaves a score head out (its weights are reported as unexpected): read from the weights.
+            score_head = ScoreHead.load(config.name, family.logit_shift) if family.relevance_head == SCORE_HEAD else None
         except (OSError, ValueError) as error:
             raise EngineUnavailable(f"cannot load model {config.name!r} with transformers: {str(error).splitlines()[0]}") from error
         model.to(device).eval()
-        return cls(model, tokenizer, image_processor, max_batch_size=config.max_batch_size)
+        return cls(model, tokenizer, image_processor, max_batch_size=config.max_batch_size, score_head=score_head)
 
     def close(self) -> None:
         """Drop the model so its memory can be freed (GPU memory at once)."""
@@ -167,9 +177,9 @@ class HFEngine:
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         # One generate call takes one sampling setting: group the requests
         # (forced answers have their own) and put the completions back in order.
-        groups: dict[tuple[SamplingSettings, bool, bool], list[int]] = {}
+        groups: dict[tuple[SamplingSettings, bool, bool, tuple[int, ...]], list[int]] = {}
         for position, request in enumerate(requests):
-            groups.setdefault((request.sampling, bool(request.score_labels), request.relevance), []).append(position)
+            groups.setdefault((request.sampling, bool(request.score_labels), request.relevance, request.prompt_suffix_ids), []).append(position)
         completions: list[Completion | None] = [None] * len(requests)
         for positions in groups.values():
             for position, completion in zip(positions, self._generate_group([requests[position] for position in positions])):
@@ -207,6 +217,14 @@ class HFEngine:
             prompts.append(expand_image_pads(self.render(request), counts))
             image_tokens.append(sum(counts))
         inputs = dict(self.tokenizer(prompts, padding=True, return_tensors="pt"))
+        suffix = requests[0].prompt_suffix_ids
+        if suffix:
+            # After the padding, as the reference appends its score token: every row ends with it (left padding).
+            if any(request.prompt_suffix_ids != suffix for request in requests):
+                raise ValueError("one batch needs one prompt suffix")
+            tail = torch.tensor([suffix] * len(requests), dtype=inputs["input_ids"].dtype)
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], dim=1)
+            inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(tail, dtype=inputs["attention_mask"].dtype)], dim=1)
         if pixel_values:
             # Which positions hold image tokens (1; text 0): what Qwen's processor returns beside input_ids and
             # what the model needs to lay out its M-RoPE positions over the images (without it, transformers
@@ -255,17 +273,21 @@ class HFEngine:
         return ids
 
     def _relevance_batch(self, requests: list[EngineRequest]) -> list[Completion]:
-        """Pointwise: one forward pass; P(yes) against "no" at the next position."""
+        """Pointwise: one forward pass; P(yes) against "no" at the next position, or the score head's value."""
         import torch
 
-        no, yes = self.relevance_token_ids()
+        no, yes = self.relevance_token_ids() if self.score_head is None else (0, 0)
         inputs, image_tokens = self._encode(requests)
         inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
         with torch.inference_mode():
             # Left padding: the last position is every row's next-token position. The base model's last hidden
-            # state (after its final norm) is what the output head reads; only its yes and no rows are needed.
+            # state (after its final norm) is what the output head reads (only its yes and no rows are needed),
+            # and what a score head reads.
             hidden = self.model.model(**inputs).last_hidden_state[:, -1, :]
-            relevance = relevance_from_hidden(hidden, self.model.get_output_embeddings().weight, no, yes).tolist()
+            if self.score_head is not None:
+                relevance = self.score_head.relevance(hidden).tolist()
+            else:
+                relevance = relevance_from_hidden(hidden, self.model.get_output_embeddings().weight, no, yes).tolist()
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         return [
             Completion("", "stop", prompt_tokens=int(prompt_tokens[row]), image_tokens=image_tokens[row], relevance=float(relevance[row]))

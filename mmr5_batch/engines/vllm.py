@@ -19,8 +19,11 @@ its architecture is overridden to its family's class
 `Qwen3ForSequenceClassification` for the text Qwen3-Reranker), whose
 one-label head vLLM builds from the "no" and "yes" rows of the output head
 (their difference, through a sigmoid: P(yes), the same number as the two-way
-softmax the hf engine reads). `classify` (offline) or `encode` with a
-classify task (async) returns it. A request with `score_labels` (ZipRerank's
+softmax the hf engine reads); jina-reranker-m0 runs as its own native class
+(`JinaVLForRanking`), its score head and 2.65 shift applied by vLLM, its
+score token appended to the prompt's ids here (vLLM appends it only in its
+offline `score` API, which the async engine lacks). `classify` (offline) or
+`encode` with a classify task (async) returns the relevance. A request with `score_labels` (ZipRerank's
 letters, fast mode's ids) generates one token and returns exactly those
 labels' log-probabilities (`logprob_token_ids`).
 """
@@ -41,6 +44,7 @@ from mmr5_batch.config.run import ModelRun
 from mmr5_batch.config.sections import ModelConfig
 from mmr5_batch.core.answer_constraint import answer_regex
 from mmr5_batch.core.engine_protocol import Completion, EngineRequest, SamplingSettings
+from mmr5_batch.core.families import SCORE_HEAD
 from mmr5_batch.core.model_inputs import IMAGE_PAD, ImagePatches, expand_image_pad_ids, patch_rows
 from mmr5_batch.core.prompt import render_prompt
 from mmr5_batch.core.vocabulary import POINTWISE, RELEVANCE_NO, RELEVANCE_YES
@@ -67,13 +71,11 @@ def pointwise_args(spec: ModelRun) -> dict[str, Any]:
     its family's sequence-classification class, whose one label vLLM builds from the "no" and "yes" rows of the
     output head; a text family's prompt holds its pair only (`document_tokens` caps the pair, with its fixed head and
     tail beside it)."""
+    yes_no = {"classifier_from_token": [RELEVANCE_NO, RELEVANCE_YES], "is_original_qwen3_reranker": True}
     args: dict[str, Any] = {
         "runner": "pooling",
-        "hf_overrides": {
-            "architectures": [spec.family.vllm_classifier],
-            "classifier_from_token": [RELEVANCE_NO, RELEVANCE_YES],
-            "is_original_qwen3_reranker": True,
-        },
+        # A score-head family (jina-reranker-m0) is its own class, head and shift included.
+        "hf_overrides": {"architectures": [spec.family.vllm_classifier], **({} if spec.family.relevance_head == SCORE_HEAD else yes_no)},
     }
     if not spec.family.reads_pictures:
         return args | {"max_model_len": spec.model.document_tokens + POINTWISE_PROMPT_TOKENS}
@@ -182,9 +184,11 @@ def decode_images(request: EngineRequest) -> list[Any]:
 
 
 def vllm_prompt(tokenizer: Any, request: EngineRequest) -> dict[str, Any]:
-    """The prompt vLLM processes itself: the prompt text and the decoded images (images.processing: engine)."""
+    """The prompt vLLM processes itself: the prompt text (its token ids when ids follow it: jina's score token) and the
+    decoded images (images.processing: engine)."""
     prompt = prompt_text(tokenizer, request)
-    return {"prompt": prompt, "multi_modal_data": {"image": decode_images(request)}} if request.images else {"prompt": prompt}
+    text: dict[str, Any] = {"prompt_token_ids": [*tokenizer.encode(prompt), *request.prompt_suffix_ids]} if request.prompt_suffix_ids else {"prompt": prompt}
+    return text | {"multi_modal_data": {"image": decode_images(request)}} if request.images else text
 
 
 class ProcessedInputs:
@@ -243,7 +247,8 @@ class ProcessedInputs:
     def engine_input(self, request: EngineRequest) -> dict[str, Any]:
         text = prompt_text(self.tokenizer, request)
         pictures = request.image_inputs
-        token_ids, places = expand_image_pad_ids(self._token_ids(text), self.pad_id, [patches.tokens(self.merge_size) for patches in pictures])
+        ids = self._token_ids(text) + request.prompt_suffix_ids
+        token_ids, places = expand_image_pad_ids(ids, self.pad_id, [patches.tokens(self.merge_size) for patches in pictures])
         return self._mm_input(
             prompt_token_ids=token_ids,
             mm_kwargs=self._items_type({"image": [self._item(patches) for patches in pictures]}),

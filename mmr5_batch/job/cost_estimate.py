@@ -188,7 +188,7 @@ def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, in
         family = run.main.family
         # A text family sees no picture: its pages cost their text only (in the sizes' prompt tokens).
         shown_tokens = tokens if family.reads_pictures else [0] * len(tokens)
-        price_pointwise(ours, shown_tokens, ranking.top_k, scorer_size(config.model.name, family.reads_pictures), in_engine and family.reads_pictures)
+        price_pointwise(ours, shown_tokens, ranking.top_k, scorer_size(config.model.name, family), in_engine and family.reads_pictures)
         return
     shown = len(sizes) if ranking.top_k is None else min(ranking.top_k, len(sizes))
     if run.scorer is not None:
@@ -200,7 +200,7 @@ def price_setting(ours: SettingCost, run: ResolvedRun, sizes: list[tuple[int, in
         if family.protocol == ZIPRERANK:  # its windows over the small pictures, one prefill each
             price_query(scorer, small, family.window, family.stride, ranking.top_k, 1, not run.scorer.patches_in_cpu_stage, full_last=False)
         else:
-            price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name, reads), reads and not run.scorer.patches_in_cpu_stage)
+            price_pointwise(scorer, small, ranking.top_k, scorer_size(config.scorer.name, family), reads and not run.scorer.patches_in_cpu_stage)
         price_query(detail, tokens[: cascade.detail_top], ranking.window, ranking.stride, None, generated, in_engine or shown > cascade.detail_top)
         _add(ours, scorer, detail)
         return

@@ -48,7 +48,7 @@ def test_detection_reads_the_model_type_then_the_name_and_keeps_a_set_protocol()
     assert detect_family("pointwise", "qwen3", "/x") is QWEN3_RERANKER
     # A protocol set by hand wins over the checkpoint; its family is then the protocol's default.
     assert detect_family("mm-r5", "qwen3", "/x") is MM_R5_FAMILY and detect_family("pointwise", "qwen2_5_vl", "/x") is QWEN3_VL_RERANKER
-    assert {family.name for family in FAMILIES} == {"mm-r5", "qwen3-vl-reranker", "qwen3-reranker", "ziprerank"}
+    assert {family.name for family in FAMILIES} == {"mm-r5", "qwen3-vl-reranker", "qwen3-reranker", "ziprerank", "jina-reranker-m0"}
     with pytest.raises(ValueError, match="unknown reranker family 'nope'"):
         family_named("nope")
 

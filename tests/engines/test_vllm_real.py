@@ -277,6 +277,50 @@ def test_ziprerank_on_vllm_scores_its_letters_as_the_hf_engine_and_its_job_runs(
         assert row["decided_by"] == ["ziprerank"] * 25 and row["scores"][0] == 25.0 and row["generated_tokens"] == 0
 
 
+def test_jina_on_vllms_native_class_scores_as_the_hf_engine_and_its_job_runs(ray_session, tiny_jina_dir, tmp_path):
+    """jina-reranker-m0 on vLLM's pooling runner as its native `JinaVLForRanking` (its head and 2.65 shift vLLM's own),
+    the score token appended to the ids we send: the hf engine's scores (the reference's formula, tests/core/
+    test_jina.py) for a text page, a picture vLLM processes itself and the same picture as the CPU stage's patches;
+    then the whole job on vLLM's async engine with `--protocol jina-m0`."""
+    from dataclasses import replace
+
+    from mmr5_batch.core.families import JINA_M0_FAMILY
+    from mmr5_batch.core.model_inputs import patch_image
+    from mmr5_batch.core.pointwise import pointwise_request
+    from mmr5_batch.engines.hf import HFEngine
+    from mmr5_batch.engines.image_processors import load_image_processor
+
+    config = real_config(tiny_jina_dir, tmp_path, **{"model.dtype": "float32", "images.image_tokens": 64})
+    run = resolve_run(config)
+    assert run.main.family is JINA_M0_FAMILY
+    pictures = [prepare_image(grey_jpeg(level, (200, 300)), 64).data for level in (40, 200)]
+    processor = load_image_processor(tiny_jina_dir)
+
+    def patched(picture):
+        cut = patch_image(picture, processor, 28, 64)
+        return PreparedCandidate(image=picture, image_patches=cut.patches, image_grid=list(cut.grid), image_key=cut.key)
+
+    candidates = [PreparedCandidate(text="a page of text about the revenue of the year"), patched(pictures[0]), patched(pictures[1])]
+    requests = [pointwise_request(f"which page shows revenue {index}?", candidate, "", family=JINA_M0_FAMILY) for index, candidate in enumerate(candidates)]
+    engine_side = [replace(request, image_inputs=()) for request in requests]
+    hf = HFEngine.from_config(config.model.model_copy(update={"backend": "hf", "engine_kwargs": {}}), JINA_M0_FAMILY)
+    expected = [completion.relevance for completion in hf.generate(engine_side)]
+    offline = VLLMEngine.from_run(run.main)
+    try:
+        scored = offline.generate(engine_side + requests[1:])
+    finally:
+        offline.close()
+    assert [completion.error for completion in scored] == [None] * 5
+    assert [completion.relevance for completion in scored[:3]] == pytest.approx(expected, abs=1e-4)
+    assert [completion.relevance for completion in scored[3:]] == pytest.approx(expected[1:], abs=1e-4)  # from patches
+
+    write_demo_dataset(tmp_path / "in", queries=3, candidates=4, shards=1, page_text=True)
+    summary = run_job(real_config(tiny_jina_dir, tmp_path, **{"model.protocol": "jina-m0", "images.image_tokens": 64}))
+    assert summary["totals"]["queries"] == 3 and summary["totals"]["pointwise"] == 3 and summary["totals"]["scored"] == 12
+    for row in read_folder(tmp_path / "out" / "ranked"):
+        assert row["decided_by"] == ["jina-m0"] * 4 and row["scores"] == sorted(row["scores"], reverse=True) and 0 < row["scores"][-1] < 1
+
+
 def test_two_model_cascade_on_vllm_in_both_pools(ray_session, tiny_model_dir, tiny_pointwise_dir, tmp_path):
     write_demo_dataset(tmp_path / "in", queries=4, candidates=8, shards=1)
     scorer = {"scorer.name": tiny_pointwise_dir, "scorer.backend": "vllm", "scorer.engine_kwargs": {"enforce_eager": True}}

@@ -66,10 +66,11 @@ def test_a_text_scorer_is_priced_by_its_text_and_its_own_size():
     from mmr5_batch.config import RerankerConfig, config_from_keywords
     from mmr5_batch.config.run import resolve_run
     from mmr5_batch.core.cost_model import QWEN3_RERANKER_SIZES, scorer_size
+    from mmr5_batch.core.families import QWEN3_RERANKER
     from mmr5_batch.job.cost_estimate import SettingCost, _setting_label, price_setting
 
-    assert scorer_size("Qwen/Qwen3-Reranker-4B", reads_pictures=False) is QWEN3_RERANKER_SIZES["4b"]
-    assert scorer_size("Qwen/Qwen3-Reranker-0.6B", reads_pictures=False) is QWEN3_RERANKER_SIZES["0.6b"]
+    assert scorer_size("Qwen/Qwen3-Reranker-4B", QWEN3_RERANKER) is QWEN3_RERANKER_SIZES["4b"]
+    assert scorer_size("Qwen/Qwen3-Reranker-0.6B", QWEN3_RERANKER) is QWEN3_RERANKER_SIZES["0.6b"]
     cascade = {"cascade": True, "cascade.first_pass": "pointwise"}
     rows = {}
     for scorer in ("Qwen/Qwen3-VL-Reranker-2B", "Qwen/Qwen3-Reranker-0.6B"):

@@ -276,3 +276,31 @@ def test_ziprerank_then_mm_r5_on_the_tiny_checkpoints_with_hf(ray_session, tmp_p
     for row in ranked.values():
         assert sorted(row["doc_ids"]) == sorted(f"d{index}" for index in range(8)) and row["backend"] == "hf"
         assert row["decided_by"] == ["detail"] * 3 + ["ziprerank"] * 5 and row["scored"] == 8 and row["windows"] == 1
+
+
+def test_jina_m0_from_the_cli_then_first_before_mm_r5_on_the_tiny_checkpoints(ray_session, tmp_path, tiny_model_dir, tiny_jina_dir):
+    """`mmr5-batch rerank --protocol jina-m0` on the tiny jina-reranker-m0 (hf): every page judged, pictures and text
+    alike, scores its head's values in (0, 1) falling down the list, positions labelled by it; then the two-model
+    cascade with it first and MM-R5 reasoning over its best three, `decided_by` naming both."""
+    rows = text_rows(2)
+    write_input(tmp_path / "in", rows)
+    flags = ["--model", tiny_jina_dir, "--protocol", "jina-m0", "--backend", "hf", "--device", "cpu", "--actors", "1", "--image-tokens", "64"]
+    assert main(["rerank", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *flags]) == 0
+    ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
+    assert set(ranked) == {"q0", "q1"} and read_folder(tmp_path / "out" / "dead_letter") == []
+    for row in ranked.values():
+        assert row["status"] == "pointwise" and row["scored"] == 5 and row["decided_by"] == ["jina-m0"] * 5 and row["image_tokens"] > 0
+        assert row["scores"] == sorted(row["scores"], reverse=True) and all(0 < score < 1 for score in row["scores"])
+    assert ranked["q0"]["doc_ids"] == ranked["q1"]["doc_ids"]
+
+    for row in rows:  # MM-R5 needs a picture of every page it is shown
+        for index, candidate in enumerate(row["candidates"]):
+            candidate["image"] = candidate["image"] or grey_jpeg(60 + 30 * index)
+    write_input(tmp_path / "in-pictures", rows)
+    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
+    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_jina_dir})
+    summary = run_job({"input": str(tmp_path / "in-pictures"), "output": str(tmp_path / "cascade")}, **settings)
+    cascade = {row["query_id"]: row for row in read_folder(tmp_path / "cascade" / "ranked")}
+    assert summary["failed"] is None and set(cascade) == {"q0", "q1"}
+    for row in cascade.values():
+        assert row["decided_by"] == ["detail"] * 3 + ["jina-m0"] * 2 and row["scored"] == 5 and row["windows"] == 1
