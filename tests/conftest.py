@@ -40,7 +40,7 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_pointwise_dir(tmp_path_factory):
     from mmr5_batch.devtools.tiny_model import build_tiny_pointwise_model
 
-    return str(build_tiny_pointwise_model(tmp_path_factory.mktemp("tiny-pointwise")))
+    return str(build_tiny_pointwise_model(tmp_path_factory.mktemp("tiny-qwen3-vl-reranker")))
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,9 @@ class ModelConfig(Section):
             "'ziprerank' (listwise in one forward pass: a window of up to 20 pages, ordered by the next-token scores "
             "of their letters; a Qwen3-VL checkpoint is ZipRerank only when so named, e.g. mtri-admin/ZipRerank, or "
             "set so). 'auto': from the checkpoint (config.json's architecture JinaVLForRanking is jina-reranker-m0; "
-            "its model type qwen3_vl Qwen3-VL-Reranker, qwen3 the text Qwen3-Reranker; a hub id by its name: "
-            "'jina-reranker-m0', 'Qwen3-VL-Reranker', 'Qwen3-Reranker', 'ZipRerank'; anything else mm-r5)."
+            "its model type qwen3_vl Qwen3-VL-Reranker or ZipRerank as its name says, refused when it says neither; "
+            "qwen3 the text Qwen3-Reranker; a hub id by its name: 'jina-reranker-m0', 'Qwen3-VL-Reranker', "
+            "'Qwen3-Reranker', 'ZipRerank'; anything else mm-r5)."
         ),
     )
     instruction: str = Field(

@@ -232,10 +232,18 @@ def detect_family(protocol: str | None, model_type: str | None, name: str, archi
     if built is not None:
         found: Family | None = built
     elif model_type is not None:
-        # The checkpoint's type decides; its name picks among the families of one type (a Qwen3-VL one is ZipRerank
-        # when so named), else the type's first family.
+        # The checkpoint's type decides; its name picks among the families of one type (a Qwen3-VL one is
+        # Qwen3-VL-Reranker or ZipRerank as named); a type several families share, unnamed, is refused under 'auto'.
         typed = [family for family in FAMILIES if model_type in family.model_types]
-        found = next((family for _, family in named if family in typed), typed[0] if typed else None)
+        picked = next((family for _, family in named if family in typed), None)
+        if picked is None and len(typed) > 1 and protocol is None:
+            settings = " or ".join(repr(family.protocol_setting) for family in typed)
+            names = " or ".join(repr(fragment) for family in typed for fragment in family.hub_names)
+            raise ValueError(
+                f"model.protocol 'auto' cannot tell which reranker {name!r} is: its model type {model_type!r} is "
+                f"{' and '.join(family.name for family in typed)} alike; set model.protocol ({settings}) or name its folder with {names}"
+            )
+        found = picked or (typed[0] if typed else None)
     else:
         found = named[0][1] if named else None
     if protocol is None:

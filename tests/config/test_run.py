@@ -16,8 +16,9 @@ HUB_POINTWISE = "Qwen/Qwen3-VL-Reranker-2B"
 
 @pytest.fixture
 def local_pointwise(tmp_path):
-    """A local checkpoint directory whose config.json says Qwen3-VL (the name says nothing)."""
-    folder = tmp_path / "my-reranker"
+    """A local checkpoint directory whose config.json says Qwen3-VL, named as Qwen3-VL-Reranker (the model type alone
+    is Qwen3-VL-Reranker's and ZipRerank's)."""
+    folder = tmp_path / "my-qwen3-vl-reranker"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
     return str(folder)

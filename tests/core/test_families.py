@@ -41,7 +41,11 @@ def reference_ids(tokenizer, query: str, document: str, max_length: int = 8192, 
 
 def test_detection_reads_the_model_type_then_the_name_and_keeps_a_set_protocol():
     assert detect_family(None, "qwen3", "/any/dir") is QWEN3_RERANKER
-    assert detect_family(None, "qwen3_vl", "/any/dir") is QWEN3_VL_RERANKER
+    assert detect_family(None, "qwen3_vl", "/any/qwen3-vl-reranker-2b") is QWEN3_VL_RERANKER
+    # Two families share Qwen3-VL's model type: unnamed, 'auto' refuses in one line; a protocol set by hand decides.
+    with pytest.raises(ValueError, match="cannot tell which reranker '/any/dir' is: its model type 'qwen3_vl' is qwen3-vl-reranker and ziprerank alike"):
+        detect_family(None, "qwen3_vl", "/any/dir")
+    assert detect_family("pointwise", "qwen3_vl", "/any/dir") is QWEN3_VL_RERANKER
     assert detect_family(None, "qwen2_5_vl", "/x") is detect_family(None, "llama", "/x") is MM_R5_FAMILY
     assert detect_family(None, None, "Qwen/Qwen3-Reranker-8B") is QWEN3_RERANKER
     assert detect_family(None, None, "Qwen/Qwen3-VL-Reranker-8B") is QWEN3_VL_RERANKER

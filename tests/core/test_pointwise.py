@@ -150,8 +150,8 @@ def test_a_pair_the_scorer_refuses_is_flagged_through_to_the_result_and_a_scorer
 
 
 def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
-    (tmp_path / "qwen3").mkdir()
-    (tmp_path / "qwen3" / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    (tmp_path / "qwen3-vl-reranker").mkdir()
+    (tmp_path / "qwen3-vl-reranker" / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
     (tmp_path / "qwen25").mkdir()
     (tmp_path / "qwen25" / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
     (tmp_path / "text").mkdir()
@@ -159,9 +159,9 @@ def test_the_protocol_comes_from_the_checkpoint_unless_set(tmp_path):
     section = lambda model, **kw: config_from_keywords(RerankerConfig, name=model, **kw).model
     protocol = lambda model, **kw: model_protocol(section(model, **kw))
     family = lambda model, **kw: model_family(section(model, **kw)).name
-    assert protocol(model=str(tmp_path / "qwen3")) == "pointwise" and protocol(model=str(tmp_path / "qwen25")) == "mm-r5"
+    assert protocol(model=str(tmp_path / "qwen3-vl-reranker")) == "pointwise" and protocol(model=str(tmp_path / "qwen25")) == "mm-r5"
     assert protocol(model="Qwen/Qwen3-VL-Reranker-8B") == "pointwise" and protocol(model="i2vec/MM-R5") == "mm-r5"
-    assert protocol(model=str(tmp_path / "qwen3"), protocol="mm-r5") == "mm-r5"
+    assert protocol(model=str(tmp_path / "qwen3-vl-reranker"), protocol="mm-r5") == "mm-r5"
     # The text Qwen3-Reranker: pointwise, its own family, by model type or by hub name; set by hand too.
     assert family(model=str(tmp_path / "text")) == family(model="Qwen/Qwen3-Reranker-0.6B") == "qwen3-reranker"
     assert family(model=str(tmp_path / "text"), protocol="pointwise") == "qwen3-reranker" and protocol(model=str(tmp_path / "text")) == "pointwise"

@@ -139,10 +139,11 @@ def test_resolution_detection_and_the_settings_it_refuses(tiny_ziprerank_dir):
     run = resolve_run(config_from_keywords(RerankerConfig, **{"model.name": "mtri-admin/ZipRerank"}))
     assert run.protocol == "ziprerank" and (run.config.ranking.window, run.config.ranking.stride) == (20, 10)
     assert run.ranking().plan.label == "ziprerank" and run.ranking().plan.count_scores and run.main.grid == 32
-    # Set by hand, the reference's windows unless set too; a Qwen3-VL checkpoint not so named stays Qwen3-VL-Reranker.
+    # Set by hand, the reference's windows unless set too; a Qwen3-VL checkpoint named as the reranker is
+    # Qwen3-VL-Reranker, one named neither way is refused under 'auto' (tests/core/test_families.py).
     set_window = resolve_run(config_from_keywords(RerankerConfig, **{"model.name": "/x/qwen3vl", "protocol": "ziprerank", "window": 8}))
     assert (set_window.config.ranking.window, set_window.config.ranking.stride) == (8, 4)
-    assert detect_family(None, "qwen3_vl", "/models/qwen3vl").name == "qwen3-vl-reranker"
+    assert detect_family(None, "qwen3_vl", "/models/qwen3-vl-reranker-2b").name == "qwen3-vl-reranker"
     for settings, message in [
         ({"window": 21}, "ranking.window must be at most 20"),
         ({"mode": "fast"}, "ZipRerank ranks every window in one forward pass already"),
