@@ -277,6 +277,7 @@ def direct(model_dir: str, queries: int, sources: list[bytes], first: int, args:
     import ray
     from engine_inputs import config_for, input_rows, prepare  # type: ignore[import-not-found]
 
+    from mmr5_batch.config.run import resolve_run
     from mmr5_batch.core.rows import PreparedRow, to_table
     from mmr5_batch.stages.model_actor import ModelActor
 
@@ -285,7 +286,8 @@ def direct(model_dir: str, queries: int, sources: list[bytes], first: int, args:
     tables = [to_table(rows[:4], PreparedRow)] + [to_table(rows[4 + start : 4 + start + 16], PreparedRow) for start in range(0, queries, 16)]
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=str(workdir / "ray-direct"))
     try:
-        actor = ray.remote(ModelActor).options(num_cpus=0.5).remote(config.reranker_only().model_dump_json(exclude={"storage"}), "bench-direct")
+        stage = resolve_run(config.reranker_only()).stages()[-1]  # the rerank stage, as the Dataset step sends it
+        actor = ray.remote(ModelActor).options(num_cpus=0.5).remote(stage, "bench-direct")
         pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
         ray.get(actor.__call__.remote(ray.put(tables[0])))  # warm-up: the engine's first prompts
         refs = [ray.put(table) for table in tables[1:]]

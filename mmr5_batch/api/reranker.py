@@ -35,11 +35,10 @@ from typing import Any, TypeVar
 
 from mmr5_batch.api.inputs import candidate_rows
 from mmr5_batch.config import RerankerConfig, config_from_keywords
-from mmr5_batch.config.run import ModelRun, resolve_run
+from mmr5_batch.config.run import RERANK_STAGE, SCORE_STAGE, ModelRun, resolve_run
 from mmr5_batch.core.engine_protocol import AsyncEngine
 from mmr5_batch.core.preparation import prepare_row
 from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
-from mmr5_batch.core.scheduler import rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import ERROR
 from mmr5_batch.engines import create_async_engine
 from mmr5_batch.engines.image_processors import page_work
@@ -114,20 +113,30 @@ class Reranker:
         self.config = self.run.config
         self.storage = Storage(self.config.storage.s3_options())
         self._prepare = self.run.prepare
-        self._settings = self.run.ranking()
-        self._scorer_settings = self.run.scoring()
-        self.scorer: AsyncEngine | None = None
+        # The run's model stages (the two-model cascade's scorer, then the main model): the list the Dataset step's
+        # actor pools are made from, each with its own engine here.
+        self._stages = self.run.stages()
+        self._engines: dict[str, AsyncEngine] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mmr5-batch-engine", daemon=True)
         self._thread.start()
         try:
-            self.engine: AsyncEngine | None = self._run(self._start_engine(self.run.main))
-            if self.run.scorer is not None:
-                self.scorer = self._run(self._start_engine(self.run.scorer))
+            for stage in self._stages:
+                self._engines[stage.name] = self._run(self._start_engine(stage.spec))
         except BaseException:
             self._close_engines()
             self._stop_loop()
             raise
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The main model's engine (None once closed)."""
+        return self._engines.get(RERANK_STAGE)
+
+    @property
+    def scorer(self) -> AsyncEngine | None:
+        """The two-model cascade's scorer's engine (None without it, or once closed)."""
+        return self._engines.get(SCORE_STAGE)
 
     async def _start_engine(self, spec: ModelRun) -> AsyncEngine:
         # Built on the engine's own loop: vLLM's async engine binds to the loop it starts on.
@@ -182,11 +191,13 @@ class Reranker:
     def _ranked(self, prepared: list[PreparedRow], given: list[list[str]], reasoning: bool) -> list[RankedResult]:
         if self.engine is None:
             raise RuntimeError("this Reranker is closed")
-        settings = dataclasses.replace(self._settings, keep_reasoning=reasoning or self._settings.keep_reasoning)
-        if self.scorer is not None and self._scorer_settings is not None:
-            prepared = self._run(score_queries_async(prepared, self.scorer, self._scorer_settings))
-        results = self._run(rerank_queries_async(prepared, self.engine, settings))
-        return [RankedResult.from_result_row(row, doc_ids) for row, doc_ids in zip(results, given)]
+        rows: Sequence[Any] = prepared
+        for stage in self._stages:  # each stage's rows are the next one's; the last gives the result rows
+            settings = stage.settings
+            if stage.last:
+                settings = dataclasses.replace(settings, keep_reasoning=reasoning or settings.keep_reasoning)
+            rows = self._run(stage.work(list(rows), self._engines[stage.name], settings))
+        return [RankedResult.from_result_row(row, doc_ids) for row, doc_ids in zip(rows, given)]
 
     def close(self) -> None:
         """Release the engines (vLLM's core processes, the models' memory) and the loop thread."""
@@ -196,9 +207,9 @@ class Reranker:
             self._stop_loop()
 
     def _close_engines(self) -> None:
-        for name in ("engine", "scorer"):
-            engine = getattr(self, name, None)
-            setattr(self, name, None)
+        engines = getattr(self, "_engines", {})
+        while engines:
+            _, engine = engines.popitem()
             close = getattr(engine, "close", None)
             if close is not None:
                 close()

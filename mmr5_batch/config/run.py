@@ -14,8 +14,9 @@ to) are the same config.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mmr5_batch.config.backends import backend_record
 from mmr5_batch.config.job_config import RerankerConfig
@@ -26,8 +27,12 @@ from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
 from mmr5_batch.core.images import GRID
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.ranking import Cascade
-from mmr5_batch.core.scheduler import RankingSettings
+from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import POINTWISE
+
+# The model stages a run is made of, in order (each its own actor pool in the Dataset step, its own engine in process).
+SCORE_STAGE = "score"  # the two-model cascade's scorer: prepared rows in, the same rows with each page's relevance out
+RERANK_STAGE = "rerank"  # the main model: prepared (or scored) rows in, result rows out
 
 # Which cascade runs.
 NO_CASCADE = "none"
@@ -77,6 +82,29 @@ class ModelRun:
 
 
 @dataclass(frozen=True)
+class ModelStage:
+    """One model stage of the run, whole: what it does (`name`), the model and family its engine is built for
+    (`spec`, with every picture pass it makes), how it asks and reads (`settings`), its batch size and its work over a
+    batch (the scheduler's). The Dataset step gives each actor pool its stage as it is, and the in-process Reranker
+    runs the same list; nothing is resolved again downstream."""
+
+    name: str  # SCORE_STAGE or RERANK_STAGE
+    spec: ModelRun
+    settings: RankingSettings
+    batch_size: int
+
+    @property
+    def work(self) -> Callable[..., Coroutine[Any, Any, Sequence[Any]]]:
+        """The scheduler's work over a batch of prepared rows: score them (the scorer) or rank them."""
+        return score_queries_async if self.name == SCORE_STAGE else rerank_queries_async
+
+    @property
+    def last(self) -> bool:
+        """The stage that makes the result rows."""
+        return self.name == RERANK_STAGE
+
+
+@dataclass(frozen=True)
 class ResolvedRun(Generic[Config]):
     """What a config means, decided once (see the module docstring)."""
 
@@ -93,6 +121,12 @@ class ResolvedRun(Generic[Config]):
     @property
     def protocol(self) -> str:
         return self.main.protocol
+
+    def stages(self, run_id: str = "") -> tuple[ModelStage, ...]:
+        """The run's model stages in order: the two-model cascade's scorer, then the main model."""
+        scoring = self.scoring(run_id)
+        first = (ModelStage(SCORE_STAGE, self.scorer, scoring, self.config.scorer.batch_size),) if self.scorer is not None and scoring is not None else ()
+        return (*first, ModelStage(RERANK_STAGE, self.main, self.ranking(run_id), self.config.execution.batch_size))
 
     def ranking(self, run_id: str = "") -> RankingSettings:
         """The rerank stage's settings (the main model)."""

@@ -110,6 +110,10 @@ class Family:
         """`decided_by` of the positions this family decides as the two-model cascade's scorer."""
         return POINTWISE if self.decided_by == MODEL else self.decided_by
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Sent to an actor by name: the receiving process's own record (one record per family, compared by identity).
+        return family_named, (self.name,)
+
     def prompt(self, query: str, *, image: bool, text: str | None, instruction: str) -> str:
         if self.render is None:
             raise ValueError(f"the {self.name} family renders its prompts through the chat template, not one pair at a time")

@@ -28,12 +28,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from mmr5_batch.config import RerankerConfig
-from mmr5_batch.config.run import resolve_run
+from mmr5_batch.config.run import RERANK_STAGE, SCORE_STAGE, ModelStage
 from mmr5_batch.core.arrow_rows import prepared_rows, scored_table
 from mmr5_batch.core.layouts import append_passthrough
 from mmr5_batch.core.rows import PREPARED_COLUMNS, RESULT_COLUMNS, PreparedRow, ResultRow, to_table
-from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
+from mmr5_batch.core.scheduler import RankingSettings
 from mmr5_batch.engines import create_async_engine
 from mmr5_batch.stages.batch_guard import BatchGuard
 from mmr5_batch.stages.contracts import StageContract
@@ -41,33 +40,29 @@ from mmr5_batch.stages.progress_tally import ProgressFeed
 from mmr5_batch.stages.run_metrics import StageMetrics
 from mmr5_batch.stages.stage_observer import StageObserver
 
-RERANK = StageContract("rerank", reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
+RERANK = StageContract(RERANK_STAGE, reads=PREPARED_COLUMNS, writes=RESULT_COLUMNS)
 # It reads the prepared rows and writes them back with the scorer's fields filled in.
-SCORE = StageContract("score", reads=PREPARED_COLUMNS, writes=PREPARED_COLUMNS)
+SCORE = StageContract(SCORE_STAGE, reads=PREPARED_COLUMNS, writes=PREPARED_COLUMNS)
+CONTRACTS = {contract.stage: contract for contract in (RERANK, SCORE)}
 
 # The stage's work over one batch: the scheduler's rerank or score.
 Work = Callable[..., Awaitable[Sequence[Any]]]
 
 
 class ModelActor:
-    """Ray Data callable class: one engine per actor, built from a resolved `RerankerConfig` (as JSON) for its `stage`:
-    'rerank' (the main model) or 'score' (the two-model cascade's scorer); `attempt` owns its batch markers
-    (batch_guard.py); `progress`, where given, hears of every batch's finished queries."""
+    """Ray Data callable class: one engine per actor, built for its `stage` of the resolved run (config/run.py:
+    `ModelStage`, sent as it is: the model, its family, its settings; nothing is resolved again here): 'rerank' (the
+    main model) or 'score' (the two-model cascade's scorer); `attempt` owns its batch markers (batch_guard.py);
+    `progress`, where given, hears of every batch's finished queries."""
 
-    def __init__(self, config_json: str, attempt: str, run_id: str = "", stage: str = RERANK.stage, progress: ProgressFeed | None = None) -> None:
-        run = resolve_run(RerankerConfig.model_validate_json(config_json))
-        self.work: Work
-        if stage == SCORE.stage:
-            if run.scorer is None:
-                raise ValueError("a score stage without the two-model cascade")
-            spec, settings, self.contract, self.work = run.scorer, run.scoring(run_id), SCORE, score_queries_async
-        else:
-            spec, settings, self.contract, self.work = run.main, run.ranking(run_id), RERANK, rerank_queries_async
-        assert settings is not None
-        self.settings: RankingSettings = settings
-        self.stage = stage
-        self.guard = BatchGuard.for_attempt(attempt, stage)
-        self.observer = StageObserver(StageMetrics.start(run_id, spec.model.name, spec.protocol, stage), progress)
+    def __init__(self, stage: ModelStage, attempt: str, progress: ProgressFeed | None = None) -> None:
+        self.contract = CONTRACTS[stage.name]
+        self.work: Work = stage.work
+        self.settings: RankingSettings = stage.settings
+        self.stage = stage.name
+        self.guard = BatchGuard.for_attempt(attempt, stage.name)
+        spec = stage.spec
+        self.observer = StageObserver(StageMetrics.start(stage.settings.run_id, spec.model.name, spec.protocol, stage.name), progress)
         self.engine = create_async_engine(spec)
         self._checked = False
 

@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from mmr5_batch.config import RerankerConfig, config_from_keywords
-from mmr5_batch.config.run import ResolvedRun, resolve_run
+from mmr5_batch.config.run import ModelStage, ResolvedRun, resolve_run
 from mmr5_batch.core.group_key import group_key, group_key_problem
 from mmr5_batch.core.layouts import GROUPED, PAIRS
 from mmr5_batch.core.preparation import PrepareSettings
 from mmr5_batch.core.rows import CANDIDATE_FIELDS, InputCandidate, struct_type
 from mmr5_batch.errors import ConfigError, ContractError
 from mmr5_batch.stages.cluster import cluster_gpus, ensure_ray
-from mmr5_batch.stages.model_actor import RERANK, SCORE, ModelActor
+from mmr5_batch.stages.model_actor import ModelActor
 from mmr5_batch.stages.placement import ActorPlacement, ClusterGpus, gpus_wanted_at_start, place_actors, place_scorer
 from mmr5_batch.stages.prepare_stage import PREPARE, FetchSettings, group_pairs_batch, prepare_batch
 from mmr5_batch.stages.progress_tally import ProgressFeed
@@ -129,8 +129,6 @@ class RerankStep:
         if self.placement is None:
             self.placement, self.scorer_placement = self._place()
         placement = self.placement
-        # Credentials stay with the driver and the storage tasks; the engines need none.
-        config_json = self.config.model_dump_json(exclude={"storage"})
         attempt = self.attempt or f"step-{uuid.uuid4().hex}"
         if self.layout == PAIRS:
             dataset = dataset.groupby(self.columns.query_id).map_groups(group_pairs_batch, batch_format="pyarrow")
@@ -146,21 +144,25 @@ class RerankStep:
             batch_size=execution.prepare_batch_size,
             num_cpus=execution.cpus_per_prepare_task,
         )
-        if self.run.two_models:
-            scorer = self.scorer_placement or place_scorer(self.run, _cluster_gpus(self.run))
-            dataset = self._actor_stage(dataset, SCORE.stage, scorer, self.config.scorer.batch_size, config_json, attempt)
-        return self._actor_stage(dataset, RERANK.stage, placement, execution.batch_size, config_json, attempt, self.progress)
+        # The run's model stages, each its own actor pool (the scorer's, then the main model's), in the order the
+        # resolved run gives them; the in-process Reranker runs the same list.
+        for stage in self.run.stages(self.run_id):
+            if stage.last:
+                dataset = self._actor_stage(dataset, stage, placement, attempt, self.progress)
+            else:
+                scorer = self.scorer_placement or place_scorer(self.run, _cluster_gpus(self.run))
+                dataset = self._actor_stage(dataset, stage, scorer, attempt)
+        return dataset
 
-    def _actor_stage(
-        self, dataset: Dataset, stage: str, placement: ActorPlacement, batch_size: int, config_json: str, attempt: str, progress: ProgressFeed | None = None
-    ) -> Dataset:
-        """An actor pool for `stage` (one engine each, built from the resolved config) over the dataset's batches."""
+    def _actor_stage(self, dataset: Dataset, stage: ModelStage, placement: ActorPlacement, attempt: str, progress: ProgressFeed | None = None) -> Dataset:
+        """An actor pool for `stage` (one engine each, built for that stage as the run resolved it) over the dataset's
+        batches. The stage carries the model section without storage credentials: the engines need none."""
         from ray.data import ActorPoolStrategy
 
         concurrent = self.config.execution.concurrent_batches
         return dataset.map_batches(
             ModelActor,
-            fn_constructor_kwargs={"config_json": config_json, "attempt": attempt, "run_id": self.run_id, "stage": stage, "progress": progress},
+            fn_constructor_kwargs={"stage": stage, "attempt": attempt, "progress": progress},
             # The actor's __call__ is async: several batches run through one
             # engine at once, so a batch's last answers overlap the next batch.
             compute=ActorPoolStrategy(
@@ -169,7 +171,7 @@ class RerankStep:
                 max_concurrent_calls_per_actor=concurrent,
                 max_tasks_in_flight_per_actor=concurrent,
             ),
-            batch_size=batch_size,
+            batch_size=stage.batch_size,
             batch_format="pyarrow",
             num_cpus=placement.cpus,
             num_gpus=placement.gpus,

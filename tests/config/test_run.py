@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmr5_batch.config import load_config
+from mmr5_batch.config import RerankerConfig, config_from_keywords, load_config
 from mmr5_batch.config.run import NO_CASCADE, SAME_MODEL, TWO_MODELS, resolve_run
 from mmr5_batch.errors import ConfigError
 from mmr5_batch.job.fingerprint import run_fingerprint
@@ -91,3 +91,28 @@ def test_the_digest_follows_what_the_model_sees_not_how_it_is_spelled(local_poin
 
 def test_an_empty_instruction_is_the_default_run():
     assert digest(**{"model.name": HUB_POINTWISE, "model.instruction": ""}) == digest(**{"model.name": HUB_POINTWISE})
+
+
+def test_the_run_yields_its_model_stages_which_travel_to_an_actor_as_they_are():
+    """The stages the Dataset step's actor pools and the in-process Reranker both run: the scorer's then the main
+    model's, each with its model, family, settings and batch size; sent to a Ray actor (cloudpickle) a stage arrives
+    whole, its family the receiving process's own record, so the actor resolves nothing."""
+    import pickle
+
+    from ray import cloudpickle  # what Ray sends actor arguments with
+
+    from mmr5_batch.config.run import RERANK_STAGE, SCORE_STAGE
+    from mmr5_batch.core.families import MM_R5_FAMILY, QWEN3_VL_RERANKER
+    from mmr5_batch.core.scheduler import rerank_queries_async, score_queries_async
+
+    plain = resolve_run(config_from_keywords(RerankerConfig, backend="scripted-test", batch_size=3))
+    [rerank] = plain.stages("run-1")
+    assert rerank.name == RERANK_STAGE and rerank.last and rerank.work is rerank_queries_async and rerank.batch_size == 3
+    assert rerank.spec is plain.main and rerank.settings == plain.ranking("run-1") and rerank.settings.run_id == "run-1"
+    two = resolve_run(config_from_keywords(RerankerConfig, cascade=True, **{"cascade.first_pass": "pointwise", "scorer.batch_size": 7}))
+    score, rerank = two.stages()
+    assert (score.name, rerank.name) == (SCORE_STAGE, RERANK_STAGE) and not score.last and score.work is score_queries_async
+    assert score.spec.family is QWEN3_VL_RERANKER and score.batch_size == 7 and score.settings == two.scoring()
+    arrived = pickle.loads(cloudpickle.dumps(score))
+    assert arrived == score and arrived.spec.family is QWEN3_VL_RERANKER and pickle.loads(cloudpickle.dumps(rerank)).spec.family is MM_R5_FAMILY
+    assert "storage" not in score.spec.model.model_dump()  # a model section: no storage credentials travel with it
