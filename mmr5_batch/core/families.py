@@ -226,7 +226,7 @@ def detect_family(protocol: str | None, model_type: str | None, name: str, archi
     """The family of a checkpoint: from its config.json (a local directory) where it has one, its `architectures`
     first (jina-reranker-m0's `JinaVLForRanking`), then its `model_type`; else from its hub id's name. `protocol`:
     model.protocol as set ('mm-r5', 'pointwise', 'ziprerank', 'jina-m0'), None for 'auto'. A checkpoint whose family
-    that does not speak the protocol set gets that value's default family (a Qwen2.5-VL checkpoint set to 'pointwise'
+    does not speak the protocol set gets that value's default family (a Qwen2.5-VL checkpoint set to 'pointwise'
     is judged as Qwen3-VL-Reranker's format, as before families existed; any checkpoint set to 'jina-m0' is
     jina-reranker-m0's)."""
     lowered = name.lower()
