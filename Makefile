@@ -25,8 +25,9 @@ demo: env
 	$(BIN)/mmr5-batch evaluate --run $(DEMO)/output --qrels $(DEMO)/qrels.trec --k 1,3,5 --group-by domain
 
 # pytest exits 5 when it collects no test: say so and fail, rather than pass silently.
+# The slowest tests are listed at the end: the lane's time is CI's to keep under its budget.
 test: env
-	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); code=$$?; \
+	@$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$code
 
 # The quick lane: tests marked `unit` (no Ray, no servers; seconds). Markers: pyproject.toml.

@@ -121,11 +121,26 @@ def test_pointwise_protocol_job_ranks_images_and_text_by_p_yes(ray_session, tmp_
     assert summary["totals"]["pointwise"] == 1 and summary["totals"]["scored"] == 3
 
 
+def every_page_pictured(rows: list[dict]) -> list[dict]:
+    """The rows with a picture for each page that has none: MM-R5 needs a picture of every page it is shown."""
+    for row in rows:
+        for index, candidate in enumerate(row["candidates"]):
+            candidate["image"] = candidate["image"] or grey_jpeg(60 + 30 * index)
+    return rows
+
+
+def tiny_hf_cascade(model_dir: str, scorer_dir: str, **scorer: str) -> dict:
+    """The two-model cascade's settings on the hf engine over tiny checkpoints: `scorer_dir` first (with `scorer`'s
+    other settings), then MM-R5 reasoning 8 tokens per window."""
+    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": model_dir})
+    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": scorer_dir, **{f"scorer.{key}": value for key, value in scorer.items()}})
+    return settings
+
+
 def test_two_model_cascade_on_the_tiny_checkpoints_with_hf_in_both_pools(ray_session, tmp_path, tiny_model_dir, tiny_pointwise_dir):
     rows = queries()[:2]
     write_input(tmp_path / "in", rows)
-    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
-    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_pointwise_dir})
+    settings = tiny_hf_cascade(tiny_model_dir, tiny_pointwise_dir)
     summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
     ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
     assert summary["failed"] is None and set(ranked) == {"q0", "q1"}
@@ -200,13 +215,8 @@ def test_the_text_qwen3_reranker_runs_from_the_cli_on_hf(ray_session, tmp_path, 
 def test_text_qwen3_reranker_first_then_mm_r5_on_the_tiny_checkpoints(ray_session, tmp_path, tiny_model_dir, tiny_text_reranker_dir):
     """The two-model cascade with the text reranker as its scorer: it judges the pages with text, the image-only page
     goes after them unjudged; MM-R5 reasons over the top 3 (pictures at full budget only)."""
-    rows = text_rows(2)
-    for row in rows:  # MM-R5 needs a picture of every page it is shown
-        for index, candidate in enumerate(row["candidates"]):
-            candidate["image"] = candidate["image"] or grey_jpeg(60 + 30 * index)
-    write_input(tmp_path / "in", rows)
-    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
-    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_text_reranker_dir})
+    write_input(tmp_path / "in", every_page_pictured(text_rows(2)))
+    settings = tiny_hf_cascade(tiny_model_dir, tiny_text_reranker_dir)
     summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
     ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
     assert summary["failed"] is None and set(ranked) == {"q0", "q1"}
@@ -268,8 +278,7 @@ def test_ziprerank_first_then_mm_r5_says_who_decided_and_orders_by_the_scorers_w
 def test_ziprerank_then_mm_r5_on_the_tiny_checkpoints_with_hf(ray_session, tmp_path, tiny_model_dir, tiny_ziprerank_dir):
     rows = queries()[:2]
     write_input(tmp_path / "in", rows)
-    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
-    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_ziprerank_dir, "scorer.protocol": "ziprerank"})
+    settings = tiny_hf_cascade(tiny_model_dir, tiny_ziprerank_dir, protocol="ziprerank")
     summary = run_job({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}, **settings)
     ranked = {row["query_id"]: row for row in read_folder(tmp_path / "out" / "ranked")}
     assert summary["failed"] is None and set(ranked) == {"q0", "q1"}
@@ -293,12 +302,8 @@ def test_jina_m0_from_the_cli_then_first_before_mm_r5_on_the_tiny_checkpoints(ra
         assert row["scores"] == sorted(row["scores"], reverse=True) and all(0 < score < 1 for score in row["scores"])
     assert ranked["q0"]["doc_ids"] == ranked["q1"]["doc_ids"]
 
-    for row in rows:  # MM-R5 needs a picture of every page it is shown
-        for index, candidate in enumerate(row["candidates"]):
-            candidate["image"] = candidate["image"] or grey_jpeg(60 + 30 * index)
-    write_input(tmp_path / "in-pictures", rows)
-    settings = dict(TWO_MODELS, backend="hf", device="cpu", max_new_tokens=8, min_new_tokens=8, **{"model.name": tiny_model_dir})
-    settings.update({"scorer.backend": "hf", "scorer.device": "cpu", "scorer.name": tiny_jina_dir})
+    write_input(tmp_path / "in-pictures", every_page_pictured(rows))
+    settings = tiny_hf_cascade(tiny_model_dir, tiny_jina_dir)
     summary = run_job({"input": str(tmp_path / "in-pictures"), "output": str(tmp_path / "cascade")}, **settings)
     cascade = {row["query_id"]: row for row in read_folder(tmp_path / "cascade" / "ranked")}
     assert summary["failed"] is None and set(cascade) == {"q0", "q1"}
