@@ -25,7 +25,7 @@ from mmr5_batch.config.sections import ImageConfig, ModelConfig, RankingConfig
 from mmr5_batch.core.engine_protocol import SamplingSettings
 from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
 from mmr5_batch.core.images import GRID
-from mmr5_batch.core.preparation import PrepareSettings
+from mmr5_batch.core.preparation import PicturePass, PrepareSettings
 from mmr5_batch.core.ranking import Cascade
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import POINTWISE
@@ -38,6 +38,12 @@ RERANK_STAGE = "rerank"  # the main model: prepared (or scored) rows in, result 
 NO_CASCADE = "none"
 SAME_MODEL = "same-model"
 TWO_MODELS = "two-models"
+
+# Each pictured page's pictures, by picture pass (`PrepareSettings.pictures`, `PreparedCandidate.pictures`): the main
+# model's, at each page's own budget, then the first pass's (the same-model cascade's small ones, or those the
+# two-model cascade's scorer sees) where a first pass sees pictures.
+MAIN_PICTURES = 0
+FIRST_PASS_PICTURES = 1
 
 Config = TypeVar("Config", bound=RerankerConfig)
 
@@ -149,8 +155,9 @@ class ResolvedRun(Generic[Config]):
             think_tokens=model.think_tokens,
             constrain_answer=model.constrain_answer,
             mode=ranking.mode,
-            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top) if self.cascade == SAME_MODEL else None,
+            cascade=Cascade(cascade.first_window, cascade.first_stride, cascade.detail_top, FIRST_PASS_PICTURES) if self.cascade == SAME_MODEL else None,
             scorer_label=self.scorer.family.scorer_label if self.scorer is not None else POINTWISE,
+            picture=MAIN_PICTURES,
         )
 
     def scoring(self, run_id: str = "") -> RankingSettings | None:
@@ -172,6 +179,7 @@ class ResolvedRun(Generic[Config]):
             family=family.name,
             instruction=scorer.instruction,
             scorer_windows=family.protocol != POINTWISE,
+            picture=FIRST_PASS_PICTURES,
         )
 
 
@@ -254,23 +262,23 @@ def resolve_run(config: Config) -> ResolvedRun[Config]:
     reader = main if protocol == POINTWISE else scorer
     # A first pass that sees pictures: the same-model cascade's, or a two-model cascade's scorer that reads them.
     first_pictures = kind == SAME_MODEL or (scorer is not None and scorer.family.reads_pictures)
+    pictures: tuple[PicturePass, ...] = ()
+    if family.reads_pictures:
+        pictures = (PicturePass(main.grid, None, model.name if main.patches_in_cpu_stage else None),)
+        if first_pictures:
+            pictures += (PicturePass(first.grid, cascade.first_image_tokens, first.model.name if first.patches_in_cpu_stage else None, first_pass=True),)
     prepare = PrepareSettings(
         text_tokens=reader.model.document_tokens if reader is not None else None,
         tokenizer_source=reader.model.name if reader is not None and backend_record(reader.model.backend).reads_pixels else None,
         text_cut=reader.family.text_cut if reader is not None else CUT_DOCUMENT_HEAD,
         instruction=reader.model.instruction if reader is not None else "",
-        pictures=family.reads_pictures,
-        processor_source=model.name if main.patches_in_cpu_stage else None,
-        first_processor_source=first.model.name if first_pictures and first.patches_in_cpu_stage else None,
-        grid=main.grid,
-        first_grid=first.grid,
+        pictures=pictures,
         text_documents=protocol == POINTWISE,
         image_tokens=images.image_tokens,
         jpeg_quality=images.jpeg_quality,
         window=ranking.window,
         prompt_image_tokens=images.prompt_image_tokens,
         policy=images.policy,
-        first_image_tokens=cascade.first_image_tokens if first_pictures else None,
         top_k=ranking.top_k,
         detail_top=cascade.detail_top if kind != NO_CASCADE else None,
         scorer_first=kind == TWO_MODELS,

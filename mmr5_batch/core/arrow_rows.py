@@ -6,8 +6,8 @@ values and each picture's patches as a read-only view over the batch's own
 buffer (`memoryview`: no Python `bytes` per patch, no copy), which the
 engine hands on as an array over the same memory. The views keep the batch's
 buffers alive for as long as a request holds them. The score stage changes
-only small fields, so its output reuses the input's picture columns as they
-are (a candidate the scorer flagged loses its pictures, as `flagged` says).
+only small fields, so its output reuses the input's pictures column as it
+is (a candidate the scorer flagged loses its pictures, as `flagged` says).
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmr5_batch.core.rows import PREPARED_CANDIDATE_TYPE, PreparedCandidate, PreparedRow, arrow_schema, to_table
+from mmr5_batch.core.rows import PREPARED_CANDIDATE_TYPE, PassPicture, PreparedCandidate, PreparedRow, arrow_schema, to_table
 
-# The candidate fields read as views over the batch's buffers and passed through unchanged by the score stage:
-# the patches of each pass's picture (the bulk of a batch) and the pictures themselves.
-VIEWED_FIELDS = ("image_patches", "first_image_patches")
-KEPT_FIELDS = ("image", "first_image", *VIEWED_FIELDS)
+# The bulk of a batch, each picture pass's patches, read as views over the batch's buffers; and the candidate field the
+# score stage passes through unchanged (every pass's pictures with their patches).
+VIEWED_FIELDS = ("patches",)
+KEPT_FIELDS = ("pictures",)
+# Candidate fields that are lists of a row model, read into it.
+_NESTED = {"pictures": PassPicture}
 _ROW_FIELDS = tuple(field.name for field in dataclasses.fields(PreparedRow) if field.name != "candidates")
-_CANDIDATE_FIELDS = tuple(field.name for field in dataclasses.fields(PreparedCandidate))
 
 
 def binary_views(array: pa.Array) -> list[memoryview | None]:
@@ -51,26 +52,34 @@ def _field_values(struct: pa.StructArray, name: str) -> list:
     if struct.type.get_field_index(name) < 0:
         return [None] * len(struct)
     child = struct.field(name)  # sliced to the struct's own offset and length
-    return binary_views(child) if name in VIEWED_FIELDS else child.to_pylist()
+    if name in VIEWED_FIELDS:
+        return binary_views(child)
+    if name in _NESTED:
+        return _per_row(child, _NESTED[name])
+    return child.to_pylist()
+
+
+def _per_row(lists: pa.ListArray, model: type) -> list[list | None]:
+    """Each list of a list-of-struct array as a list of `model`s (None where null), its fields read by `_field_values`."""
+    count = len(lists)
+    if not count:
+        return []
+    offsets = lists.offsets.to_pylist()  # absolute positions in `lists.values`, which slicing does not cut
+    start, end = offsets[0], offsets[-1]
+    struct = lists.values.slice(start, end - start)
+    names = [field.name for field in dataclasses.fields(model)]
+    fields = {name: _field_values(struct, name) for name in names}
+    items = [model(**{name: fields[name][index] for name in names}) for index in range(end - start)]
+    valid = lists.is_valid().to_pylist() if lists.null_count else [True] * count
+    return [items[offsets[row] - start : offsets[row + 1] - start] if valid[row] else None for row in range(count)]
 
 
 def _batch_rows(batch: pa.RecordBatch) -> list[PreparedRow]:
     count = batch.num_rows
     names = set(batch.schema.names)
     columns = {name: batch.column(name).to_pylist() if name in names else [None] * count for name in _ROW_FIELDS}
-    per_row: list[list[PreparedCandidate]] = [[] for _ in range(count)]
-    if "candidates" in names and count:
-        lists = batch.column("candidates")
-        offsets = lists.offsets.to_pylist()  # absolute positions in `lists.values`, which slicing does not cut
-        start, end = offsets[0], offsets[-1]
-        struct = lists.values.slice(start, end - start)
-        fields = {name: _field_values(struct, name) for name in _CANDIDATE_FIELDS}
-        candidates = [PreparedCandidate(**{name: fields[name][index] for name in _CANDIDATE_FIELDS}) for index in range(end - start)]
-        valid = lists.is_valid().to_pylist() if lists.null_count else [True] * count
-        for row in range(count):
-            if valid[row]:
-                per_row[row] = candidates[offsets[row] - start : offsets[row + 1] - start]
-    return [PreparedRow(**{name: columns[name][row] for name in _ROW_FIELDS}, candidates=per_row[row]) for row in range(count)]
+    per_row = _per_row(batch.column("candidates"), PreparedCandidate) if "candidates" in names else [None] * count
+    return [PreparedRow(**{name: columns[name][row] for name in _ROW_FIELDS}, candidates=per_row[row] or []) for row in range(count)]
 
 
 def prepared_rows(table: pa.Table) -> list[PreparedRow]:

@@ -114,9 +114,9 @@ def expand_image_pad_ids(token_ids: Sequence[int], pad_id: int, counts: Sequence
     return expanded, placeholders
 
 
-def candidate_patches(candidate: PreparedCandidate, first: bool = False) -> ImagePatches | None:
-    """A prepared candidate's patches for the picture a pass shows (`first`: the cascade's small one), None when not built."""
-    found = candidate.patches(first)
+def candidate_patches(candidate: PreparedCandidate, picture: int = 0) -> ImagePatches | None:
+    """A prepared candidate's patches for the picture of picture pass `picture`, None when not built."""
+    found = candidate.patches(picture)
     if found is None:
         return None
     patches, grid, key = found

@@ -17,11 +17,11 @@ from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.rows import PreparedCandidate
 
 
-def pointwise_request(query: str, candidate: PreparedCandidate, instruction: str, first: bool = False, *, family: Family = QWEN3_VL_RERANKER) -> EngineRequest:
-    """The request judging one candidate in `family`'s prompt: its image (`first`: the cascade's first-pass version;
-    none for a text family) and text, as available."""
-    image = candidate.picture(first) if family.reads_pictures else None
-    patches = candidate_patches(candidate, first) if image is not None else None
+def pointwise_request(query: str, candidate: PreparedCandidate, instruction: str, picture: int = 0, *, family: Family = QWEN3_VL_RERANKER) -> EngineRequest:
+    """The request judging one candidate in `family`'s prompt: its picture of picture pass `picture` (none for a text
+    family) and text, as available."""
+    image = candidate.picture(picture) if family.reads_pictures else None
+    patches = candidate_patches(candidate, picture) if image is not None else None
     prompt = family.prompt(query, image=image is not None, text=candidate.text, instruction=instruction)
     return EngineRequest(
         messages=[],

@@ -27,11 +27,28 @@ from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, CUT_PAIR_TAIL
 from mmr5_batch.core.images import GRID, ImageError, PreparedImage, prepare_images
 from mmr5_batch.core.model_inputs import ImagePatches, image_key, patch_image, processor_signature
 from mmr5_batch.core.pointwise_prompt import TEXT_PROMPT_PREFIX, TEXT_PROMPT_SUFFIX, text_pair
-from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, PreparedCandidate, PreparedRow
+from mmr5_batch.core.rows import CANDIDATE_FIELDS, READ_PATH, PassPicture, PreparedCandidate, PreparedRow
 from mmr5_batch.core.windows import first_stage_order
 
 # image_uri -> its bytes, or the reason it could not be read.
 Fetched = Mapping[str, "bytes | str"]
+
+
+@dataclass(frozen=True)
+class PicturePass:
+    """One picture every pictured page gets, for one picture pass of the run: its index in `PrepareSettings.pictures`
+    is the index of the page's picture in `PreparedCandidate.pictures`, and what the model stages ask for."""
+
+    # Pixels per image token of the model that sees it (Qwen2.5-VL 28, Qwen3-VL 32).
+    grid: int = GRID
+    # Its image tokens; None: each page's own budget, by the budget policy over `image_tokens` (the main model's pass).
+    tokens: int | None = None
+    # Where the image processor of the model that sees it is read from, when the CPU stage builds the model's
+    # patches (images.processing 'cpu-stage'); None: the engine builds them.
+    processor_source: str | None = None
+    # A cascade's first pass (the same-model cascade's small pictures, the two-model cascade scorer's): which of its
+    # pictures are sent is known before any pass runs.
+    first_pass: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,17 +60,11 @@ class PrepareSettings:
     window: int = 5
     prompt_image_tokens: int | None = None
     policy: str = "uniform"
-    # The cascade's first-pass budget: each candidate is also prepared at this size.
-    first_image_tokens: int | None = None
-    # Pixels per image token of the model that sees `image` (Qwen2.5-VL 28, Qwen3-VL 32) and of the first pass's.
-    grid: int = GRID
-    first_grid: int = GRID
+    # The pictures each pictured page gets, one per picture pass (the main model's first; none for a text
+    # reranker: no image is fetched or decoded, a page needs text).
+    pictures: tuple[PicturePass, ...] = (PicturePass(),)
     # The pointwise protocol judges text too: a candidate with text and no image is usable.
     text_documents: bool = False
-    # Where the image processor of the model that sees `image` (and `first_image`) is read from, when the CPU
-    # stage builds the model's patches (images.processing 'cpu-stage'); None: the engine builds them.
-    processor_source: str | None = None
-    first_processor_source: str | None = None
     # Which pictures are certain to be sent, so worth their patches: the first top_k usable candidates; under a
     # cascade (detail_top set) the full-budget ones only when no more than detail_top are shown (otherwise which
     # ones the detail pass shows is known only after the first pass: the engine processes those few), the small
@@ -69,8 +80,6 @@ class PrepareSettings:
     # family's instruction, resolved, is part of the pair).
     text_cut: str = CUT_DOCUMENT_HEAD
     instruction: str = ""
-    # The main model sees pictures; False for a text reranker: no image is fetched or decoded, a page needs text.
-    pictures: bool = True
 
     def budgets(self, count: int) -> list[int]:
         return candidate_budgets(count, cap=self.image_tokens, window=self.window, prompt_total=self.prompt_image_tokens, policy=self.policy)
@@ -82,15 +91,18 @@ class PageWork:
     budgets, each prepared picture cut into the model's patches once (windows, cascade passes and queries of the
     task that show the same page reuse it); and how much of either it did."""
 
-    # The image processors cutting `image` and `first_image` (None: no patches, the engine builds them).
-    processor: Any = None
-    first_processor: Any = None
+    # The image processor cutting each picture pass's pictures, by the pass's index (None, or none given: no patches,
+    # the engine builds them).
+    processors: tuple[Any, ...] = ()
     # The tokenizer counting a document's text tokens (None: words stand in for tokens).
     tokenizer: Any = None
     prepared: dict[tuple[Any, ...], list[PreparedImage]] = field(default_factory=dict)
     patched: dict[str, ImagePatches] = field(default_factory=dict)  # by image_key: content and processor
     decoded: int = 0
     processed: int = 0
+
+    def processor(self, index: int) -> Any:
+        return self.processors[index] if index < len(self.processors) else None
 
     def prepare(self, data: bytes, wanted: list[int], grids: list[int], quality: int) -> list[PreparedImage]:
         key = (hashlib.blake2b(data, digest_size=16).digest(), tuple(wanted), tuple(grids), quality)
@@ -133,17 +145,19 @@ class PageWork:
 
 
 def _prepared_candidate(
-    candidate: Mapping[str, Any], query: str, budgets: tuple[int, int | None], settings: PrepareSettings, fetched: Fetched, work: PageWork
+    candidate: Mapping[str, Any], query: str, budget: int, settings: PrepareSettings, fetched: Fetched, work: PageWork
 ) -> PreparedCandidate:
-    """The candidate with its image at its budget (and at the cascade's first-pass budget), or the reason it has none."""
+    """The candidate with its picture for each picture pass (the main one at the page's `budget`), or the reason it has
+    none."""
     given = text = _text_or_none(candidate.get("text"))
     if text and settings.text_tokens is not None:
         text = work.cut_document(text, query, settings)
-    bare = PreparedCandidate(doc_id=candidate["doc_id"], score=candidate.get("score"), text=text, image_tokens=0)
+    bare = PreparedCandidate(doc_id=candidate["doc_id"], score=candidate.get("score"), text=text)
     problem = _field_problem(candidate)
     if problem is not None:
         return bare.flagged(problem)
-    if not settings.pictures:
+    passes = settings.pictures
+    if not passes:
         # A text reranker: the page is its text; its image is never read.
         if text and text.strip():
             return bare
@@ -164,21 +178,13 @@ def _prepared_candidate(
         if isinstance(result, str):
             return bare.flagged(result)
         data = result
-    budget, first_budget = budgets
     try:
-        # One decode serves both of the cascade's sizes.
-        wanted, grids = ([budget, first_budget], [settings.grid, settings.first_grid]) if first_budget else ([budget], [settings.grid])
-        prepared, *rest = work.prepare(data, wanted, grids, settings.jpeg_quality)
+        # One decode serves every pass's size.
+        wanted = [budget if each.tokens is None else each.tokens for each in passes]
+        prepared = work.prepare(data, wanted, [each.grid for each in passes], settings.jpeg_quality)
     except ImageError as error:
         return bare.flagged(str(error))
-    first = rest[0] if rest else None
-    return dataclasses.replace(
-        bare,
-        image=prepared.data,
-        image_tokens=prepared.tokens,
-        first_image=first.data if first else None,
-        first_image_tokens=first.tokens if first else None,
-    )
+    return dataclasses.replace(bare, pictures=[PassPicture(image=picture.data, tokens=picture.tokens) for picture in prepared])
 
 
 def _attach_patches(prepared: list[PreparedCandidate], order: list[int], settings: PrepareSettings, work: PageWork) -> None:
@@ -189,15 +195,15 @@ def _attach_patches(prepared: list[PreparedCandidate], order: list[int], setting
     cascade = settings.detail_top is not None
     full = not cascade or len(shown) <= (settings.detail_top or 0)
     first_pass = settings.scorer_first or (cascade and not full)
-    versions = [(False, work.processor, settings.grid, full), (True, work.first_processor, settings.first_grid, first_pass)]
+    wanted = [(number, work.processor(number), each.grid) for number, each in enumerate(settings.pictures) if (first_pass if each.first_pass else full)]
     for index in shown:
         candidate = prepared[index]
         try:
-            for first, processor, grid, wanted in versions:
-                picture = candidate.picture(first)
-                if wanted and processor is not None and picture is not None:
-                    patches = work.patch(picture, candidate.picture_tokens(first), processor, grid)
-                    candidate.set_patches(first, patches.patches, list(patches.grid), patches.key)
+            for number, processor, grid in wanted:
+                picture = candidate.picture(number)
+                if processor is not None and picture is not None:
+                    patches = work.patch(picture, candidate.picture_tokens(number), processor, grid)
+                    candidate.set_patches(number, patches.patches, list(patches.grid), patches.key)
         except ImageError as error:
             prepared[index] = candidate.flagged(str(error))
 
@@ -262,15 +268,15 @@ def prepare_row(row: Mapping[str, Any], settings: PrepareSettings, fetched: Fetc
         for budget, index in zip(settings.budgets(len(candidates)), order):
             budgets[index] = budget
         for candidate, budget in zip(candidates, budgets):
-            prepared.append(_prepared_candidate(candidate, row["query"], (budget, settings.first_image_tokens), settings, fetched or {}, work))
-        if work.processor is not None or work.first_processor is not None:
+            prepared.append(_prepared_candidate(candidate, row["query"], budget, settings, fetched or {}, work))
+        if any(processor is not None for processor in work.processors):
             _attach_patches(prepared, order, settings, work)
         if not any(candidate.usable for candidate in prepared):
             error = "no usable candidate: " + "; ".join(f"{c.doc_id}: {c.error}" for c in prepared)
     if error is not None:
         # Keep the first-stage list (without images) so the dead letter says what was asked.
         prepared = [
-            PreparedCandidate(doc_id=_text_or_none(c.get("doc_id")), score=c.get("score") if _is_number(c.get("score")) else None, image_tokens=0)
+            PreparedCandidate(doc_id=_text_or_none(c.get("doc_id")), score=c.get("score") if _is_number(c.get("score")) else None)
             for c in candidates
             if isinstance(c, Mapping)
         ]

@@ -36,6 +36,7 @@ class Cascade:
     first_window: int  # candidates per prompt in the first pass (small images)
     first_stride: int
     detail_top: int  # how many of the first pass's best are reranked with the full budget
+    first_picture: int = 1  # the picture pass whose (small) pictures the first pass shows (PreparedCandidate.pictures)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class WindowPlan:
     full_last_window: bool = True  # the last window full size (MM-R5 here) or what is left (ZipRerank's reference)
     scorer_windows: bool = False  # the two-model cascade's scorer ranks windows over the first-pass pictures (ZipRerank)
     scorer_label: str = POINTWISE  # `decided_by` of the positions the two-model cascade's scorer decided
+    picture: int = 0  # the picture pass whose pictures its windows or pairs show (the cascade's first pass: its own)
 
 
 @dataclass
@@ -87,9 +89,10 @@ class QueryState:
         return self.error is None and self.ranking is not None and not self.ranking.done
 
     @property
-    def first_pass(self) -> bool:
-        """Whether the current pass shows the small pictures (the cascade's first pass)."""
-        return self.stage == FIRST
+    def picture(self) -> int:
+        """The picture pass whose pictures the current pass shows (`PreparedCandidate.pictures`)."""
+        cascade = self.plan.cascade
+        return cascade.first_picture if self.stage == FIRST and cascade is not None else self.plan.picture
 
     @property
     def candidates(self) -> list[PreparedCandidate]:
@@ -164,7 +167,7 @@ def record(state: QueryState, indices: list[int], completion: Completion) -> Non
     fast mode and for a family ranked by them, ZipRerank, whose label is then the status)."""
     assert state.ranking is not None
     state.windows += 1
-    state.image_tokens += sum(state.candidates[index].picture_tokens(state.first_pass) for index in indices)
+    state.image_tokens += sum(state.candidates[index].picture_tokens(state.picture) for index in indices)
     state.prompt_tokens += completion.prompt_tokens
     state.generated_tokens += completion.generated_tokens
     state.reasoning.append(completion.text)
@@ -183,12 +186,11 @@ def record(state: QueryState, indices: list[int], completion: Completion) -> Non
     state.ranking.apply(parsed.order)
 
 
-def record_relevance(state: QueryState, indices: list[int], completions: list[Completion], first: bool = False) -> None:
-    """Fold a query's pointwise judgements in: counts, then its order by P(yes) (or the first refusal as its error);
-    `first`: the pictures judged were the cascade's first-pass ones."""
+def record_relevance(state: QueryState, indices: list[int], completions: list[Completion]) -> None:
+    """Fold a query's pointwise judgements in: counts, then its order by P(yes) (or the first refusal as its error)."""
     candidates = state.candidates
     state.scored += len(indices)
-    state.image_tokens += sum(candidates[index].picture_tokens(first) for index in indices)
+    state.image_tokens += sum(candidates[index].picture_tokens(state.picture) for index in indices)
     state.prompt_tokens += sum(completion.prompt_tokens for completion in completions)
     relevance: dict[int, float] = {}
     for index, completion in zip(indices, completions, strict=True):
@@ -259,7 +261,7 @@ def result_row(state: QueryState, model_id: str, run_id: str, keep_reasoning: bo
         query_id=row.query_id,
         first_stage_doc_ids=[candidates[index].doc_id for index in first_stage],
         first_stage_scores=[candidates[index].score for index in first_stage],
-        candidate_image_tokens=[candidates[index].image_tokens for index in first_stage],
+        candidate_image_tokens=[candidates[index].picture_tokens(state.plan.picture) for index in first_stage],
         windows=state.windows,
         scored=state.scored,
         image_tokens=state.image_tokens,

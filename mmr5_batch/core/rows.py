@@ -95,53 +95,73 @@ PAIRS_INPUT_SCHEMA = arrow_schema(PairRow)
 
 
 @dataclass
+class PassPicture:
+    """A page's picture as one picture pass of the run shows it (`PrepareSettings.pictures` says which pass is which)."""
+
+    image: bytes | None = column(pa.binary())  # fitted to the pass's budget, JPEG
+    tokens: int | None = column(pa.int32())
+    # The model's input for `image` (images.processing 'cpu-stage'), under the model that sees this pass: uint8 patch
+    # rows, their (frames, rows, columns) grid and a content key (core/model_inputs.py); null where the engine builds
+    # it from the JPEG.
+    patches: bytes | None = column(pa.large_binary())
+    grid: list[int] | None = column(pa.list_(pa.int32()))
+    key: str | None = column(pa.string())
+
+
+PASS_PICTURE_TYPE = struct_type(PassPicture)
+
+
+@dataclass
 class PreparedCandidate:
     doc_id: str | None = column(pa.string())
-    image: bytes | None = column(pa.binary())  # fitted to its budget, JPEG
-    image_tokens: int | None = column(pa.int32())
-    # The cascade's first-pass version (small budget); null without a cascade.
-    first_image: bytes | None = column(pa.binary())
-    first_image_tokens: int | None = column(pa.int32())
-    # The model's input for `image` (images.processing 'cpu-stage'): uint8 patch rows, their (frames, rows, columns)
-    # grid and a content key (core/model_inputs.py); null where the engine builds it from the JPEG.
-    image_patches: bytes | None = column(pa.large_binary())
-    image_grid: list[int] | None = column(pa.list_(pa.int32()))
-    image_key: str | None = column(pa.string())
-    # The same for `first_image`, under the model that sees it (the two-model cascade's scorer, or this model).
-    first_image_patches: bytes | None = column(pa.large_binary())
-    first_image_grid: list[int] | None = column(pa.list_(pa.int32()))
-    first_image_key: str | None = column(pa.string())
+    # One picture per picture pass of the run, by the pass's index (the main model's pass first, then the first
+    # pass's: the same-model cascade's small pictures or the two-model cascade scorer's); empty for a page without
+    # a picture.
+    pictures: list[PassPicture] | None = column(pa.list_(PASS_PICTURE_TYPE))
     score: float | None = column(pa.float64())
     error: str | None = column(pa.string())  # why the candidate has no usable image (or, pointwise, no image nor text)
     text: str | None = column(pa.string())  # the document's text: the pointwise protocol shows it beside (or instead of) the image
     # P(yes) from the two-model cascade's pointwise scorer; null before it, or not scored (below --top-k).
     relevance: float | None = column(pa.float64())
 
+    def __post_init__(self) -> None:
+        # A candidate read from a mapping (an Arrow row, the Python API) has its pictures as mappings too.
+        if self.pictures:
+            self.pictures = [picture if isinstance(picture, PassPicture) else from_mapping(PassPicture, picture) for picture in self.pictures]
+
     @property
     def usable(self) -> bool:
         return self.error is None
 
-    def picture(self, first: bool = False) -> bytes | None:
-        """The picture a pass shows: the full-budget one, or (`first`) the cascade's first-pass one."""
-        return self.first_image if first else self.image
+    def _pass(self, index: int) -> PassPicture | None:
+        pictures = self.pictures or ()
+        return pictures[index] if 0 <= index < len(pictures) else None
 
-    def picture_tokens(self, first: bool = False) -> int:
-        return (self.first_image_tokens if first else self.image_tokens) or 0
+    def picture(self, index: int = 0) -> bytes | None:
+        """The picture picture pass `index` shows (None: the page has none for it)."""
+        found = self._pass(index)
+        return found.image if found is not None else None
 
-    def set_patches(self, first: bool, patches: bytes, grid: list[int], key: str) -> None:
-        if first:
-            self.first_image_patches, self.first_image_grid, self.first_image_key = patches, grid, key
-        else:
-            self.image_patches, self.image_grid, self.image_key = patches, grid, key
+    def picture_tokens(self, index: int = 0) -> int:
+        found = self._pass(index)
+        return (found.tokens or 0) if found is not None else 0
 
-    def patches(self, first: bool = False) -> tuple[bytes, list[int], str] | None:
-        """The model's input for a picture (its patch bytes, grid and content key), None where not built."""
-        found = (self.first_image_patches, self.first_image_grid, self.first_image_key) if first else (self.image_patches, self.image_grid, self.image_key)
-        return None if found[0] is None or found[1] is None or found[2] is None else (found[0], found[1], found[2])
+    def set_patches(self, index: int, patches: bytes, grid: list[int], key: str) -> None:
+        found = self._pass(index)
+        if found is None:
+            raise IndexError(f"the candidate has no picture for pass {index}")
+        found.patches, found.grid, found.key = patches, grid, key
+
+    def patches(self, index: int = 0) -> tuple[bytes, list[int], str] | None:
+        """The model's input for pass `index`'s picture (its patch bytes, grid and content key), None where not built."""
+        found = self._pass(index)
+        if found is None or found.patches is None or found.grid is None or found.key is None:
+            return None
+        return found.patches, found.grid, found.key
 
     def flagged(self, reason: str) -> PreparedCandidate:
         """The candidate without pictures, kept (ranked last) with the reason."""
-        return PreparedCandidate(doc_id=self.doc_id, score=self.score, text=self.text, image_tokens=0, error=reason)
+        return PreparedCandidate(doc_id=self.doc_id, score=self.score, text=self.text, error=reason)
 
 
 PREPARED_CANDIDATE_TYPE = struct_type(PreparedCandidate)

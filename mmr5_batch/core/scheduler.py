@@ -66,6 +66,9 @@ class RankingSettings:
     # candidates' relevance. And the label of the positions the scorer decided in the rerank stage.
     scorer_windows: bool = False
     scorer_label: str = POINTWISE
+    # The picture pass whose pictures this stage's windows or pairs show (`PreparedCandidate.pictures`; a same-model
+    # cascade's first pass shows `cascade.first_picture`'s).
+    picture: int = 0
 
     @property
     def family_record(self) -> Family:
@@ -86,6 +89,7 @@ class RankingSettings:
             full_last_window=family.full_last_window,
             scorer_windows=self.scorer_windows,
             scorer_label=self.scorer_label,
+            picture=self.picture,
         )
 
 
@@ -130,14 +134,14 @@ def _request(state: QueryState, window_indices: list[int], sampling: SamplingSet
     """One window's request in `family`'s messages (MM-R5's, ZipRerank's); a family ranked by its labels' scores gets
     its answer's opening and the labels to score instead of a generation."""
     candidates = state.candidates
-    patches = [candidate_patches(candidates[index], state.first_pass) for index in window_indices]
+    patches = [candidate_patches(candidates[index], state.picture) for index in window_indices]
     assert family.window_messages is not None
     labels = family.score_labels(len(window_indices)) if family.score_labels is not None else ()
     return EngineRequest(
         messages=family.window_messages(state.row.query or "", len(window_indices)),
         assistant_prefix=family.answer_prefix,
         score_labels=labels,
-        images=tuple(candidates[index].picture(state.first_pass) for index in window_indices),  # type: ignore[misc]  # usable: pictured
+        images=tuple(candidates[index].picture(state.picture) for index in window_indices),  # type: ignore[misc]  # usable: pictured
         sampling=sampling,
         image_inputs=tuple(patches) if all(patches) else (),  # type: ignore[arg-type]
     )
@@ -180,18 +184,18 @@ async def _window(state: QueryState, indices: list[int], engine: AsyncEngine, se
     )
 
 
-async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool = False) -> None:
+async def _score(state: QueryState, engine: AsyncEngine, settings: RankingSettings) -> None:
     """The pointwise protocol over one query: all its pairs at once (a batch engine takes them in one call)."""
     candidates, family = state.candidates, settings.family_record
     # A text model cannot judge a page without text: as the two-model cascade's scorer it leaves it unjudged (after
     # the judged ones, in first-stage order); as the main model the CPU stage flagged it already.
     indices = [index for index in state.to_score if family.reads_pictures or candidates[index].text]
-    requests = [pointwise_request(state.row.query or "", candidates[index], settings.instruction, first, family=family) for index in indices]
+    requests = [pointwise_request(state.row.query or "", candidates[index], settings.instruction, state.picture, family=family) for index in indices]
     completions = await asyncio.gather(*(_send(state, engine, request, settings) for request in requests))
-    record_relevance(state, indices, list(completions), first)
+    record_relevance(state, indices, list(completions))
 
 
-async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool = False) -> None:
+async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSettings) -> None:
     # Each query walks its own windows: its next window goes to the engine as
     # soon as its previous answer is back, not when the slowest query of the
     # batch finishes its window. A request the engine rejects comes back as an error completion and becomes this
@@ -201,15 +205,15 @@ async def _rank_one(state: QueryState, engine: AsyncEngine, settings: RankingSet
         return
     started = time.monotonic()
     try:
-        await _walk(state, engine, settings, first)
+        await _walk(state, engine, settings)
     finally:
         if state.observer is not None:
             state.observer.query_done(time.monotonic() - started)
 
 
-async def _walk(state: QueryState, engine: AsyncEngine, settings: RankingSettings, first: bool) -> None:
+async def _walk(state: QueryState, engine: AsyncEngine, settings: RankingSettings) -> None:
     if state.stage == SCORING:
-        await _score(state, engine, settings, first)
+        await _score(state, engine, settings)
         return
     while True:
         while state.active:
@@ -266,7 +270,7 @@ async def score_queries_async(
     (P(yes) from the pointwise scorer, judged on its first-pass image) and the scorer's counts; a query the scorer
     could not judge carries the reason as its `error`."""
     states = [replace(plan_query(row, settings.plan), observer=observer) for row in rows]
-    await asyncio.gather(*(_rank_one(state, engine, settings, first=True) for state in states))
+    await asyncio.gather(*(_rank_one(state, engine, settings) for state in states))
     return [scored_row(state) for state in states]
 
 

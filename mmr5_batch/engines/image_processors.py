@@ -56,7 +56,6 @@ def page_work(settings: PrepareSettings) -> PageWork:
     """A task's page work with the processors its settings ask for (no image processor when the engine builds the
     patches; no tokenizer when no model reads text, or the scripted test engine, which counts words)."""
     return PageWork(
-        processor=load_image_processor(settings.processor_source) if settings.processor_source else None,
-        first_processor=load_image_processor(settings.first_processor_source) if settings.first_processor_source else None,
+        processors=tuple(load_image_processor(each.processor_source) if each.processor_source else None for each in settings.pictures),
         tokenizer=load_tokenizer(settings.tokenizer_source) if settings.tokenizer_source and settings.text_tokens is not None else None,
     )

@@ -60,12 +60,12 @@ def test_the_resolved_run_says_which_cascade_and_what_each_engine_sees(local_poi
     assert [(step.window, step.image_tokens) for step in plain.main.passes] == [(5, 1024)]
     same = resolve_run(job(**{"cascade.enabled": True}))
     assert same.cascade == SAME_MODEL and same.main.window == 10 and same.main.image_tokens == 1024
-    assert same.ranking().cascade is not None and same.scoring() is None and same.prepare.first_image_tokens == 256
+    assert same.ranking().cascade is not None and same.scoring() is None and [each.tokens for each in same.prepare.pictures] == [None, 256]
     two = resolve_run(job(**{"cascade.enabled": True, "cascade.first_pass": "pointwise", "scorer.name": local_pointwise, "scorer.protocol": "auto"}))
     assert two.cascade == TWO_MODELS and two.ranking().cascade is None and two.ranking().after_scorer == 5
     assert two.scorer is not None and two.scorer.protocol == "pointwise" and two.config.scorer.protocol == "pointwise"
     assert [(step.window, step.image_tokens) for step in two.scorer.passes] == [(1, 256)] and two.scorer.grid == 32
-    assert two.prepare.scorer_first and two.prepare.first_grid == 32 and two.prepare.grid == 28
+    assert two.prepare.scorer_first and [each.grid for each in two.prepare.pictures] == [28, 32]
     alone = resolve_run(job(**{"model.name": local_pointwise}))
     assert alone.protocol == "pointwise" and alone.config.model.protocol == "pointwise" and alone.prepare.text_documents
     # The resolved config needs no resolving again (an actor gets it as JSON).

@@ -1,5 +1,5 @@
 """Prepared rows from Arrow: small fields as values, patches as views of the batch's buffers; the score stage's rows
-back to Arrow over the input's own picture arrays."""
+back to Arrow over the input's own pictures array."""
 
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ import pyarrow as pa
 import pytest
 
 from mmr5_batch.core.arrow_rows import binary_views, prepared_rows, scored_table
-from mmr5_batch.core.rows import PREPARED_COLUMNS, PreparedCandidate, PreparedRow, to_table
+from mmr5_batch.core.rows import PREPARED_COLUMNS, PassPicture, PreparedCandidate, PreparedRow, to_table
 
 
 def candidate(doc: str, size: int, error: str | None = None) -> PreparedCandidate:
     if error is not None:
-        return PreparedCandidate(doc_id=doc, score=0.1, image_tokens=0, error=error)
+        return PreparedCandidate(doc_id=doc, score=0.1, error=error)
     patches = bytes(np.arange(size, dtype=np.uint8) ^ len(doc))
+    # Two picture passes; the second without patches when the page is small (the engine builds them).
+    first_patches = {"patches": patches[: size // 2], "grid": [1, 1, size // 2], "key": f"f-{doc}"} if size > 32 else {}
     return PreparedCandidate(
         doc_id=doc,
-        image=b"jpeg-" + doc.encode(),
-        image_tokens=size // 4,
-        first_image=b"small-" + doc.encode(),
-        first_image_tokens=1,
-        image_patches=patches,
-        image_grid=[1, 2, size // 2],
-        image_key=f"k-{doc}",
-        first_image_patches=patches[: size // 2],
-        first_image_grid=[1, 1, size // 2],
-        first_image_key=f"f-{doc}",
+        pictures=[
+            PassPicture(image=b"jpeg-" + doc.encode(), tokens=size // 4, patches=patches, grid=[1, 2, size // 2], key=f"k-{doc}"),
+            PassPicture(image=b"small-" + doc.encode(), tokens=1, **first_patches),
+        ],
         score=0.5,
         text=f"text {doc}",
     )
@@ -42,6 +38,11 @@ def sample_rows() -> list[PreparedRow]:
     ]
 
 
+def pictures_column(table: pa.Table, chunk: int) -> pa.StructArray:
+    """The struct array of every picture of one chunk's candidates."""
+    return table.column("candidates").chunk(chunk).values.field("pictures").values
+
+
 def buffer_address(view: memoryview) -> int:
     return np.frombuffer(view, dtype=np.uint8).ctypes.data
 
@@ -51,12 +52,14 @@ def test_rows_read_back_equal_and_patches_are_views_of_the_batch():
     table = to_table(rows, PreparedRow)
     read = prepared_rows(table)
     assert read == rows  # a view compares equal to the bytes it shows
-    patches = read[0].candidates[0].image_patches
-    assert isinstance(patches, memoryview) and patches.readonly
-    data = table.column("candidates").chunk(0).values.field("image_patches").buffers()[2]
-    assert data.address <= buffer_address(patches) < data.address + data.size  # no copy: inside the batch's buffer
-    assert isinstance(read[0].candidates[0].image, bytes) and isinstance(read[0].candidates[0].image_grid, list)
-    assert read[0].candidates[1].image_patches is None
+    data = pictures_column(table, 0).field("patches").buffers()[2]
+    for picture in (0, 1):
+        found = read[0].candidates[0].patches(picture)
+        assert found is not None and isinstance(found[0], memoryview) and found[0].readonly
+        assert data.address <= buffer_address(found[0]) < data.address + data.size  # no copy: inside the batch's buffer
+        assert isinstance(read[0].candidates[0].picture(picture), bytes) and isinstance(found[1], list)
+    assert read[0].candidates[1].pictures is None and read[0].candidates[1].patches(0) is None
+    assert read[0].candidates[2].patches(0) is not None and read[0].candidates[2].patches(1) is None  # no patches for that pass
 
 
 def test_slices_chunks_and_other_columns():
@@ -94,10 +97,11 @@ def test_scored_table_keeps_the_input_pictures_and_drops_those_of_a_flagged_cand
     assert table.schema == PREPARED_COLUMNS
     again = prepared_rows(table)
     assert again == scored
-    assert again[0].candidates[2].image_patches is None and again[0].candidates[2].error == "the engine refused it"
+    assert again[0].candidates[2].pictures is None and again[0].candidates[2].error == "the engine refused it"
+    assert again[0].candidates[0].patches(1) == scored[0].candidates[0].patches(1)
     # The last chunk had no flagged candidate: its patches are the source's buffer itself.
-    source_data = source.column("candidates").chunk(1).values.field("image_patches").buffers()[2]
-    assert table.column("candidates").chunk(1).values.field("image_patches").buffers()[2].address == source_data.address
+    source_data = pictures_column(source, 1).field("patches").buffers()[2]
+    assert pictures_column(table, 1).field("patches").buffers()[2].address == source_data.address
 
 
 def test_scored_table_refuses_a_changed_shape():

@@ -41,5 +41,5 @@ def test_prepare_gives_the_top_of_the_first_stage_the_bigger_budget(make_grey_jp
         "query": "which?",
         "candidates": [{"doc_id": d, "image": page, "image_uri": None, "text": None, "score": s} for d, s in (("low", 0.1), ("top", 0.9))],
     }
-    prepared = {c.doc_id: c.image_tokens for c in prepare_row(row, settings).candidates}
+    prepared = {c.doc_id: c.picture_tokens() for c in prepare_row(row, settings).candidates}
     assert 200 < prepared["top"] <= 256 and prepared["low"] <= 64

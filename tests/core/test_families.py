@@ -18,7 +18,7 @@ from mmr5_batch.config.run import resolve_run
 from mmr5_batch.core.families import FAMILIES, MM_R5_FAMILY, QWEN3_RERANKER, QWEN3_VL_RERANKER, detect_family, family_named
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.preparation import PageWork, prepare_row, uris_to_fetch
-from mmr5_batch.core.rows import PreparedCandidate
+from mmr5_batch.core.rows import PassPicture, PreparedCandidate
 from tests.conftest import grey_jpeg
 
 REFERENCE_PREFIX = (
@@ -64,7 +64,9 @@ def test_the_text_prompt_is_the_references_token_for_token(tiny_text_reranker_di
     run = resolve_run(config_from_keywords(RerankerConfig, **{"model.name": tiny_text_reranker_dir}))
     assert run.main.family is QWEN3_RERANKER and run.protocol == "pointwise" and run.config.model.instruction == REFERENCE_INSTRUCTION
     for query, document in [("which page shows revenue?", "Q3 revenue rose 12%"), ("café ünïcode", "naïve résumé — 東京 🚀 text")]:
-        request = pointwise_request(query, PreparedCandidate(image=b"jpeg", text=document), run.ranking().instruction, family=run.main.family)
+        request = pointwise_request(
+            query, PreparedCandidate(pictures=[PassPicture(image=b"jpeg")], text=document), run.ranking().instruction, family=run.main.family
+        )
         assert request.images == () and request.relevance  # a text model is never shown the page's image
         assert tokenizer.encode(request.prompt, add_special_tokens=False) == reference_ids(tokenizer, query, document)
         assert request.prompt == REFERENCE_PREFIX + f"<Instruct>: {REFERENCE_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}" + REFERENCE_SUFFIX
@@ -115,7 +117,7 @@ def test_a_text_reranker_needs_text_and_never_reads_images():
     }
     assert uris_to_fetch([row], run.prepare) == []
     prepared = prepare_row(row, run.prepare)
-    assert prepared.error is None and prepared.candidates[0].usable and prepared.candidates[0].image is None
+    assert prepared.error is None and prepared.candidates[0].usable and prepared.candidates[0].pictures is None
     assert [candidate.error for candidate in prepared.candidates[1:]] == [
         "candidate has no text, which a text reranker needs",
         "candidate has no text, which a text reranker needs",
@@ -129,9 +131,9 @@ def test_a_text_scorer_leaves_pictures_to_mm_r5_and_skips_pages_without_text():
     settings = {"backend": "scripted-test", "cascade": True, "cascade.first_pass": "pointwise", "scorer.backend": "scripted-test"}
     run = resolve_run(config_from_keywords(RerankerConfig, **settings, **{"scorer.name": "Qwen/Qwen3-Reranker-0.6B"}))
     assert run.scorer is not None and run.scorer.family is QWEN3_RERANKER and run.main.family is MM_R5_FAMILY
-    assert run.prepare.pictures and run.prepare.first_image_tokens is None and run.scoring().family == "qwen3-reranker"
+    assert len(run.prepare.pictures) == 1 and run.scoring().family == "qwen3-reranker"
     prepared = prepare_row({"query_id": "q", "query": "which?", "candidates": [{"doc_id": "a", "image": grey_jpeg(90), "text": "words"}]}, run.prepare)
-    assert prepared.candidates[0].image is not None and prepared.candidates[0].first_image is None
+    assert prepared.candidates[0].picture(0) is not None and prepared.candidates[0].picture(1) is None
 
 
 def test_show_prompt_prints_each_familys_exact_prompt(tiny_text_reranker_dir, tiny_pointwise_dir, capsys):

@@ -23,7 +23,7 @@ from mmr5_batch.core.families import JINA_M0_FAMILY, MM_R5_FAMILY, QWEN3_VL_RERA
 from mmr5_batch.core.images import prepare_image
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.preparation import PageWork, prepare_row
-from mmr5_batch.core.rows import PreparedCandidate
+from mmr5_batch.core.rows import PassPicture, PreparedCandidate
 from tests.conftest import grey_jpeg
 
 REFERENCE_MAX_PIXELS, REFERENCE_MIN_PIXELS = 602112, 3136
@@ -95,8 +95,8 @@ def test_the_prompts_token_ids_are_the_references_for_an_image_and_a_text_docume
     # A page within its reference's budget is left as it is by the reference's processor: the same picture either way.
     page = prepare_image(grey_jpeg(80, (300, 420)), 768).data
     cases = [
-        (PreparedCandidate(image=page, text="ignored beside a picture"), page, "image"),
-        (PreparedCandidate(image=None, text="Q3 revenue rose 12% — naïve 東京"), "Q3 revenue rose 12% — naïve 東京", "text"),
+        (PreparedCandidate(pictures=[PassPicture(image=page)], text="ignored beside a picture"), page, "image"),
+        (PreparedCandidate(text="Q3 revenue rose 12% — naïve 東京"), "Q3 revenue rose 12% — naïve 東京", "text"),
     ]
     for candidate, doc, doc_type in cases:
         request = pointwise_request("what was the revenue?", candidate, "", family=JINA_M0_FAMILY)
@@ -156,8 +156,8 @@ def test_the_hf_engines_scores_are_the_references_alone_or_batched(tiny_jina_dir
     processor = Qwen2VLImageProcessorPil.from_pretrained(tiny_jina_dir, min_pixels=REFERENCE_MIN_PIXELS, max_pixels=REFERENCE_MAX_PIXELS)
     pages = [prepare_image(grey_jpeg(level, (200, 300)), 64).data for level in (40, 200)]
     pairs = [
-        ("which page shows revenue?", PreparedCandidate(image=pages[0]), pages[0], "image"),
-        ("who signed the lease?", PreparedCandidate(image=pages[1]), pages[1], "image"),
+        ("which page shows revenue?", PreparedCandidate(pictures=[PassPicture(image=pages[0])]), pages[0], "image"),
+        ("who signed the lease?", PreparedCandidate(pictures=[PassPicture(image=pages[1])]), pages[1], "image"),
         ("q", PreparedCandidate(text="a page of text about the revenue of the year"), "a page of text about the revenue of the year", "text"),
     ]
     requests = [pointwise_request(query, candidate, "", family=JINA_M0_FAMILY) for query, candidate, _, _ in pairs]

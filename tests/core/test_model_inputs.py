@@ -9,7 +9,7 @@ import pytest
 
 from mmr5_batch.core.engine_protocol import Completion
 from mmr5_batch.core.model_inputs import candidate_patches, expand_image_pad_ids, patch_image, patch_rows
-from mmr5_batch.core.preparation import PageWork, PrepareSettings, prepare_row
+from mmr5_batch.core.preparation import PageWork, PicturePass, PrepareSettings, prepare_row
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async
 from mmr5_batch.engines import SamplingSettings
 from mmr5_batch.engines.image_processors import load_image_processor
@@ -58,7 +58,7 @@ def rows_over(pages: list[bytes], queries: int, per_query: int, shift: int) -> l
 
 def test_a_page_shown_to_several_queries_of_a_task_is_decoded_and_processed_once(tiny_model_dir):
     pages = [grey_jpeg(level, (120, 160)) for level in range(20, 200, 20)]  # 9 distinct pages
-    work = PageWork(processor=load_image_processor(tiny_model_dir))
+    work = PageWork(processors=(load_image_processor(tiny_model_dir),))
     settings = PrepareSettings(image_tokens=16, window=5, policy="uniform")
     prepared = [prepare_row(row, settings, work=work) for row in rows_over(pages, 3, 5, 2)]  # pages 0-4, 2-6, 4-8
     assert [row.pages_decoded for row in prepared] == [5, 2, 2]
@@ -73,20 +73,21 @@ def test_only_pictures_certain_to_be_sent_get_patches(tiny_model_dir):
     processor = load_image_processor(tiny_model_dir)
 
     def patched(settings, count=20):
-        work = PageWork(processor=processor, first_processor=processor)
+        work = PageWork(processors=(processor, processor))
         row = prepare_row(rows_over(pages, 1, count, 0)[0], settings, work=work)
-        return [(c.image_patches is not None, c.first_image_patches is not None) for c in row.candidates], row.pages_processed
+        return [(c.patches(0) is not None, c.patches(1) is not None) for c in row.candidates], row.pages_processed
 
     plain = PrepareSettings(image_tokens=16, policy="uniform")
     assert patched(plain) == ([(True, False)] * 20, 20)
     assert patched(PrepareSettings(image_tokens=16, policy="uniform", top_k=8)) == ([(True, False)] * 8 + [(False, False)] * 12, 8)
-    cascade = PrepareSettings(image_tokens=16, policy="uniform", first_image_tokens=8, detail_top=5)
+    two_passes = (PicturePass(), PicturePass(tokens=8, first_pass=True))
+    cascade = PrepareSettings(image_tokens=16, policy="uniform", pictures=two_passes, detail_top=5)
     # A first pass over all 20: the small pictures; which 5 the detail pass shows is known later (the engine cuts those).
     assert patched(cascade) == ([(False, True)] * 20, 20)
     # No more than detail_top candidates: no first pass, straight to the full budget.
     assert patched(cascade, count=4) == ([(True, False)] * 4, 4)
     # The two-model cascade's scorer judges every candidate on its small picture.
-    assert patched(PrepareSettings(image_tokens=16, policy="uniform", first_image_tokens=8, detail_top=5, scorer_first=True), count=4) == (
+    assert patched(PrepareSettings(image_tokens=16, policy="uniform", pictures=two_passes, detail_top=5, scorer_first=True), count=4) == (
         [(True, True)] * 4,
         8,
     )
@@ -109,7 +110,7 @@ def test_pages_sent_decoded_and_processed_per_query(tiny_model_dir, with_patches
     """20 candidates in windows of 5 at stride 3: 30 pictures sent for 20 pages. The engine path decodes and processes
     each send again; with the CPU stage's patches each page is decoded and processed once."""
     pages = [grey_jpeg(level, (120, 160)) for level in range(10, 250, 12)]
-    work = PageWork(processor=load_image_processor(tiny_model_dir) if with_patches else None)
+    work = PageWork(processors=(load_image_processor(tiny_model_dir),) if with_patches else ())
     row = prepare_row(rows_over(pages, 1, 20, 0)[0], PrepareSettings(image_tokens=16, policy="uniform"), work=work)
     engine = CountingEngine()
     settings = RankingSettings(window=5, stride=3, sampling=SamplingSettings(), model_id="m", engine_reads_pixels=True)

@@ -16,7 +16,7 @@ from mmr5_batch.core.images import prepare_images
 from mmr5_batch.core.pointwise import pointwise_request, relevance_order
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION, render_pointwise_prompt
 from mmr5_batch.core.preparation import prepare_row
-from mmr5_batch.core.rows import PreparedCandidate
+from mmr5_batch.core.rows import PassPicture, PreparedCandidate
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.devtools.scripted_engine import ScriptedTestEngine
 from mmr5_batch.errors import ConfigError
@@ -37,12 +37,14 @@ def test_the_prompt_is_qwen3_vl_rerankers_format_byte_for_byte():
 
 
 def test_a_request_carries_the_image_when_there_is_one_and_asks_for_relevance():
-    with_image = pointwise_request("q", PreparedCandidate(image=b"jpeg", text=None), DEFAULT_INSTRUCTION)
-    text_only = pointwise_request("q", PreparedCandidate(image=None, text="words"), DEFAULT_INSTRUCTION)
+    with_image = pointwise_request("q", PreparedCandidate(pictures=[PassPicture(image=b"jpeg")]), DEFAULT_INSTRUCTION)
+    text_only = pointwise_request("q", PreparedCandidate(text="words"), DEFAULT_INSTRUCTION)
     assert with_image.relevance and with_image.images == (b"jpeg",) and with_image.prompt.count("<|image_pad|>") == 1
     assert text_only.images == () and "<|image_pad|>" not in text_only.prompt and text_only.prompt.endswith("assistant\n")
-    # The first-pass version of the image when asked for (the two-model cascade's scorer).
-    assert pointwise_request("q", PreparedCandidate(image=b"big", first_image=b"small"), DEFAULT_INSTRUCTION, first=True).images == (b"small",)
+    # The picture of the picture pass asked for (the two-model cascade's scorer: the first pass's).
+    two = PreparedCandidate(pictures=[PassPicture(image=b"big"), PassPicture(image=b"small")])
+    assert pointwise_request("q", two, DEFAULT_INSTRUCTION, 1).images == (b"small",)
+    assert pointwise_request("q", two, DEFAULT_INSTRUCTION).images == (b"big",)
 
 
 def test_relevance_orders_highest_first_and_ties_keep_their_order():
@@ -59,10 +61,7 @@ def prepared(levels, texts=None, query="which page?", query_id="q"):
         "candidates": [
             {
                 "doc_id": f"d{index}",
-                "image": grey_jpeg(level) if level is not None else None,
-                "image_tokens": 20 if level is not None else 0,
-                "first_image": grey_jpeg(level, (32, 32)) if level is not None else None,
-                "first_image_tokens": 4 if level is not None else None,
+                "pictures": [{"image": grey_jpeg(level), "tokens": 20}, {"image": grey_jpeg(level, (32, 32)), "tokens": 4}] if level is not None else None,
                 "score": 1.0 - index / 10,
                 "error": None,
                 "text": text,
@@ -140,7 +139,7 @@ def test_two_model_cascade_mm_r5_reasons_over_the_scorers_best_only():
 def test_a_pair_the_scorer_refuses_is_flagged_through_to_the_result_and_a_scorer_failure_is_a_dead_letter():
     scorer, reranker = two_model_settings()
     [scored] = asyncio.run(score_queries_async([prepared([200, 20, 120])], RefusingEngine(), scorer))
-    assert scored.error is None and scored.candidates[1].error == "too long" and scored.candidates[1].image is None
+    assert scored.error is None and scored.candidates[1].error == "too long" and scored.candidates[1].pictures is None
     [row] = asyncio.run(rerank_queries_async([scored], BatchingEngine(ScriptedTestEngine()), reranker))
     assert row.status == "ok" and row.flagged_doc_ids == ["d1"] and row.doc_ids[-1] == "d1"
     [failed] = asyncio.run(score_queries_async([prepared([20])], RefusingEngine(), scorer))
@@ -190,7 +189,7 @@ def test_images_are_fitted_on_each_models_grid_and_text_only_candidates_are_kept
     row = {"query_id": "q", "query": "which?", "candidates": [{"doc_id": "t", "text": "words"}, {"doc_id": "i", "image": grey_jpeg(90)}]}
     pointwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, protocol="pointwise", image_tokens=16)).prepare)
     assert pointwise.error is None and [c.error for c in pointwise.candidates] == [None, None]
-    assert pointwise.candidates[0].text == "words" and pointwise.candidates[1].image_tokens <= 16
+    assert pointwise.candidates[0].text == "words" and pointwise.candidates[1].picture_tokens() <= 16
     listwise = prepare_row(row, resolve_run(config_from_keywords(RerankerConfig, image_tokens=16)).prepare)
     assert "neither image bytes nor image_uri" in listwise.candidates[0].error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmr5_batch.core.preparation import PrepareSettings, prepare_row
+from mmr5_batch.core.preparation import PageWork, PicturePass, PrepareSettings, prepare_row
 
 
 def settings(**overrides):
@@ -22,7 +22,29 @@ def test_good_row_is_prepared(make_grey_jpeg):
     prepared = prepare_row(row, settings())
     assert prepared.error is None and prepared.source_path == "s.parquet"
     [c] = prepared.candidates
-    assert c.error is None and 0 < c.image_tokens <= 64 and c.image[:2] == b"\xff\xd8"
+    assert c.error is None and 0 < c.picture_tokens() <= 64 and (c.picture() or b"")[:2] == b"\xff\xd8"
+
+
+def test_each_picture_pass_gets_its_picture_from_one_decode(make_grey_jpeg):
+    """A page gets one picture per picture pass, in the passes' order: the main one at the page's own budget on its
+    model's grid, the first pass's at its fixed budget on its own grid (the two-model cascade's scorer may be another
+    model); a page without a picture, and a text reranker's pages, get none."""
+    passes = (PicturePass(grid=28), PicturePass(grid=32, tokens=8, first_pass=True))
+    rows = [
+        {"query_id": f"q{n}", "query": "q", "candidates": [candidate("a", make_grey_jpeg(40), 0.9), candidate("b", make_grey_jpeg(90), 0.5)]} for n in (1, 2)
+    ]
+    work = PageWork()
+    [first, second] = [prepare_row(row, settings(image_tokens=64, pictures=passes), work=work) for row in rows]
+    assert work.decoded == 2 and first.pages_decoded == 2 and second.pages_decoded == 0  # one decode per page, every pass
+    for page in first.candidates:
+        assert len(page.pictures or []) == 2 and page.picture(0) != page.picture(1)
+        assert 8 < page.picture_tokens(0) <= 64 and 0 < page.picture_tokens(1) <= 8
+        assert page.picture(2) is None and page.picture_tokens(2) == 0 and page.patches(1) is None
+    assert second.candidates == first.candidates
+    one = prepare_row(rows[0], settings(image_tokens=64))
+    assert [len(page.pictures or []) for page in one.candidates] == [1, 1] and one.candidates[0].picture() == first.candidates[0].picture(0)
+    text = prepare_row({"query_id": "t", "query": "q", "candidates": [{"doc_id": "a", "image": make_grey_jpeg(40), "text": "words"}]}, settings(pictures=()))
+    assert text.error is None and text.candidates[0].pictures is None
 
 
 @pytest.mark.parametrize(
@@ -40,7 +62,7 @@ def test_good_row_is_prepared(make_grey_jpeg):
 def test_bad_rows_get_a_query_level_reason(row, reason):
     prepared = prepare_row(row, settings(duplicate_query_ids={"dup": "query_id appears 2 times in the input"}))
     assert reason in prepared.error
-    assert all(c.image is None for c in prepared.candidates)
+    assert all(c.pictures is None for c in prepared.candidates)
 
 
 def test_a_null_candidate_is_the_rows_reason_not_a_crash(make_grey_jpeg):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pyarrow as pa
+import pytest
 
 from mmr5_batch.core import rows
 from mmr5_batch.core.rows import DeadLetter, InputRow, PreparedRow, ResultRow, arrow_schema, to_table
@@ -33,3 +34,19 @@ def test_to_table_takes_models_or_dicts():
     assert table.schema == rows.RESULT_COLUMNS
     assert table.column("windows").to_pylist() == [2, None]
     assert table.column("reason").to_pylist() == [None, "why"]
+
+
+def test_a_prepared_candidates_pictures_are_indexed_by_picture_pass():
+    """From a mapping (an Arrow row, the Python API) the pictures become `PassPicture`s; a pass a page has no picture
+    for reads as none, and patches only where all three parts are there."""
+    row = PreparedRow.of({"query_id": "q", "candidates": [{"doc_id": "a", "pictures": [{"image": b"big", "tokens": 9}, {"image": b"small", "tokens": 2}]}]})
+    [candidate] = row.candidates or []
+    assert all(isinstance(picture, rows.PassPicture) for picture in candidate.pictures or [])
+    assert [candidate.picture(index) for index in (0, 1, 2)] == [b"big", b"small", None]
+    assert [candidate.picture_tokens(index) for index in (0, 1, 2)] == [9, 2, 0]
+    candidate.set_patches(1, b"\x01\x02", [1, 2, 2], "k")
+    assert candidate.patches(1) == (b"\x01\x02", [1, 2, 2], "k") and candidate.patches(0) is None
+    with pytest.raises(IndexError, match="no picture for pass 2"):
+        candidate.set_patches(2, b"", [1, 1, 1], "k")
+    assert candidate.flagged("bad").pictures is None
+    assert rows.PREPARED_CANDIDATE_TYPE.field("pictures").type == pa.list_(rows.PASS_PICTURE_TYPE)

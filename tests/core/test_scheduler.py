@@ -24,7 +24,7 @@ def prepared(query_id, levels, query="which page?", scores=None, errors=None):
         "source_path": "shard.parquet",
         "error": None,
         "candidates": [
-            {"doc_id": f"d{i}", "image": None if err else grey_jpeg(level), "image_tokens": 0 if err else 20, "score": score, "error": err}
+            {"doc_id": f"d{i}", "pictures": None if err else [{"image": grey_jpeg(level), "tokens": 20}], "score": score, "error": err}
             for i, (level, score, err) in enumerate(zip(levels, scores, errors))
         ],
     }
@@ -223,8 +223,7 @@ def test_cascade_ranks_the_list_cheaply_then_the_top_in_detail():
     levels = [200, 150, 100, 50, 180, 30, 90, 120, 60, 170, 20, 140]  # darkest: d10, then d5, d3
     row = prepared("a", levels)
     for candidate, level in zip(row["candidates"], levels):
-        candidate["first_image"] = grey_jpeg(level, (28, 28))
-        candidate["first_image_tokens"] = 1
+        candidate["pictures"].append({"image": grey_jpeg(level, (28, 28)), "tokens": 1})
     engine = RecordingEngine()
     [result] = rerank_queries(
         [row],

@@ -91,7 +91,7 @@ def test_prompt_ids_on_the_tiny_checkpoint_are_the_references(tiny_ziprerank_dir
 
     from mmr5_batch.core.engine_protocol import SamplingSettings
     from mmr5_batch.core.ranking import plan_query
-    from mmr5_batch.core.rows import PreparedCandidate, PreparedRow
+    from mmr5_batch.core.rows import PassPicture, PreparedCandidate, PreparedRow
     from mmr5_batch.core.scheduler import _request
     from mmr5_batch.engines.hf import expand_image_pads
 
@@ -100,7 +100,7 @@ def test_prompt_ids_on_the_tiny_checkpoint_are_the_references(tiny_ziprerank_dir
     row = PreparedRow(
         query_id="q",
         query="which page shows revenue?",
-        candidates=[PreparedCandidate(doc_id=f"d{i}", image=b"x", image_tokens=t) for i, t in enumerate(counts)],
+        candidates=[PreparedCandidate(doc_id=f"d{i}", pictures=[PassPicture(image=b"x", tokens=t)]) for i, t in enumerate(counts)],
     )
     run = resolve_run(config_from_keywords(RerankerConfig, **{"model.name": tiny_ziprerank_dir}))
     assert run.main.family is ZIPRERANK_FAMILY
@@ -163,7 +163,7 @@ def test_scores_count_down_from_n_and_positions_are_labelled_ziprerank():
     from tests.conftest import grey_jpeg
 
     levels = [200, 20, 140, 60, 180, 100, 240, 5, 90, 30, 160, 75]
-    candidates = [{"doc_id": f"d{index}", "image": grey_jpeg(level), "image_tokens": 4} for index, level in enumerate(levels)]
+    candidates = [{"doc_id": f"d{index}", "pictures": [{"image": grey_jpeg(level), "tokens": 4}]} for index, level in enumerate(levels)]
     settings = RankingSettings(window=5, stride=3, sampling=SamplingSettings(), model_id="z", protocol="ziprerank", family="ziprerank")
     [result] = rerank_queries([{"query_id": "q", "query": "which?", "candidates": candidates}], ScriptedTestEngine(), settings)
     darkness = [255 - level for level in levels]  # grey pages: their darkness is exact

@@ -11,7 +11,7 @@ from mmr5_batch.config import ModelConfig
 from mmr5_batch.core.images import prepare_image
 from mmr5_batch.core.prompt import build_messages
 from mmr5_batch.core.ranking import WindowPlan
-from mmr5_batch.core.rows import PreparedCandidate
+from mmr5_batch.core.rows import PassPicture, PreparedCandidate
 from mmr5_batch.engines import EngineRequest, EngineUnavailable, SamplingSettings
 from mmr5_batch.engines.hf import HFEngine, expand_image_pads
 from mmr5_batch.engines.shared import label_token_ids
@@ -84,7 +84,7 @@ def test_thinking_budget_forces_an_answer_on_the_tiny_model(engine):
         "source_path": "s",
         "error": None,
         "candidates": [
-            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(40 * i + 10), 16).data, "image_tokens": 16, "score": 1 - i / 10, "error": None}
+            {"doc_id": f"d{i}", "pictures": [{"image": prepare_image(grey_jpeg(40 * i + 10), 16).data, "tokens": 16}], "score": 1 - i / 10, "error": None}
             for i in range(3)
         ],
     }
@@ -179,9 +179,9 @@ def test_pointwise_relevance_equals_a_direct_forward_pass(tiny_pointwise_dir):
     prepared = prepare_image(grey_jpeg(70, (200, 300)), 16, grid=32)
     image = prepared.data
     requests = [
-        pointwise_request("which page shows revenue?", PreparedCandidate(image=image, text="Q3 revenue"), DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", PreparedCandidate(image=None, text="a page of text about revenue"), DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", PreparedCandidate(image=image, text=None), DEFAULT_INSTRUCTION),
+        pointwise_request("which page shows revenue?", PreparedCandidate(pictures=[PassPicture(image=image)], text="Q3 revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(text="a page of text about revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(pictures=[PassPicture(image=image)]), DEFAULT_INSTRUCTION),
     ]
     batched = engine.generate(requests)
     no, yes = engine.relevance_token_ids()
@@ -238,7 +238,7 @@ def test_ziprerank_windows_are_ordered_by_the_references_letter_logits(tiny_zipr
 
     engine = HFEngine.from_config(ModelConfig(name=tiny_ziprerank_dir, device="cpu", max_batch_size=4), ZIPRERANK_FAMILY)
     pictures = [prepare_image(grey_jpeg(level, (200, 300)), 16, grid=32).data for level in (30, 90, 150, 210, 250)]
-    candidates = [PreparedCandidate(doc_id=f"d{index}", image=data, image_tokens=12) for index, data in enumerate(pictures)]
+    candidates = [PreparedCandidate(doc_id=f"d{index}", pictures=[PassPicture(image=data, tokens=12)]) for index, data in enumerate(pictures)]
     requests = []
     for count in (5, 3):
         state = plan_query(PreparedRow(query_id="q", query=f"which of {count} pages?", candidates=candidates[:count]), WindowPlan(count, 1))
@@ -283,8 +283,8 @@ def test_patches_from_the_cpu_stage_give_the_processors_pixels_and_the_same_comp
         from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 
         def candidate(index, with_patches):
-            fields = {"image_patches": patches[index].patches, "image_grid": list(patches[index].grid), "image_key": patches[index].key} if with_patches else {}
-            return PreparedCandidate(image=pictures[index], text="page", **fields)
+            fields = {"patches": patches[index].patches, "grid": list(patches[index].grid), "key": patches[index].key} if with_patches else {}
+            return PreparedCandidate(pictures=[PassPicture(image=pictures[index], **fields)], text="page")
 
         requests = [pointwise_request("which?", candidate(index, with_patches), DEFAULT_INSTRUCTION) for with_patches in (False, True) for index in (0, 1)]
         assert [bool(r.image_inputs) for r in requests] == [False, False, True, True]

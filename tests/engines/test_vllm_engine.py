@@ -288,7 +288,7 @@ def prepared_row(candidates):
         "source_path": "s",
         "error": None,
         "candidates": [
-            {"doc_id": f"d{i}", "image": prepare_image(grey_jpeg(60 + i), 64).data, "image_tokens": 4, "score": 1 - i / 10, "error": None}
+            {"doc_id": f"d{i}", "pictures": [{"image": prepare_image(grey_jpeg(60 + i), 64).data, "tokens": 4}], "score": 1 - i / 10, "error": None}
             for i in range(candidates)
         ],
     }

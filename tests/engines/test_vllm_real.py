@@ -24,7 +24,7 @@ from mmr5_batch.config import load_config  # noqa: E402
 from mmr5_batch.config.run import resolve_run  # noqa: E402
 from mmr5_batch.core.images import prepare_image  # noqa: E402
 from mmr5_batch.core.prompt import build_messages  # noqa: E402
-from mmr5_batch.core.rows import PreparedCandidate  # noqa: E402
+from mmr5_batch.core.rows import PassPicture, PreparedCandidate  # noqa: E402
 from mmr5_batch.devtools.demo_data import write_demo_dataset  # noqa: E402
 from mmr5_batch.engines import EngineRequest, SamplingSettings  # noqa: E402
 from mmr5_batch.engines.vllm import AsyncVLLMEngine, VLLMEngine  # noqa: E402
@@ -139,9 +139,9 @@ def pointwise_requests():
 
     image = prepare_image(grey_jpeg(70, (200, 300)), 16, grid=32).data
     return [
-        pointwise_request("which page shows revenue?", PreparedCandidate(image=image, text="Q3 revenue"), DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", PreparedCandidate(image=None, text="a page of text about revenue"), DEFAULT_INSTRUCTION),
-        pointwise_request("which page?", PreparedCandidate(image=image, text=None), DEFAULT_INSTRUCTION),
+        pointwise_request("which page shows revenue?", PreparedCandidate(pictures=[PassPicture(image=image)], text="Q3 revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(text="a page of text about revenue"), DEFAULT_INSTRUCTION),
+        pointwise_request("which page?", PreparedCandidate(pictures=[PassPicture(image=image)]), DEFAULT_INSTRUCTION),
     ]
 
 
@@ -237,7 +237,7 @@ def test_ziprerank_on_vllm_scores_its_letters_as_the_hf_engine_and_its_job_runs(
     from mmr5_batch.engines.hf import HFEngine
 
     pictures = [prepare_image(grey_jpeg(level, (200, 300)), 16, grid=32).data for level in (30, 90, 150, 210, 250)]
-    candidates = [PreparedCandidate(doc_id=f"d{index}", image=data, image_tokens=12) for index, data in enumerate(pictures)]
+    candidates = [PreparedCandidate(doc_id=f"d{index}", pictures=[PassPicture(image=data, tokens=12)]) for index, data in enumerate(pictures)]
     requests = []
     for count in (5, 3):
         state = plan_query(PreparedRow(query_id="q", query=f"which of {count} pages?", candidates=candidates[:count]), WindowPlan(count, 1))
@@ -298,7 +298,7 @@ def test_jina_on_vllms_native_class_scores_as_the_hf_engine_and_its_job_runs(ray
 
     def patched(picture):
         cut = patch_image(picture, processor, 28, 64)
-        return PreparedCandidate(image=picture, image_patches=cut.patches, image_grid=list(cut.grid), image_key=cut.key)
+        return PreparedCandidate(pictures=[PassPicture(image=picture, patches=cut.patches, grid=list(cut.grid), key=cut.key)])
 
     candidates = [PreparedCandidate(text="a page of text about the revenue of the year"), patched(pictures[0]), patched(pictures[1])]
     requests = [pointwise_request(f"which page shows revenue {index}?", candidate, "", family=JINA_M0_FAMILY) for index, candidate in enumerate(candidates)]
@@ -361,10 +361,10 @@ def prepared_window(source, count=3, image_tokens=64):
         "candidates": [{"doc_id": f"d{i}", "image": page, "score": 1 - i / 10} for i, page in enumerate(pages)],
     }
     settings = PrepareSettings(image_tokens=image_tokens, window=count, policy="uniform")
-    work = PageWork(processor=load_image_processor(source))
+    work = PageWork(processors=(load_image_processor(source),))
     prepared = prepare_row(row, settings, work=work)
     candidates = prepared.candidates
-    assert all(candidate.image_patches for candidate in candidates)
+    assert all(candidate.patches() for candidate in candidates)
     return prepared
 
 
@@ -379,7 +379,7 @@ def test_patches_from_the_cpu_stage_are_what_vllm_makes_of_the_same_prompt(tiny_
         candidates = prepared.candidates
         return EngineRequest(
             build_messages(prepared.query, 3),
-            tuple(c.image for c in candidates),
+            tuple(c.picture() for c in candidates),
             SamplingSettings(max_new_tokens=12, min_new_tokens=12),
             image_inputs=tuple(candidate_patches(c) for c in candidates),
         )
@@ -432,7 +432,7 @@ def test_pointwise_pairs_from_patches_score_as_vllms_own_processing(tiny_pointwi
         def pair(level, tokens):
             image = prepare_image(grey_jpeg(level, (200, 300)), tokens, grid=32).data
             cut = patch_image(image, load_image_processor(tiny_pointwise_dir), 32, tokens)
-            candidate = PreparedCandidate(image=image, text="Q3 revenue", image_patches=cut.patches, image_grid=list(cut.grid), image_key=cut.key)
+            candidate = PreparedCandidate(pictures=[PassPicture(image=image, patches=cut.patches, grid=list(cut.grid), key=cut.key)], text="Q3 revenue")
             return pointwise_request("which page shows revenue?", candidate, DEFAULT_INSTRUCTION)
 
         probe = pair(50, 16)
