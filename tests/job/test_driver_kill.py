@@ -79,6 +79,15 @@ def _nested(values: dict) -> dict:
     return tree
 
 
+# The CLI as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A process started in the background by a shell
+# without job control (`cmd &` in a script, as some CI runners do) inherits SIGINT ignored, and Python then installs no
+# handler for it: the test's Ctrl-C would be ignored by the driver it starts, as a background job's is.
+AS_AT_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('mmr5_batch.cli', run_name='__main__', alter_sys=True)"
+)
+
+
 def test_runs_interrupted_while_their_first_batch_is_in_flight_leave_no_death_behind(tmp_path):
     """Ctrl-C three times while the first batch is in the engine, then the whole run: nothing is dead-lettered.
     Each driver starts its own Ray, so every one of these jobs has the same Ray job id; the batch markers belong
@@ -92,7 +101,7 @@ def test_runs_interrupted_while_their_first_batch_is_in_flight_leave_no_death_be
     def command(name: str, **engine) -> list[str]:
         values = job_values(tmp_path, **{"model.engine_kwargs": engine, "execution.batch_size": 4, "execution.prepare_batch_size": 4})
         (tmp_path / f"{name}.yaml").write_text(json.dumps(_nested(values)))
-        return [sys.executable, "-m", "mmr5_batch.cli", "rerank", "--config", str(tmp_path / f"{name}.yaml")]
+        return [sys.executable, "-c", AS_AT_A_TERMINAL, "rerank", "--config", str(tmp_path / f"{name}.yaml")]
 
     for attempt in range(3):
         first_call = tmp_path / f"first-call-{attempt}"
