@@ -27,6 +27,7 @@ from mmr5_batch.core.families import CUT_DOCUMENT_HEAD, Family
 from mmr5_batch.core.images import GRID
 from mmr5_batch.core.preparation import PicturePass, PrepareSettings
 from mmr5_batch.core.ranking import Cascade
+from mmr5_batch.core.rows import FIRST_PASS_PICTURES, MAIN_PICTURES
 from mmr5_batch.core.scheduler import RankingSettings, rerank_queries_async, score_queries_async
 from mmr5_batch.core.vocabulary import POINTWISE
 
@@ -38,12 +39,6 @@ RERANK_STAGE = "rerank"  # the main model: prepared (or scored) rows in, result 
 NO_CASCADE = "none"
 SAME_MODEL = "same-model"
 TWO_MODELS = "two-models"
-
-# Each pictured page's pictures, by picture pass (`PrepareSettings.pictures`, `PreparedCandidate.pictures`): the main
-# model's, at each page's own budget, then the first pass's (the same-model cascade's small ones, or those the
-# two-model cascade's scorer sees) where a first pass sees pictures.
-MAIN_PICTURES = 0
-FIRST_PASS_PICTURES = 1
 
 Config = TypeVar("Config", bound=RerankerConfig)
 

@@ -21,7 +21,7 @@ from typing import Any
 from mmr5_batch.core.engine_protocol import Completion, RequestObserver
 from mmr5_batch.core.parsing import parse_ranking
 from mmr5_batch.core.pointwise import relevance_order
-from mmr5_batch.core.rows import PreparedCandidate, PreparedRow, ResultRow
+from mmr5_batch.core.rows import FIRST_PASS_PICTURES, MAIN_PICTURES, PreparedCandidate, PreparedRow, ResultRow
 from mmr5_batch.core.vocabulary import DETAIL, ERROR, FAST, FIRST_PASS, FIRST_STAGE, FLAGGED, MODEL, OK, POINTWISE, SEVERITY
 from mmr5_batch.core.windows import SlidingWindowRanking, first_stage_order
 
@@ -36,7 +36,7 @@ class Cascade:
     first_window: int  # candidates per prompt in the first pass (small images)
     first_stride: int
     detail_top: int  # how many of the first pass's best are reranked with the full budget
-    first_picture: int = 1  # the picture pass whose (small) pictures the first pass shows (PreparedCandidate.pictures)
+    first_picture: int = FIRST_PASS_PICTURES  # the picture pass whose (small) pictures the first pass shows (PreparedCandidate.pictures)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class WindowPlan:
     full_last_window: bool = True  # the last window full size (MM-R5 here) or what is left (ZipRerank's reference)
     scorer_windows: bool = False  # the two-model cascade's scorer ranks windows over the first-pass pictures (ZipRerank)
     scorer_label: str = POINTWISE  # `decided_by` of the positions the two-model cascade's scorer decided
-    picture: int = 0  # the picture pass whose pictures its windows or pairs show (the cascade's first pass: its own)
+    picture: int = MAIN_PICTURES  # the picture pass whose pictures its windows or pairs show (the cascade's first pass: its own)
 
 
 @dataclass

@@ -110,6 +110,12 @@ class PassPicture:
 
 PASS_PICTURE_TYPE = struct_type(PassPicture)
 
+# Which picture pass is which, in `PreparedCandidate.pictures` (and `PrepareSettings.pictures`): the main model's, at
+# each page's own budget, then the first pass's (the same-model cascade's small ones, or those the two-model cascade's
+# scorer sees) where a first pass sees pictures.
+MAIN_PICTURES = 0
+FIRST_PASS_PICTURES = 1
+
 
 @dataclass
 class PreparedCandidate:

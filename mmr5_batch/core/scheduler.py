@@ -27,7 +27,7 @@ from mmr5_batch.core.model_inputs import candidate_patches
 from mmr5_batch.core.pointwise import pointwise_request
 from mmr5_batch.core.pointwise_prompt import DEFAULT_INSTRUCTION
 from mmr5_batch.core.ranking import SCORING, Cascade, QueryState, WindowPlan, next_pass, plan_query, record, record_relevance, result_row, scored_row
-from mmr5_batch.core.rows import PreparedRow, ResultRow
+from mmr5_batch.core.rows import MAIN_PICTURES, PreparedRow, ResultRow
 from mmr5_batch.core.vocabulary import ANSWER_LIST_OPEN, ANSWER_OPEN, ANSWER_STOP, FAST, FAST_PREFIX, FORCED_ANSWER, MM_R5, POINTWISE, THINK_CLOSE
 
 __all__ = ["Cascade", "RankingSettings", "answer_tokens", "forced_prefix", "rerank_queries", "rerank_queries_async", "score_queries_async"]
@@ -68,7 +68,7 @@ class RankingSettings:
     scorer_label: str = POINTWISE
     # The picture pass whose pictures this stage's windows or pairs show (`PreparedCandidate.pictures`; a same-model
     # cascade's first pass shows `cascade.first_picture`'s).
-    picture: int = 0
+    picture: int = MAIN_PICTURES
 
     @property
     def family_record(self) -> Family:
